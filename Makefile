@@ -1,0 +1,52 @@
+# The two commands a new user needs: `make demo` and `make test`.
+# Each creates .venv and installs what it needs, Debian packages included.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages the tests use: a C compiler for the LD_PRELOAD shim, iproute2 for network
+# namespaces, libfaketime for peers that only verify at wall-clock time.
+DEB_PACKAGES := gcc libc6-dev iproute2 faketime
+
+.PHONY: demo test lint typecheck pytest bench deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "missing Debian packages:$$missing (run as root, or install them; tests that need them skip)"; \
+	  fi; \
+	fi
+
+demo: $(STAMP)
+	$(BIN)/python -m nsm._demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP) deps
+	$(BIN)/pytest
+
+test: $(STAMP) deps lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/verify.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,204 @@
+"""`nsm`: talk to the Nitro Secure Module, or run its emulator.
+
+Exit status: 0 on success, 1 when the module or its transport fails, 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from nsm._transport import emulator_address
+from nsm.client import Nsm
+from nsm.errors import NsmError
+
+__all__ = ["main"]
+
+_EPILOG = """\
+Selecting the module: inside an enclave the default is /dev/nsm. Off-enclave, start the
+emulator (`nsm emulator serve --socket /tmp/nsm.sock --root-out root.pem`) and select it
+explicitly with --emulator unix:/tmp/nsm.sock or NSM_EMULATOR=unix:/tmp/nsm.sock.
+A missing /dev/nsm never falls back to the emulator.
+"""
+
+
+def _hex(value: str) -> bytes:
+    try:
+        return bytes.fromhex(value.removeprefix("0x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not hex") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nsm",
+        description="Talk to the AWS Nitro Secure Module (/dev/nsm), or run its emulator.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--device", metavar="PATH", help="the NSM device (default /dev/nsm)")
+    where.add_argument("--emulator", metavar="unix:PATH", help="use the emulator at this socket")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("describe", help="DescribeNSM: version, module id, locked PCRs")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    pcr = sub.add_parser("pcr", help="read, extend or lock PCRs")
+    pcr_sub = pcr.add_subparsers(dest="pcr_command", metavar="ACTION", required=True)
+    p = pcr_sub.add_parser("get", help="DescribePCR: a PCR's value and lock state")
+    p.add_argument("index", type=int)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = pcr_sub.add_parser("extend", help="ExtendPCR: new = SHA384(old || data)")
+    p.add_argument("index", type=int)
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--hex", type=_hex, dest="data", help="data as hex")
+    data.add_argument("--text", dest="text", help="data as UTF-8 text")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = pcr_sub.add_parser("lock", help="LockPCR: lock one PCR")
+    p.add_argument("index", type=int)
+    p = pcr_sub.add_parser("lock-range", help="LockPCRs: lock PCRs [0, RANGE)")
+    p.add_argument("range", type=int)
+
+    p = sub.add_parser("random", help="GetRandom: N random bytes (hex by default)")
+    p.add_argument("count", type=int)
+    p.add_argument("--raw", action="store_true", help="write raw bytes to stdout")
+
+    p = sub.add_parser(
+        "attest", help="Attestation: a signed document (base64 on stdout by default)"
+    )
+    p.add_argument("--nonce", type=_hex, help="nonce as hex (at most 1024 bytes)")
+    p.add_argument("--user-data", type=_hex, help="user data as hex (at most 1024 bytes)")
+    p.add_argument("--public-key", type=_hex, help="public key as hex (at most 1024 bytes)")
+    p.add_argument("--out", type=Path, help="write the raw document (CBOR) to this file")
+
+    emu = sub.add_parser("emulator", help="run the NSM emulator")
+    emu_sub = emu.add_subparsers(dest="emulator_command", metavar="ACTION", required=True)
+    p = emu_sub.add_parser(
+        "serve",
+        help="serve the emulator on a Unix socket",
+        description="Serve a software NSM on a Unix socket. Its documents are signed by a "
+        "local PKI whose root is written to --root-out; no default verifier trusts it.",
+    )
+    p.add_argument("--socket", required=True, type=Path, help="Unix socket path to listen on")
+    p.add_argument("--root-out", required=True, type=Path, help="write the root PEM here")
+    p.add_argument("--seed", type=int, help="seed for a deterministic PKI and PCRs")
+    p.add_argument("--debug", action="store_true", help="debug mode: PCR0/1/2 are zero")
+    p.add_argument(
+        "--indefinite", action="store_true", help="indefinite-length payload map (as AWS in 2025+)"
+    )
+    return parser
+
+
+def _open(args: argparse.Namespace) -> Nsm:
+    if args.emulator:
+        return Nsm.emulator(emulator_address(args.emulator))
+    if args.device:
+        return Nsm.device(args.device)
+    return Nsm.open()
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "emulator":
+        return _serve(args)
+    with _open(args) as module:
+        if args.command == "describe":
+            d = module.describe()
+            fields = {
+                "version": f"{d.version_major}.{d.version_minor}.{d.version_patch}",
+                "module_id": d.module_id,
+                "max_pcrs": d.max_pcrs,
+                "locked_pcrs": sorted(d.locked_pcrs),
+                "digest": d.digest.value,
+            }
+            _print(fields, args.json)
+        elif args.command == "pcr":
+            return _pcr(module, args)
+        elif args.command == "random":
+            data = module.get_random(args.count)
+            if args.raw:
+                sys.stdout.buffer.write(data)
+            else:
+                print(data.hex())
+        elif args.command == "attest":
+            document = module.attestation(
+                user_data=args.user_data, nonce=args.nonce, public_key=args.public_key
+            )
+            if args.out:
+                args.out.write_bytes(document)
+                print(f"wrote {len(document)} bytes to {args.out}", file=sys.stderr)
+            else:
+                print(base64.b64encode(document).decode())
+    return 0
+
+
+def _pcr(module: Nsm, args: argparse.Namespace) -> int:
+    if args.pcr_command == "get":
+        state = module.describe_pcr(args.index)
+        _print({"index": args.index, "locked": state.locked, "data": state.data.hex()}, args.json)
+    elif args.pcr_command == "extend":
+        data = args.data if args.data is not None else args.text.encode()
+        value = module.extend_pcr(args.index, data)
+        _print({"index": args.index, "data": value.hex()}, args.json)
+    elif args.pcr_command == "lock":
+        module.lock_pcr(args.index)
+    elif args.pcr_command == "lock-range":
+        module.lock_pcrs(args.range)
+    return 0
+
+
+def _print(fields: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(fields, indent=2))
+        return
+    width = max(len(k) for k in fields)
+    for key, value in fields.items():
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+        print(f"{key:<{width}}  {shown}")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from nsm._server import EmulatorServer, write_root_pem
+    from nsm.emulator import Emulator
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    emulator = Emulator(seed=args.seed, debug=args.debug, indefinite=args.indefinite)
+    write_root_pem(args.root_out, emulator.root_pem)
+    server = EmulatorServer(args.socket, emulator)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    print(
+        f"NSM emulator serving on unix:{args.socket} (module {emulator.module_id}); "
+        f"root written to {args.root_out}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except NsmError as exc:
+        print(f"nsm: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""Sans-I/O codec for NSM requests and responses (reference/nsm.md §2).
+
+The module speaks serde_cbor's externally tagged enums: a unit variant is a bare text string
+(`"DescribeNSM"`), every other variant a map with exactly one text key
+(`{"ExtendPCR": {"index": 16, "data": h'..'}}`). Encoding follows the Rust field declaration
+order, which makes the §2.5 examples byte-exact; decoding never depends on key order.
+Anything that is not a well-formed message of the expected variant raises `ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import cbor2
+
+from nsm.errors import ProtocolError
+from nsm.models import (
+    Attestation,
+    AttestationResponse,
+    DescribeNSM,
+    DescribePCR,
+    Description,
+    Digest,
+    ErrorCode,
+    ErrorResponse,
+    ExtendPCR,
+    GetRandom,
+    LockPCR,
+    LockPCRs,
+    PcrExtended,
+    PcrLocked,
+    PcrsLocked,
+    PcrState,
+    RandomBytes,
+    Request,
+    Response,
+)
+
+__all__ = ["decode_request", "decode_response", "encode_request", "encode_response"]
+
+#: Indices and ranges are u16 in the Rust API (reference/nsm.md §2.2).
+_U16_MAX = 0xFFFF
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+def _dumps(value: object) -> bytes:
+    return cbor2.dumps(value)
+
+
+def encode_request(request: Request) -> bytes:
+    """Encode a request exactly as the Rust `nsm-api` would."""
+    match request:
+        case DescribeNSM():
+            return _dumps("DescribeNSM")
+        case GetRandom():
+            return _dumps("GetRandom")
+        case DescribePCR(index=index):
+            return _dumps({"DescribePCR": {"index": index}})
+        case ExtendPCR(index=index, data=data):
+            return _dumps({"ExtendPCR": {"index": index, "data": bytes(data)}})
+        case LockPCR(index=index):
+            return _dumps({"LockPCR": {"index": index}})
+        case LockPCRs(range=range_):
+            return _dumps({"LockPCRs": {"range": range_}})
+        case Attestation(user_data=user_data, nonce=nonce, public_key=public_key):
+            # The Rust side always sends all three keys, null when absent (nsm.md §2.2).
+            return _dumps(
+                {
+                    "Attestation": {
+                        "user_data": _opt_bytes(user_data),
+                        "nonce": _opt_bytes(nonce),
+                        "public_key": _opt_bytes(public_key),
+                    }
+                }
+            )
+    raise TypeError(f"not an NSM request: {request!r}")  # pragma: no cover - exhaustive
+
+
+def encode_response(response: Response) -> bytes:
+    """Encode a response exactly as the module would (used by the emulator)."""
+    match response:
+        case Description():
+            return _dumps(
+                {
+                    "DescribeNSM": {
+                        "version_major": response.version_major,
+                        "version_minor": response.version_minor,
+                        "version_patch": response.version_patch,
+                        "module_id": response.module_id,
+                        "max_pcrs": response.max_pcrs,
+                        "locked_pcrs": sorted(response.locked_pcrs),
+                        "digest": response.digest.value,
+                    }
+                }
+            )
+        case PcrState(locked=locked, data=data):
+            return _dumps({"DescribePCR": {"lock": locked, "data": bytes(data)}})
+        case PcrExtended(data=data):
+            return _dumps({"ExtendPCR": {"data": bytes(data)}})
+        case PcrLocked():
+            return _dumps("LockPCR")
+        case PcrsLocked():
+            return _dumps("LockPCRs")
+        case AttestationResponse(document=document):
+            return _dumps({"Attestation": {"document": bytes(document)}})
+        case RandomBytes(random=random):
+            return _dumps({"GetRandom": {"random": bytes(random)}})
+        case ErrorResponse(code=code):
+            return _dumps({"Error": code.value})
+    raise TypeError(f"not an NSM response: {response!r}")  # pragma: no cover - exhaustive
+
+
+def _opt_bytes(value: bytes | None) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
+# --- decoding ---------------------------------------------------------------------------
+
+
+def _loads(data: bytes) -> object:
+    """One CBOR item and nothing after it, as serde_cbor's `from_slice` demands (nsm.md §1.2)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(f"expected bytes, got {type(data).__name__}")
+    stream = io.BytesIO(bytes(data))
+    try:
+        value = cbor2.CBORDecoder(stream).decode()
+    except Exception as exc:
+        # cbor2 raises a variety of types (CBORDecodeError, ValueError, OverflowError,
+        # RecursionError...) on hostile input; all of them mean "not a message".
+        raise ProtocolError(f"malformed CBOR: {exc}") from exc
+    if stream.tell() != len(data):
+        raise ProtocolError(f"{len(data) - stream.tell()} trailing bytes after the message")
+    return value
+
+
+_UNIT = object()  # marks a bare-text (unit) variant, as opposed to a map with a null body
+
+
+def _variant(data: bytes, kind: str) -> tuple[str, object]:
+    value = _loads(data)
+    if isinstance(value, str):
+        return value, _UNIT
+    if isinstance(value, Mapping) and len(value) == 1:
+        ((name, body),) = value.items()
+        if isinstance(name, str):
+            return name, body
+    raise ProtocolError(f"an NSM {kind} is a text string or a one-key map, not {value!r:.80}")
+
+
+def _fields(body: object, variant: str, names: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(body, Mapping):
+        raise ProtocolError(f"{variant}: expected a map of fields, got {type(body).__name__}")
+    keys = set(body)
+    if keys != set(names):
+        raise ProtocolError(
+            f"{variant}: expected fields {sorted(names)}, got {sorted(map(str, keys))}"
+        )
+    return dict(body)
+
+
+def _uint(value: object, what: str, maximum: int = _U16_MAX) -> int:
+    # bool is an int in Python but a distinct CBOR type: refuse it.
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+        raise ProtocolError(
+            f"{what} must be an unsigned integer up to {maximum}, got {value!r:.40}"
+        )
+    return value
+
+
+def _bytes(value: object, what: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise ProtocolError(f"{what} must be a byte string, got {type(value).__name__}")
+    return value
+
+
+def _opt(value: object, what: str) -> bytes | None:
+    return None if value is None else _bytes(value, what)
+
+
+def _req_describe_pcr(body: object) -> Request:
+    f = _fields(body, "DescribePCR", ("index",))
+    return DescribePCR(_uint(f["index"], "DescribePCR.index"))
+
+
+def _req_extend_pcr(body: object) -> Request:
+    f = _fields(body, "ExtendPCR", ("index", "data"))
+    return ExtendPCR(_uint(f["index"], "ExtendPCR.index"), _bytes(f["data"], "ExtendPCR.data"))
+
+
+def _req_lock_pcr(body: object) -> Request:
+    f = _fields(body, "LockPCR", ("index",))
+    return LockPCR(_uint(f["index"], "LockPCR.index"))
+
+
+def _req_lock_pcrs(body: object) -> Request:
+    f = _fields(body, "LockPCRs", ("range",))
+    return LockPCRs(_uint(f["range"], "LockPCRs.range"))
+
+
+def _req_attestation(body: object) -> Request:
+    f = _fields(body, "Attestation", ("user_data", "nonce", "public_key"))
+    return Attestation(
+        user_data=_opt(f["user_data"], "Attestation.user_data"),
+        nonce=_opt(f["nonce"], "Attestation.nonce"),
+        public_key=_opt(f["public_key"], "Attestation.public_key"),
+    )
+
+
+_REQUESTS: dict[str, Callable[[object], Request]] = {
+    "DescribePCR": _req_describe_pcr,
+    "ExtendPCR": _req_extend_pcr,
+    "LockPCR": _req_lock_pcr,
+    "LockPCRs": _req_lock_pcrs,
+    "Attestation": _req_attestation,
+}
+_UNIT_REQUESTS: dict[str, Request] = {"DescribeNSM": DescribeNSM(), "GetRandom": GetRandom()}
+
+
+def decode_request(data: bytes) -> Request:
+    """Decode a request (the emulator's side of the codec)."""
+    name, body = _variant(data, "request")
+    if name in _UNIT_REQUESTS:
+        if body is not _UNIT:
+            raise ProtocolError(f"{name} is a bare text variant and carries no fields")
+        return _UNIT_REQUESTS[name]
+    if name in _REQUESTS and body is not _UNIT:
+        return _REQUESTS[name](body)
+    raise ProtocolError(f"unknown NSM request {name!r:.60}")
+
+
+def _resp_describe_nsm(body: object) -> Response:
+    f = _fields(
+        body,
+        "DescribeNSM",
+        (
+            "version_major",
+            "version_minor",
+            "version_patch",
+            "module_id",
+            "max_pcrs",
+            "locked_pcrs",
+            "digest",
+        ),
+    )
+    if not isinstance(f["module_id"], str):
+        raise ProtocolError("DescribeNSM.module_id must be text")
+    locked = f["locked_pcrs"]
+    if not isinstance(locked, list | tuple):
+        raise ProtocolError("DescribeNSM.locked_pcrs must be an array")
+    try:
+        digest = Digest(f["digest"])
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(
+            f"DescribeNSM.digest {f['digest']!r:.40} is not a known digest"
+        ) from exc
+    return Description(
+        version_major=_uint(f["version_major"], "DescribeNSM.version_major"),
+        version_minor=_uint(f["version_minor"], "DescribeNSM.version_minor"),
+        version_patch=_uint(f["version_patch"], "DescribeNSM.version_patch"),
+        module_id=f["module_id"],
+        max_pcrs=_uint(f["max_pcrs"], "DescribeNSM.max_pcrs"),
+        locked_pcrs=frozenset(_uint(i, "DescribeNSM.locked_pcrs[]") for i in locked),
+        digest=digest,
+    )
+
+
+def _resp_describe_pcr(body: object) -> Response:
+    f = _fields(body, "DescribePCR", ("lock", "data"))
+    if not isinstance(f["lock"], bool):
+        raise ProtocolError("DescribePCR.lock must be a boolean")
+    return PcrState(locked=f["lock"], data=_bytes(f["data"], "DescribePCR.data"))
+
+
+def _resp_extend_pcr(body: object) -> Response:
+    f = _fields(body, "ExtendPCR", ("data",))
+    return PcrExtended(_bytes(f["data"], "ExtendPCR.data"))
+
+
+def _resp_attestation(body: object) -> Response:
+    f = _fields(body, "Attestation", ("document",))
+    return AttestationResponse(_bytes(f["document"], "Attestation.document"))
+
+
+def _resp_get_random(body: object) -> Response:
+    f = _fields(body, "GetRandom", ("random",))
+    return RandomBytes(_bytes(f["random"], "GetRandom.random"))
+
+
+def _resp_error(body: object) -> Response:
+    try:
+        return ErrorResponse(ErrorCode(body))
+    except ValueError as exc:
+        raise ProtocolError(f"unknown NSM error code {body!r:.60}") from exc
+
+
+_RESPONSES: dict[str, Callable[[object], Response]] = {
+    "DescribeNSM": _resp_describe_nsm,
+    "DescribePCR": _resp_describe_pcr,
+    "ExtendPCR": _resp_extend_pcr,
+    "Attestation": _resp_attestation,
+    "GetRandom": _resp_get_random,
+    "Error": _resp_error,
+}
+_UNIT_RESPONSES: dict[str, Response] = {"LockPCR": PcrLocked(), "LockPCRs": PcrsLocked()}
+
+
+def decode_response(data: bytes) -> Response:
+    """Decode a module's answer; an `{"Error": ...}` answer becomes an `ErrorResponse`."""
+    name, body = _variant(data, "response")
+    if name in _UNIT_RESPONSES:
+        if body is not _UNIT:
+            raise ProtocolError(f"{name} is a bare text variant and carries no fields")
+        return _UNIT_RESPONSES[name]
+    if name in _RESPONSES and body is not _UNIT:
+        return _RESPONSES[name](body)
+    raise ProtocolError(f"unknown NSM response {name!r:.60}")

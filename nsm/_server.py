@@ -1,0 +1,72 @@
+"""The emulator on a Unix socket (`nsm emulator serve`), framed as in `nsm._framing`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socketserver
+import stat
+import threading
+from pathlib import Path
+
+from nsm import _framing
+from nsm.emulator import Emulator
+from nsm.errors import TransportError
+
+__all__ = ["EmulatorServer", "write_root_pem"]
+
+log = logging.getLogger("nsm.emulator")
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: EmulatorServer
+
+    def handle(self) -> None:
+        while True:
+            try:
+                request = _framing.read_frame(self.request)
+                if request is None:
+                    return
+                _framing.write_frame(self.request, self.server.emulator.handle(request))
+            except TransportError as exc:
+                log.info("emulator client dropped: %s", exc)
+                return
+
+
+class EmulatorServer(socketserver.ThreadingUnixStreamServer):
+    """One thread per connection; the emulator itself serializes requests like the device."""
+
+    daemon_threads = True
+
+    def __init__(self, path: str | os.PathLike[str], emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.path = Path(path)
+        _remove_stale_socket(self.path)
+        super().__init__(str(self.path), _Handler)
+
+    def serve_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="nsm-emulator", daemon=True)
+        thread.start()
+        return thread
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.path.unlink(missing_ok=True)
+
+
+def _remove_stale_socket(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(f"{path} exists and is not a socket; refusing to replace it")
+    path.unlink()
+
+
+def write_root_pem(path: str | os.PathLike[str], pem: bytes) -> None:
+    """Write the root atomically, so a reader never sees half a certificate."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(pem)
+    tmp.replace(target)

@@ -1,0 +1,180 @@
+"""`Nsm`: the seven NSM operations over any transport (device ioctl or emulator socket)."""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import TypeVar
+
+from nsm import _protocol
+from nsm._transport import EMULATOR_ENV, Transport, UnixTransport, emulator_address
+from nsm.errors import ArgumentError, ModuleError, ProtocolError
+from nsm.models import (
+    Attestation,
+    AttestationResponse,
+    DescribeNSM,
+    DescribePCR,
+    Description,
+    ErrorResponse,
+    ExtendPCR,
+    GetRandom,
+    LockPCR,
+    LockPCRs,
+    PcrExtended,
+    PcrLocked,
+    PcrsLocked,
+    PcrState,
+    RandomBytes,
+    Request,
+    Response,
+)
+
+__all__ = ["ATTESTATION_FIELD_MAX", "DEVICE_PATH", "MAX_PCRS", "Nsm"]
+
+DEVICE_PATH = "/dev/nsm"
+#: PCR indices are 0..31 (AWS CDDL `index = 0..31`; DescribeNSM max_pcrs is 32).
+MAX_PCRS = 32
+#: Each of user_data, nonce and public_key is `bytes .size (0..1024)` in AWS's CDDL, and AWS's
+#: own hardware test sends 1024 bytes in each (reference/nsm.md §3).
+ATTESTATION_FIELD_MAX = 1024
+
+_R = TypeVar("_R", bound=Response)
+
+
+class Nsm:
+    """A Nitro Secure Module.
+
+    Use `Nsm.open()` inside an enclave (`/dev/nsm`), or select the emulator explicitly with
+    `Nsm.emulator(path)` or `NSM_EMULATOR=unix:PATH`. A missing `/dev/nsm` never falls back
+    to the emulator on its own.
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    # --- construction -------------------------------------------------------------------
+
+    @classmethod
+    def device(cls, path: str = DEVICE_PATH) -> Nsm:
+        """The real module through the `/dev/nsm` ioctl."""
+        from nsm.device import DeviceTransport  # cffi is loaded only when a device is used
+
+        return cls(DeviceTransport(path))
+
+    @classmethod
+    def emulator(cls, path: str | os.PathLike[str]) -> Nsm:
+        """The emulator served by `nsm emulator serve --socket PATH`."""
+        return cls(UnixTransport(path))
+
+    @classmethod
+    def open(cls) -> Nsm:
+        """`NSM_EMULATOR=unix:PATH` when set (an explicit choice), else `/dev/nsm`."""
+        selected = os.environ.get(EMULATOR_ENV)
+        if selected:
+            return cls.emulator(emulator_address(selected))
+        return cls.device()
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> Nsm:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- operations ---------------------------------------------------------------------
+
+    def describe(self) -> Description:
+        return self._call(DescribeNSM(), Description)
+
+    def describe_pcr(self, index: int) -> PcrState:
+        return self._call(DescribePCR(_index(index)), PcrState)
+
+    def extend_pcr(self, index: int, data: bytes) -> bytes:
+        """Extend PCR `index` with `data`: new = SHA384(old || data). Returns the new value."""
+        return self._call(ExtendPCR(_index(index), _data(data, "data")), PcrExtended).data
+
+    def lock_pcr(self, index: int) -> None:
+        self._call(LockPCR(_index(index)), PcrLocked)
+
+    def lock_pcrs(self, range: int) -> None:
+        """Lock PCRs `[0, range)`."""
+        if not _is_int(range) or not 0 <= range <= MAX_PCRS:
+            raise ArgumentError(
+                f"lock_pcrs range must be an integer in 0..{MAX_PCRS}, got {range!r}"
+            )
+        self._call(LockPCRs(range), PcrsLocked)
+
+    def get_random(self, n: int) -> bytes:
+        """`n` random bytes; the module answers 256 at a time, so this asks as often as needed."""
+        if not _is_int(n) or n < 0:
+            raise ArgumentError(f"get_random needs a non-negative integer, got {n!r}")
+        out = bytearray()
+        while len(out) < n:
+            chunk = self._call(GetRandom(), RandomBytes).random
+            if not chunk:
+                raise ProtocolError("the NSM answered GetRandom with no bytes")
+            out += chunk
+        return bytes(out[:n])
+
+    def attestation(
+        self,
+        *,
+        user_data: bytes | None = None,
+        nonce: bytes | None = None,
+        public_key: bytes | None = None,
+    ) -> bytes:
+        """A signed attestation document (COSE_Sign1 bytes) binding the given fields."""
+        request = Attestation(
+            user_data=_field(user_data, "user_data"),
+            nonce=_field(nonce, "nonce"),
+            public_key=_field(public_key, "public_key"),
+        )
+        return self._call(request, AttestationResponse).document
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    def _call(self, request: Request, expected: type[_R]) -> _R:
+        encoded = _protocol.encode_request(request)
+        answer = _protocol.decode_response(self._transport.exchange(encoded))
+        name = type(request).__name__
+        if isinstance(answer, ErrorResponse):
+            raise ModuleError(answer.code, name)
+        if not isinstance(answer, expected):
+            raise ProtocolError(
+                f"the NSM answered {name} with {type(answer).__name__} (InvalidResponse)"
+            )
+        return answer
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _index(index: int) -> int:
+    if not _is_int(index) or not 0 <= index < MAX_PCRS:
+        raise ArgumentError(f"PCR index must be an integer in 0..{MAX_PCRS - 1}, got {index!r}")
+    return index
+
+
+def _data(data: bytes, name: str) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ArgumentError(f"{name} must be bytes, got {type(data).__name__}")
+    return bytes(data)
+
+
+def _field(value: bytes | None, name: str) -> bytes | None:
+    if value is None:
+        return None
+    value = _data(value, name)
+    if len(value) > ATTESTATION_FIELD_MAX:
+        raise ArgumentError(
+            f"{name} is {len(value)} bytes; the NSM takes at most {ATTESTATION_FIELD_MAX}"
+        )
+    return value

@@ -1,0 +1,251 @@
+"""A software Nitro Secure Module with the real module's semantics.
+
+- 32 PCRs of 48 bytes (SHA384). PCRs 0-15 are locked at boot and hold plausible measurements:
+  PCR0/1/2 stand for the image, kernel and application, PCR3 (IAM role) is zero, PCR4 is
+  `SHA384(0^48 || instance-id)` as AWS documents. In debug mode PCR0/1/2 are zero, as in the
+  real debug documents (reference/nsm.md §6). PCRs 16-31 start at zero, extend as
+  `SHA384(old || data)` and can be locked.
+- Error answers follow QEMU's device where AWS says nothing (reference/nsm.md §2.7):
+  InvalidIndex for an index past max_pcrs, ReadOnlyIndex for changing a locked PCR,
+  InputTooLarge for an oversize request or attestation field, InvalidOperation for anything
+  that does not decode.
+- Attestation documents have AWS's exact shape (built by `attestation.builder`) and are signed
+  by a locally generated PKI that no default verifier trusts: its root is written out for the
+  caller to pin explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+
+from attestation import builder
+from nsm import _protocol
+from nsm._transport import REQUEST_MAX
+from nsm.client import ATTESTATION_FIELD_MAX, MAX_PCRS
+from nsm.errors import ProtocolError
+from nsm.models import (
+    Attestation,
+    AttestationResponse,
+    DescribeNSM,
+    DescribePCR,
+    Description,
+    Digest,
+    ErrorCode,
+    ErrorResponse,
+    ExtendPCR,
+    GetRandom,
+    LockPCR,
+    LockPCRs,
+    PcrExtended,
+    PcrLocked,
+    PcrsLocked,
+    PcrState,
+    RandomBytes,
+    Request,
+    Response,
+)
+
+__all__ = ["BOOT_LOCKED_PCRS", "PCR_SIZE", "RANDOM_SIZE", "Emulator"]
+
+PCR_SIZE = 48  # SHA384
+#: PCRs 0-15 are locked from boot (AWS's nsm-check test, reference/nsm.md §2.6).
+BOOT_LOCKED_PCRS = 16
+#: GetRandom answers 256 bytes (QEMU's NSM_RND_BUF_SIZE; nsm-lib "up to 256 bytes").
+RANDOM_SIZE = 256
+#: A fresh leaf is issued when the current one has less than this left, so that every
+#: document is signed well inside its leaf's 3-hour window.
+_LEAF_MARGIN = timedelta(minutes=10)
+#: Intermediates are renewed when they would expire within this margin.
+_CA_MARGIN = timedelta(hours=3, minutes=30)
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def extend(old: bytes, data: bytes) -> bytes:
+    """The PCR extend operation: SHA384(old || data)."""
+    return hashlib.sha384(old + data).digest()
+
+
+def _measure(label: str, seed: int | None) -> bytes:
+    salt = os.urandom(16) if seed is None else seed.to_bytes(16, "big", signed=True)
+    return extend(bytes(PCR_SIZE), hashlib.sha384(label.encode() + salt).digest())
+
+
+class Emulator:
+    """The module's state and request handling, without any I/O.
+
+    `handle(request_bytes) -> answer_bytes` is the whole protocol surface; the Unix socket
+    server and the LD_PRELOAD shim both feed it the exact ioctl bytes.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int | None = None,
+        debug: bool = False,
+        pcrs: Mapping[int, bytes] | None = None,
+        region: str = "us-east-1",
+        indefinite: bool = False,
+        clock: Clock = _utc_now,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._seed = seed
+        self._clock = clock
+        self._region = region
+        self._indefinite = indefinite
+        ident = (
+            hashlib.sha256(b"nsm-emulator" + seed.to_bytes(16, "big", signed=True)).digest()
+            if seed is not None
+            else os.urandom(32)
+        )
+        self.instance_id = "i-" + ident[:9].hex()[:17]
+        self.module_id = f"{self.instance_id}-enc{ident[9:17].hex()}"
+        self.debug = debug
+
+        self._pcrs = [bytes(PCR_SIZE) for _ in range(MAX_PCRS)]
+        self._locked = [i < BOOT_LOCKED_PCRS for i in range(MAX_PCRS)]
+        if not debug:
+            self._pcrs[0] = _measure("PCR0 enclave image", seed)
+            self._pcrs[1] = _measure("PCR1 kernel and bootstrap", seed)
+            self._pcrs[2] = _measure("PCR2 application", seed)
+        self._pcrs[4] = extend(bytes(PCR_SIZE), self.instance_id.encode())
+        for index, value in (pcrs or {}).items():
+            if not 0 <= index < BOOT_LOCKED_PCRS or len(value) != PCR_SIZE:
+                raise ValueError(f"boot PCR {index} must be in 0..15 and {PCR_SIZE} bytes long")
+            self._pcrs[index] = bytes(value)
+
+        self._pki = builder.generate_pki(
+            seed=seed, region=region, instance_id=self.instance_id, not_before=self._ca_start()
+        )
+        self._leaf: builder.CertifiedKey | None = None
+
+    # --- public -------------------------------------------------------------------------
+
+    @property
+    def root_pem(self) -> bytes:
+        """The emulator's root certificate: pin it explicitly to verify its documents."""
+        return self._pki.root_pem()
+
+    @property
+    def pki(self) -> builder.Pki:
+        return self._pki
+
+    def pcr(self, index: int) -> bytes:
+        with self._lock:
+            return self._pcrs[index]
+
+    def handle(self, request: bytes) -> bytes:
+        """Answer one encoded request with one encoded response."""
+        return _protocol.encode_response(self._answer(request))
+
+    # --- request handling ---------------------------------------------------------------
+
+    def _answer(self, raw: bytes) -> Response:
+        if len(raw) > REQUEST_MAX:
+            return ErrorResponse(ErrorCode.INPUT_TOO_LARGE)
+        try:
+            request = _protocol.decode_request(raw)
+        except ProtocolError:
+            return ErrorResponse(ErrorCode.INVALID_OPERATION)
+        with self._lock:
+            return self._dispatch(request)
+
+    def _dispatch(self, request: Request) -> Response:
+        match request:
+            case DescribeNSM():
+                return Description(
+                    version_major=1,
+                    version_minor=0,
+                    version_patch=0,
+                    module_id=self.module_id,
+                    max_pcrs=MAX_PCRS,
+                    locked_pcrs=frozenset(i for i in range(MAX_PCRS) if self._locked[i]),
+                    digest=Digest.SHA384,
+                )
+            case DescribePCR(index=index):
+                if index >= MAX_PCRS:
+                    return ErrorResponse(ErrorCode.INVALID_INDEX)
+                return PcrState(locked=self._locked[index], data=self._pcrs[index])
+            case ExtendPCR(index=index, data=data):
+                if index >= MAX_PCRS:
+                    return ErrorResponse(ErrorCode.INVALID_INDEX)
+                if self._locked[index]:
+                    return ErrorResponse(ErrorCode.READ_ONLY_INDEX)
+                self._pcrs[index] = extend(self._pcrs[index], data)
+                return PcrExtended(self._pcrs[index])
+            case LockPCR(index=index):
+                if index >= MAX_PCRS:
+                    return ErrorResponse(ErrorCode.INVALID_INDEX)
+                if self._locked[index]:
+                    return ErrorResponse(ErrorCode.READ_ONLY_INDEX)
+                self._locked[index] = True
+                return PcrLocked()
+            case LockPCRs(range=range_):
+                if range_ > MAX_PCRS:
+                    return ErrorResponse(ErrorCode.INVALID_INDEX)
+                for i in range(range_):
+                    self._locked[i] = True
+                return PcrsLocked()
+            case GetRandom():
+                return RandomBytes(os.urandom(RANDOM_SIZE))
+            case Attestation():
+                return self._attest(request)
+        return ErrorResponse(ErrorCode.INVALID_OPERATION)  # pragma: no cover - exhaustive
+
+    def _attest(self, request: Attestation) -> Response:
+        fields = (request.user_data, request.nonce, request.public_key)
+        if any(f is not None and len(f) > ATTESTATION_FIELD_MAX for f in fields):
+            return ErrorResponse(ErrorCode.INPUT_TOO_LARGE)
+        now = self._now()
+        leaf = self._current_leaf(now)
+        document = builder.build_document(
+            leaf=leaf,
+            cabundle=self._pki.cabundle,
+            module_id=self.module_id,
+            timestamp_ms=int(now.timestamp() * 1000),
+            # "all locked PCRs at the moment the document was generated" (nsm.md §4.2)
+            pcrs={i: self._pcrs[i] for i in range(MAX_PCRS) if self._locked[i]},
+            public_key=request.public_key,
+            user_data=request.user_data,
+            nonce=request.nonce,
+            indefinite=self._indefinite,
+        )
+        return AttestationResponse(document)
+
+    # --- PKI upkeep ---------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise ValueError("the emulator clock must return an aware datetime")
+        return now.astimezone(UTC)
+
+    def _ca_start(self) -> datetime:
+        # Seeded emulators start their CAs at the top of the hour, so that two runs within the
+        # same hour issue byte-identical certificates.
+        now = self._now()
+        if self._seed is not None:
+            now = now.replace(minute=0, second=0, microsecond=0)
+        return now - timedelta(hours=1)
+
+    def _current_leaf(self, now: datetime) -> builder.CertifiedKey:
+        if self._pki.instance.certificate.not_valid_after_utc - now < _CA_MARGIN:
+            # Real intermediates rotate (the instance CA lives one day); so do ours. The root,
+            # which callers have pinned, stays the same.
+            self._pki = self._pki.renew_intermediates(not_before=self._ca_start())
+            self._leaf = None
+        leaf = self._leaf
+        if leaf is None or leaf.certificate.not_valid_after_utc - now < _LEAF_MARGIN:
+            leaf = self._pki.issue_leaf(
+                module_id=self.module_id, not_before=now - timedelta(minutes=1)
+            )
+            self._leaf = leaf
+        return leaf

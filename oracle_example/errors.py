@@ -1,0 +1,76 @@
+"""The error tree of `oracle_example`.
+
+One root, `OracleExampleError`, so callers can catch everything this package raises with one
+clause. (`OracleError` is taken: it is an EIP-712 type name in the report format.) Foreign
+exceptions (OSError, ssl.SSLError, httpcore's) are translated once, where they are caught, with
+`raise ... from` so the original stays attached.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AddressError",
+    "EgressConfigError",
+    "EgressConnectError",
+    "EgressError",
+    "EgressProtocolError",
+    "EgressTimeout",
+    "InterfaceError",
+    "NoRouteError",
+    "OracleExampleError",
+    "ProxyConfigError",
+    "ProxyRefusedError",
+    "TLSVerificationError",
+]
+
+
+class OracleExampleError(Exception):
+    """Root of every error raised by `oracle_example`."""
+
+
+class EgressError(OracleExampleError):
+    """Egress (enclave side or parent side) failed or was misconfigured."""
+
+
+class AddressError(EgressError, ValueError):
+    """A `vsock:CID:PORT`, `unix:PATH` or `tcp:HOST:PORT` string is malformed."""
+
+
+class EgressConfigError(EgressError, ValueError):
+    """The enclave-side egress configuration is inconsistent (bad route, bad bundle...)."""
+
+
+class NoRouteError(EgressError):
+    """The enclave refused a host that is not in its route table; no byte left the enclave."""
+
+
+class EgressConnectError(EgressError):
+    """The parent address could not be reached, or the parent closed the stream early."""
+
+
+class EgressTimeout(EgressError):
+    """A connect, read, write or pool timeout expired."""
+
+
+class ProxyRefusedError(EgressError):
+    """The parent CONNECT proxy answered with a non-2xx status (403 refused, 502 upstream...)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TLSVerificationError(EgressError):
+    """The server's certificate chain or hostname did not verify against the CA bundle."""
+
+
+class EgressProtocolError(EgressError):
+    """The peer sent something that is not valid HTTP."""
+
+
+class ProxyConfigError(EgressError, ValueError):
+    """The parent-side proxy configuration (routes, allowlist, config file) is invalid."""
+
+
+class InterfaceError(EgressError):
+    """Reading or setting a network interface's flags failed (missing, or no CAP_NET_ADMIN)."""

@@ -7,7 +7,13 @@ from types import TracebackType
 from typing import TypeVar
 
 from nsm import _protocol
-from nsm._transport import EMULATOR_ENV, Transport, UnixTransport, emulator_address
+from nsm._transport import (
+    EMULATOR_ENV,
+    Transport,
+    UnixTransport,
+    check_request_size,
+    emulator_address,
+)
 from nsm.errors import ArgumentError, ModuleError, ProtocolError
 from nsm.models import (
     Attestation,
@@ -142,6 +148,7 @@ class Nsm:
 
     def _call(self, request: Request, expected: type[_R]) -> _R:
         encoded = _protocol.encode_request(request)
+        check_request_size(encoded)
         answer = _protocol.decode_response(self._transport.exchange(encoded))
         name = type(request).__name__
         if isinstance(answer, ErrorResponse):

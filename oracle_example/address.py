@@ -1,4 +1,4 @@
-"""One address syntax for every socket in the oracle: `vsock:CID:PORT`, `unix:PATH`, `tcp:HOST:PORT`.
+"""One address syntax for every socket: `vsock:CID:PORT`, `unix:PATH`, `tcp:HOST:PORT`.
 
 Production uses vsock (the parent is CID 3); tests and the demo use Unix sockets in its place,
 because vsock loopback (CID 1) needs the `vsock_loopback` module that CI machines rarely have
@@ -176,7 +176,9 @@ def parse_address(text: str) -> Address:
     raise AddressError(f"{text!r}: unknown scheme {scheme!r}; use vsock:, unix: or tcp:")
 
 
-def sockaddr(address: Address) -> tuple[socket.AddressFamily, str | tuple[str, int] | tuple[int, int]]:
+def sockaddr(
+    address: Address,
+) -> tuple[socket.AddressFamily, str | tuple[str, int] | tuple[int, int]]:
     """The socket family and the address tuple to `connect`/`bind` with.
 
     A `tcp:` host must be an IP literal: turning a name into an address is DNS, which the enclave

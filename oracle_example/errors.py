@@ -63,6 +63,11 @@ class ProxyRefusedError(EgressError):
 class TLSVerificationError(EgressError):
     """The server's certificate chain or hostname did not verify against the CA bundle."""
 
+    def __init__(self, message: str, *, verify_code: int | None = None) -> None:
+        super().__init__(message)
+        # OpenSSL's X509_V_ERR_* code: 62 hostname mismatch, 10 expired, 9 not yet valid.
+        self.verify_code = verify_code
+
 
 class EgressProtocolError(EgressError):
     """The peer sent something that is not valid HTTP."""

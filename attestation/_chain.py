@@ -1,0 +1,271 @@
+"""X.509 path validation from the document's leaf through `cabundle[1:]` to a pinned root.
+
+AWS rules (`attestation_process.md` §3.2.3; reference/nsm.md §4.3), and who enforces each:
+
+- the path is `[certificate, cabundle[N], ..., cabundle[1], ROOT]` with ROOT a pinned root, never
+  the document's own `cabundle[0]` (it is not looked at: a document could carry anything there and
+  the trust decision must not depend on it). The path the engine builds must be exactly that
+  order (`chain.path-mismatch` otherwise): AWS defines the bundle as the ordered chain;
+- every certificate, including the root, valid at the verification time (explicit checks, so the
+  error says `chain.expired` / `chain.not-yet-valid`; the engine checks again);
+- signatures, name chaining, basicConstraints critical with CA on CAs, pathLen, unknown critical
+  extensions: cryptography's `x509.verification` engine with the webpki CA policy;
+- keyUsage keyCertSign on CAs: explicit (the webpki CA policy does not require keyUsage);
+- the leaf: ECDSA P-384 key, ecdsa-with-SHA384 signature, not a CA, keyUsage digitalSignature:
+  explicit. The webpki EE policy is relaxed only where Nitro leaves differ from TLS certificates:
+  they have no subjectAltName, no authorityKeyIdentifier and no extendedKeyUsage.
+
+Verified paths are cached (bounded LRU keyed by the SHA-256 of the leaf and bundle DER). A cache
+hit is used only if the verification time lies inside every certificate's validity window, which
+is the only input of the result that changes between calls; otherwise the path is validated again
+from scratch, so expiry is always reported correctly.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import verification as xv
+from cryptography.x509.oid import SignatureAlgorithmOID
+
+from attestation.errors import CertificateExpired, CertificateNotYetValid, ChainError
+
+__all__ = ["DEFAULT_CACHE_SIZE", "CacheInfo", "ChainValidator", "VerifiedChain"]
+
+# Enough for every leaf of a large fleet over a leaf's 3-hour life; entries are ~5 KB.
+DEFAULT_CACHE_SIZE = 1024
+# Parsed certificates are shared by many chains (one instance CA per parent, one zonal CA per AZ).
+_PARSED_CACHE_FACTOR = 4
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedChain:
+    """A validated path, leaf first and root last, and the window in which all of it is valid."""
+
+    certificates: tuple[x509.Certificate, ...]
+    not_before: _dt.datetime
+    not_after: _dt.datetime
+    leaf_key: ec.EllipticCurvePublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInfo:
+    """Chain cache counters for one `Verifier` (like `functools.lru_cache`'s)."""
+
+    hits: int
+    misses: int
+    size: int
+    maxsize: int
+
+
+def _chain_error(code: str, message: str) -> ChainError:
+    return ChainError(message, code=code)
+
+
+def _check_validity(cert: x509.Certificate, at: _dt.datetime, role: str) -> None:
+    # RFC 5280 §4.1.2.5: valid from notBefore to notAfter, both inclusive.
+    if at < cert.not_valid_before_utc:
+        raise CertificateNotYetValid(
+            f"{role} {cert.subject.rfc4514_string()} is valid from "
+            f"{cert.not_valid_before_utc.isoformat()}, verification time {at.isoformat()}"
+        )
+    if at > cert.not_valid_after_utc:
+        raise CertificateExpired(
+            f"{role} {cert.subject.rfc4514_string()} expired at "
+            f"{cert.not_valid_after_utc.isoformat()}, verification time {at.isoformat()}"
+        )
+
+
+def _extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Extension[x509.ExtensionType] | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind)
+    except x509.ExtensionNotFound:
+        return None
+
+
+class ChainValidator:
+    """Validates Nitro certificate paths against fixed roots, with a per-instance cache."""
+
+    def __init__(self, roots: Sequence[x509.Certificate], *, cache_size: int = DEFAULT_CACHE_SIZE):
+        if not roots:
+            raise ValueError("at least one trust root is required")
+        if cache_size < 0:
+            raise ValueError("cache_size must be >= 0")
+        self._roots = tuple(roots)
+        self._store = xv.Store(list(self._roots))
+        self._ca_policy = xv.ExtensionPolicy.webpki_defaults_ca()
+        # Nitro leaves carry basicConstraints (CA:false) and keyUsage, nothing a TLS client
+        # certificate must have: relax exactly SAN, AKI and EKU (reference/verifiers.md §2.4,
+        # "TLS-server semantics on non-TLS certs").
+        self._ee_policy = (
+            xv.ExtensionPolicy.webpki_defaults_ee()
+            .may_be_present(x509.SubjectAlternativeName, xv.Criticality.AGNOSTIC, None)
+            .may_be_present(x509.AuthorityKeyIdentifier, xv.Criticality.AGNOSTIC, None)
+            .may_be_present(x509.ExtendedKeyUsage, xv.Criticality.AGNOSTIC, None)
+        )
+        self._maxsize = cache_size
+        self._paths: OrderedDict[bytes, VerifiedChain] = OrderedDict()
+        self._parsed: OrderedDict[bytes, x509.Certificate] = OrderedDict()
+        self._hits = 0
+        self._misses = 0
+
+    @property
+    def roots(self) -> tuple[x509.Certificate, ...]:
+        return self._roots
+
+    def cache_info(self) -> CacheInfo:
+        return CacheInfo(self._hits, self._misses, len(self._paths), self._maxsize)
+
+    def validate(
+        self, leaf: bytes, intermediates: Sequence[bytes], at: _dt.datetime
+    ) -> VerifiedChain:
+        """Validate `leaf` via `intermediates` (document order: root side first) at `at`."""
+        digest = hashlib.sha256()
+        for der in (leaf, *intermediates):
+            digest.update(len(der).to_bytes(4, "big"))
+            digest.update(der)
+        key = digest.digest()
+        cached = self._paths.get(key)
+        if cached is not None and cached.not_before <= at <= cached.not_after:
+            self._paths.move_to_end(key)
+            self._hits += 1
+            return cached
+        self._misses += 1
+        chain = self._validate_cold(leaf, intermediates, at)
+        if self._maxsize:
+            self._paths[key] = chain
+            self._paths.move_to_end(key)
+            while len(self._paths) > self._maxsize:
+                self._paths.popitem(last=False)
+        return chain
+
+    def _load(self, der: bytes, role: str) -> x509.Certificate:
+        cert = self._parsed.get(der)
+        if cert is not None:
+            self._parsed.move_to_end(der)
+            return cert
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            # Touch the lazily parsed parts now, so a malformed field fails here, coded.
+            cert.extensions  # noqa: B018
+            cert.not_valid_before_utc  # noqa: B018
+            cert.not_valid_after_utc  # noqa: B018
+            cert.public_key()
+        except (ValueError, TypeError) as exc:
+            # cryptography raises ValueError for bad DER and unsupported keys.
+            raise _chain_error("chain.certificate-malformed", f"{role}: {exc}") from exc
+        except x509.UnsupportedGeneralNameType as exc:
+            raise _chain_error("chain.certificate-malformed", f"{role}: {exc}") from exc
+        if self._maxsize:
+            self._parsed[der] = cert
+            while len(self._parsed) > self._maxsize * _PARSED_CACHE_FACTOR:
+                self._parsed.popitem(last=False)
+        return cert
+
+    def _validate_cold(
+        self, leaf_der: bytes, intermediate_ders: Sequence[bytes], at: _dt.datetime
+    ) -> VerifiedChain:
+        # (1) Parse. Bundle order is root side first; the leaf's issuer is the last entry.
+        leaf = self._load(leaf_der, "certificate")
+        intermediates = [
+            self._load(der, f"cabundle[{i + 1}]") for i, der in enumerate(intermediate_ders)
+        ]
+
+        # (2) AWS §3.2.3: every certificate valid at the verification time.
+        _check_validity(leaf, at, "leaf certificate")
+        for i, cert in enumerate(intermediates):
+            _check_validity(cert, at, f"cabundle[{i + 1}]")
+
+        # (3) AWS §3.2.3.3 and hf/nitrite: the leaf signs ES384 documents, so its key must be
+        # P-384, it must be signed with ecdsa-with-SHA384, be no CA, and allow digitalSignature.
+        leaf_key = leaf.public_key()
+        if not (
+            isinstance(leaf_key, ec.EllipticCurvePublicKey)
+            and isinstance(leaf_key.curve, ec.SECP384R1)
+        ):
+            raise _chain_error("chain.leaf-key", "leaf key is not ECDSA P-384")
+        if leaf.signature_algorithm_oid != SignatureAlgorithmOID.ECDSA_WITH_SHA384:
+            raise _chain_error("chain.leaf-algorithm", "leaf is not signed with ecdsa-with-SHA384")
+        constraints = _extension(leaf, x509.BasicConstraints)
+        if constraints is not None and constraints.value.ca:  # type: ignore[attr-defined]
+            raise _chain_error("chain.leaf-usage", "leaf certificate is a CA")
+        usage = _extension(leaf, x509.KeyUsage)
+        if usage is None or not usage.value.digital_signature:  # type: ignore[attr-defined]
+            raise _chain_error("chain.leaf-usage", "leaf keyUsage lacks digitalSignature")
+
+        # (4) AWS §3.2.3.2: CAs need keyUsage keyCertSign (critical, like every real Nitro CA).
+        for i, cert in enumerate(intermediates):
+            usage = _extension(cert, x509.KeyUsage)
+            if usage is None or not usage.critical or not usage.value.key_cert_sign:  # type: ignore[attr-defined]
+                raise _chain_error(
+                    "chain.invalid", f"cabundle[{i + 1}] lacks critical keyUsage keyCertSign"
+                )
+
+        # (5) Path validation to a pinned root: signatures, names, basicConstraints, pathLen,
+        # unknown critical extensions (cryptography x509.verification, webpki CA profile).
+        verifier = (
+            xv.PolicyBuilder()
+            .store(self._store)
+            .time(at)
+            .extension_policies(ca_policy=self._ca_policy, ee_policy=self._ee_policy)
+            .build_client_verifier()
+        )
+        try:
+            path = verifier.verify(leaf, intermediates).chain
+        except xv.VerificationError as exc:
+            raise self._diagnose(leaf, intermediates, str(exc)) from exc
+
+        # (6) AWS §3.2.3: the path is the bundle, in order, under a pinned root.
+        expected = [leaf, *reversed(intermediates)]
+        if len(path) != len(expected) + 1 or any(
+            a != b for a, b in zip(path, expected, strict=False)
+        ):
+            raise _chain_error(
+                "chain.path-mismatch", "cabundle[1:] is not the ordered path from the leaf"
+            )
+        anchor = path[-1]
+
+        # (7) AWS §3.2.3: "including the root".
+        _check_validity(anchor, at, "root")
+        usage = _extension(anchor, x509.KeyUsage)
+        if usage is not None and not usage.value.key_cert_sign:  # type: ignore[attr-defined]
+            raise _chain_error("chain.invalid", "root keyUsage lacks keyCertSign")
+
+        certificates = tuple(path)
+        return VerifiedChain(
+            certificates=certificates,
+            not_before=max(c.not_valid_before_utc for c in certificates),
+            not_after=min(c.not_valid_after_utc for c in certificates),
+            leaf_key=leaf_key,
+        )
+
+    def _diagnose(
+        self, leaf: x509.Certificate, intermediates: list[x509.Certificate], reason: str
+    ) -> ChainError:
+        """Name the failure: a broken signature/name link means untrusted, else a constraint."""
+        links = [leaf, *reversed(intermediates)]
+        for child, parent in zip(links, links[1:], strict=False):
+            if not _issued_by(child, parent):
+                return _chain_error(
+                    "chain.untrusted",
+                    f"{child.subject.rfc4514_string()} is not issued by the next bundle entry",
+                )
+        top = links[-1]
+        if not any(_issued_by(top, root) for root in self._roots):
+            return _chain_error("chain.untrusted", "the chain does not end at a pinned root")
+        return _chain_error("chain.invalid", f"path validation failed: {reason}")
+
+
+def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    try:
+        child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True

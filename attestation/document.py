@@ -1,0 +1,299 @@
+"""Parse an attestation document (COSE_Sign1 over a CBOR map) without trusting any of it.
+
+`AttestationDocument.parse(data)` checks syntax only: nothing here is authenticated. Use
+`Verifier.verify` to get a `VerifiedDocument`.
+
+Envelope (RFC 9052 COSE_Sign1; AWS `attestation_process.md` §3.1, User Guide "COSE and CBOR"):
+
+- optionally wrapped in tag 18 (AWS shows it tagged; no real document is), an array of exactly 4;
+- protected header: a byte string whose content decodes to exactly `{1: -35}` (alg ES384), no
+  other label (so no `crit` either); its bytes are kept as received for the signature;
+- unprotected header: must be the **empty** map. AWS always sends `{}`; it is not signed, so
+  anything in it is attacker-controlled, and RFC 9052 §3 forbids repeating `alg` there. Accepting
+  content would only widen the set of byte strings that verify without any use for it;
+- payload: a byte string of 1..16384 bytes (AWS CDDL); signature: 96 bytes (P-384 `r || s`; AWS's
+  "32/48/64" in §3.1 is wrong for ES384).
+
+Payload map: definite or indefinite, any key order, no duplicate keys, no unknown keys. Where AWS
+contradicts itself (`attestation_process.md` §2.2 CDDL vs §3.2.2.2; reference/verifiers.md §2.3)
+this module chooses:
+
+- `public_key`, `user_data`, `nonce`: byte strings of **0..1024** bytes (the CDDL and the User
+  Guide), or `null`/absent. Not §3.2.2.2's `public_key` ∈ [1, 1024]: a real 2021 document carries an
+  empty `public_key`, and not its [0, 512] for user_data/nonce: the NSM accepts 1024 and AWS's own
+  device test sends 1024. An empty byte string stays distinct from absent.
+- `null` means absent for the optional fields (the NSM encodes `None` as `null`, contradicting
+  §3.2.2.1 "No field content can be null"); a mandatory field set to `null` is missing.
+- mandatory: `module_id` (non-empty text), `digest` (`"SHA384"`), `timestamp` (uint > 0, ms since
+  the epoch, any integer length form), `pcrs` (1..32 entries, index 0..31, value 32/48/64 bytes),
+  `certificate` (1..1024 bytes), `cabundle` (1+ byte strings of 1..1024 bytes each).
+- a payload with `nitrotpm_pcrs` instead of `pcrs` is a NitroTPM (EC2 instance) document: it parses
+  as `kind == "nitrotpm"` so that the enclave verifier can refuse it with `document.nitrotpm`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+from attestation._cbor import CborError, decode
+from attestation.errors import MalformedDocument
+
+__all__ = [
+    "MAX_DOCUMENT_SIZE",
+    "MAX_FIELD_SIZE",
+    "MAX_PAYLOAD_SIZE",
+    "AttestationDocument",
+    "DocumentKind",
+]
+
+# AWS CDDL: `payload: bstr .size (1..16384)`.
+MAX_PAYLOAD_SIZE = 16384
+# The payload plus the rest of the envelope (tag, array head, 4-byte protected header, empty map,
+# 96-byte signature, string heads): 512 bytes is several times what that needs. The NSM itself
+# returns at most 12288 bytes (reference/nsm.md §3), so this never refuses a real document.
+MAX_DOCUMENT_SIZE = MAX_PAYLOAD_SIZE + 512
+# AWS CDDL: `user_data = bytes .size (0..1024)`, used for public_key, user_data and nonce.
+MAX_FIELD_SIZE = 1024
+# AWS CDDL: `cert = bytes .size (1..1024)` for `certificate` and each `cabundle` entry.
+MAX_CERT_SIZE = 1024
+# AWS CDDL: `index = 0..31`, `pcrs: { + index => pcr }`, `pcr = bytes .size (32/48/64)`.
+MAX_PCRS = 32
+PCR_SIZES = frozenset({32, 48, 64})
+# RFC 9052: tag 18 is COSE_Sign1; label 1 is alg, -35 is ES384.
+_COSE_SIGN1_TAG = 0xD2
+_PROTECTED_ES384 = {1: -35}
+# P-384 ECDSA in COSE form: r || s, 48 bytes each (RFC 9053 §2.1).
+SIGNATURE_SIZE = 96
+
+DocumentKind = Literal["nitro-enclave", "nitrotpm"]
+
+_MANDATORY = ("module_id", "digest", "timestamp", "certificate", "cabundle")
+_OPTIONAL = ("public_key", "user_data", "nonce")
+_KNOWN = frozenset((*_MANDATORY, *_OPTIONAL, "pcrs", "nitrotpm_pcrs"))
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+_SIG1_CONTEXT = b"\x84\x6aSignature1"  # array(4), text(10) "Signature1"
+
+
+def _malformed(code: str, message: str) -> MalformedDocument:
+    return MalformedDocument(message, code=code)
+
+
+def _bstr_head(length: int) -> bytes:
+    """Shortest CBOR head of a byte string of `length` (RFC 9052 §9 wants deterministic Sig_structure)."""
+    if length < 24:
+        return bytes((0x40 | length,))
+    if length < 0x100:
+        return bytes((0x58, length))
+    if length < 0x10000:
+        return b"\x59" + length.to_bytes(2, "big")
+    return b"\x5a" + length.to_bytes(4, "big")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttestationDocument:
+    """A syntactically valid attestation document. **Not verified**: nothing here is trusted."""
+
+    kind: DocumentKind
+    module_id: str
+    digest: str
+    timestamp_ms: int
+    pcrs: Mapping[int, bytes]
+    certificate: bytes
+    cabundle: tuple[bytes, ...]
+    public_key: bytes | None
+    user_data: bytes | None
+    nonce: bytes | None
+    protected: bytes
+    """The protected header bytes exactly as received."""
+    payload: bytes
+    """The payload bytes exactly as received (the content of the payload byte string)."""
+    signature: bytes
+    tagged: bool
+    raw: bytes
+
+    @property
+    def timestamp(self) -> _dt.datetime:
+        """The document's own `timestamp` as an aware UTC datetime (parse checked the range)."""
+        return _EPOCH + _dt.timedelta(milliseconds=self.timestamp_ms)
+
+    @property
+    def is_debug(self) -> bool:
+        """PCR0 all zero: an enclave started in debug mode (User Guide; reference/nsm.md §6)."""
+        pcr0 = self.pcrs.get(0)
+        return pcr0 is not None and not any(pcr0)
+
+    def sig_structure(self) -> bytes:
+        """`Sig_structure` (RFC 9052 §4.4) over the protected header and payload as received."""
+        return b"".join(
+            (
+                _SIG1_CONTEXT,
+                _bstr_head(len(self.protected)),
+                self.protected,
+                b"\x40",  # external_aad: empty byte string
+                _bstr_head(len(self.payload)),
+                self.payload,
+            )
+        )
+
+    @classmethod
+    def parse(cls, data: bytes) -> AttestationDocument:
+        """Parse `data` (raw CBOR bytes) or raise `MalformedDocument` / a subclass with a code."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError("attestation document must be bytes")
+        data = bytes(data)
+        if not data or len(data) > MAX_DOCUMENT_SIZE:
+            raise _malformed("document.size", f"document is {len(data)} bytes")
+        tagged = data[0] == _COSE_SIGN1_TAG
+        body = data[1:] if tagged else data
+        if body and body[0] >> 5 == 6:
+            raise _malformed("envelope.tag", "only tag 18 (COSE_Sign1) may wrap the envelope")
+        try:
+            envelope = decode(body)
+        except CborError as exc:
+            raise _malformed(exc.code, f"envelope: {exc}") from exc
+        if not isinstance(envelope, list):
+            raise _malformed("envelope.not-array", "COSE_Sign1 must be a CBOR array")
+        if len(envelope) != 4:
+            raise _malformed("envelope.wrong-length", f"COSE_Sign1 has {len(envelope)} elements")
+        protected, unprotected, payload, signature = envelope
+        if not (
+            type(protected) is bytes and type(payload) is bytes and type(signature) is bytes
+        ) or not isinstance(unprotected, dict):
+            raise _malformed("envelope.field-type", "COSE_Sign1 element has the wrong type")
+        try:
+            header = decode(protected)
+        except CborError as exc:
+            raise _malformed("envelope.protected-header", f"protected header: {exc}") from exc
+        # Compare types too: {1: -35} == {True: -35} in Python, but decode never yields bool keys.
+        if not (isinstance(header, dict) and header == _PROTECTED_ES384):
+            raise _malformed("envelope.protected-header", "protected header must be {1: -35}")
+        if unprotected:
+            raise _malformed("envelope.unprotected-header", "unprotected header must be empty")
+        if len(signature) != SIGNATURE_SIZE:
+            raise _malformed("envelope.signature-size", f"signature is {len(signature)} bytes")
+        if not 1 <= len(payload) <= MAX_PAYLOAD_SIZE:
+            raise _malformed("envelope.payload-size", f"payload is {len(payload)} bytes")
+        try:
+            fields = decode(payload)
+        except CborError as exc:
+            raise _malformed(exc.code, f"payload: {exc}") from exc
+        if not isinstance(fields, dict):
+            raise _malformed("payload.not-map", "payload must be a CBOR map")
+        return cls._from_fields(fields, protected, payload, signature, tagged, data)
+
+    @classmethod
+    def _from_fields(
+        cls,
+        fields: dict[object, object],
+        protected: bytes,
+        payload: bytes,
+        signature: bytes,
+        tagged: bool,
+        raw: bytes,
+    ) -> AttestationDocument:
+        unknown = fields.keys() - _KNOWN
+        if unknown:
+            shown = ", ".join(sorted(repr(k) for k in unknown))
+            raise _malformed("payload.unknown-field", f"unknown payload keys: {shown}")
+        for name in _MANDATORY:
+            if fields.get(name) is None:
+                raise _malformed("payload.missing-field", f"{name} is missing")
+
+        module_id = fields["module_id"]
+        if type(module_id) is not str:
+            raise _malformed("payload.field-type", "module_id must be a text string")
+        if not module_id:
+            raise _malformed("payload.field-size", "module_id is empty")
+
+        digest = fields["digest"]
+        if type(digest) is not str:
+            raise _malformed("payload.field-type", "digest must be a text string")
+        if digest != "SHA384":
+            raise _malformed("payload.field-value", f"digest {digest!r} is not SHA384")
+
+        timestamp = fields["timestamp"]
+        if type(timestamp) is not int:
+            raise _malformed("payload.field-type", "timestamp must be an unsigned integer")
+        if timestamp <= 0:
+            raise _malformed("payload.field-value", "timestamp must be > 0")
+        try:
+            _EPOCH + _dt.timedelta(milliseconds=timestamp)
+        except OverflowError as exc:
+            raise _malformed("payload.field-value", "timestamp out of range") from exc
+
+        tpm_pcrs = fields.get("nitrotpm_pcrs")
+        enclave_pcrs = fields.get("pcrs")
+        kind: DocumentKind
+        if enclave_pcrs is not None and tpm_pcrs is not None:
+            raise _malformed("payload.unknown-field", "both pcrs and nitrotpm_pcrs present")
+        if enclave_pcrs is not None:
+            kind, pcrs = "nitro-enclave", _pcrs(enclave_pcrs, "pcrs")
+        elif tpm_pcrs is not None:
+            kind, pcrs = "nitrotpm", _pcrs(tpm_pcrs, "nitrotpm_pcrs")
+        else:
+            raise _malformed("payload.missing-field", "pcrs is missing")
+
+        certificate = _cert(fields["certificate"], "certificate")
+        bundle = fields["cabundle"]
+        if type(bundle) is not list:
+            raise _malformed("payload.field-type", "cabundle must be an array")
+        if not bundle:
+            raise _malformed("payload.field-size", "cabundle is empty")
+        cabundle = tuple(_cert(c, f"cabundle[{i}]") for i, c in enumerate(bundle))
+
+        return cls(
+            kind=kind,
+            module_id=module_id,
+            digest=digest,
+            timestamp_ms=timestamp,
+            pcrs=pcrs,
+            certificate=certificate,
+            cabundle=cabundle,
+            public_key=_optional(fields.get("public_key"), "public_key"),
+            user_data=_optional(fields.get("user_data"), "user_data"),
+            nonce=_optional(fields.get("nonce"), "nonce"),
+            protected=protected,
+            payload=payload,
+            signature=signature,
+            tagged=tagged,
+            raw=raw,
+        )
+
+
+def _pcrs(value: object, name: str) -> Mapping[int, bytes]:
+    if not isinstance(value, dict):
+        raise _malformed("payload.field-type", f"{name} must be a map")
+    if not 1 <= len(value) <= MAX_PCRS:
+        raise _malformed("payload.field-size", f"{name} has {len(value)} entries")
+    for index, pcr in value.items():
+        if type(index) is not int:
+            raise _malformed("payload.field-type", f"{name} index must be an integer")
+        if not 0 <= index < MAX_PCRS:
+            raise _malformed("payload.field-value", f"{name} index {index} outside 0..31")
+        if type(pcr) is not bytes:
+            raise _malformed("payload.field-type", f"{name}[{index}] must be a byte string")
+        if len(pcr) not in PCR_SIZES:
+            raise _malformed("payload.field-size", f"{name}[{index}] is {len(pcr)} bytes")
+    return MappingProxyType(value)  # type: ignore[arg-type]  # keys/values checked above
+
+
+def _cert(value: object, name: str) -> bytes:
+    if type(value) is not bytes:
+        raise _malformed("payload.field-type", f"{name} must be a byte string")
+    if not 1 <= len(value) <= MAX_CERT_SIZE:
+        raise _malformed("payload.field-size", f"{name} is {len(value)} bytes")
+    return value
+
+
+def _optional(value: object, name: str) -> bytes | None:
+    if value is None:
+        return None
+    if type(value) is not bytes:
+        raise _malformed("payload.field-type", f"{name} must be a byte string or null")
+    if len(value) > MAX_FIELD_SIZE:
+        raise _malformed("payload.field-size", f"{name} is {len(value)} bytes (max 1024)")
+    return value

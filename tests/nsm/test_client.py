@@ -1,0 +1,204 @@
+"""`Nsm` over the emulator socket: every operation, argument checks, error answers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cbor2
+import pytest
+
+from nsm import _protocol
+from nsm._transport import UnixTransport
+from nsm.client import Nsm
+from nsm.emulator import Emulator
+from nsm.errors import ArgumentError, DeviceNotFound, ModuleError, ProtocolError, TransportError
+from nsm.models import ErrorCode, RandomBytes
+
+
+class RecordingTransport:
+    """Counts requests and answers from an in-process emulator."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.requests: list[bytes] = []
+
+    def exchange(self, request: bytes) -> bytes:
+        self.requests.append(request)
+        return self.emulator.handle(request)
+
+    def close(self) -> None:
+        pass
+
+
+def test_all_seven_operations_over_the_socket(module: Nsm, emulator: Emulator) -> None:
+    description = module.describe()
+    assert description.module_id == emulator.module_id
+    assert module.describe_pcr(0).data == emulator.pcr(0)
+    value = module.extend_pcr(16, b"data")
+    assert value == hashlib.sha384(bytes(48) + b"data").digest()
+    module.lock_pcr(16)
+    assert module.describe_pcr(16).locked
+    module.lock_pcrs(20)
+    assert module.describe().locked_pcrs == frozenset(range(20))
+    assert len(module.get_random(32)) == 32
+    document = module.attestation(nonce=b"n", user_data=b"u", public_key=b"k")
+    payload = cbor2.loads(cbor2.loads(document)[2])
+    assert (payload["nonce"], payload["user_data"], payload["public_key"]) == (b"n", b"u", b"k")
+    assert sorted(payload["pcrs"]) == list(range(20))
+
+
+def test_get_random_loops_over_256_byte_answers(emulator: Emulator) -> None:
+    transport = RecordingTransport(emulator)
+    data = Nsm(transport).get_random(1000)
+    assert len(data) == 1000
+    assert len(transport.requests) == 4  # ceil(1000 / 256)
+    assert Nsm(transport).get_random(0) == b""
+    assert len(transport.requests) == 4
+
+
+def test_get_random_refuses_an_empty_answer() -> None:
+    class Empty:
+        def exchange(self, request: bytes) -> bytes:
+            return _protocol.encode_response(RandomBytes(b""))
+
+        def close(self) -> None:
+            pass
+
+    with pytest.raises(ProtocolError, match="no bytes"):
+        Nsm(Empty()).get_random(1)
+
+
+def test_module_error_carries_the_error_code(module: Nsm) -> None:
+    with pytest.raises(ModuleError) as info:
+        module.extend_pcr(0, b"x")
+    assert info.value.code is ErrorCode.READ_ONLY_INDEX
+    assert "ReadOnlyIndex" in str(info.value)
+
+
+def test_mismatched_answer_is_a_protocol_error(emulator: Emulator) -> None:
+    class Wrong:
+        def exchange(self, request: bytes) -> bytes:
+            return emulator.handle(_protocol.encode_request(_protocol.decode_request(b"\x69GetRandom")))
+
+        def close(self) -> None:
+            pass
+
+    with pytest.raises(ProtocolError, match="InvalidResponse"):
+        Nsm(Wrong()).describe()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m: m.describe_pcr(32), "0..31"),
+        (lambda m: m.describe_pcr(-1), "0..31"),
+        (lambda m: m.describe_pcr(True), "0..31"),
+        (lambda m: m.describe_pcr("1"), "0..31"),
+        (lambda m: m.extend_pcr(16, "text"), "bytes"),
+        (lambda m: m.lock_pcr(99), "0..31"),
+        (lambda m: m.lock_pcrs(33), "0..32"),
+        (lambda m: m.get_random(-1), "non-negative"),
+        (lambda m: m.attestation(user_data=bytes(1025)), "at most 1024"),
+        (lambda m: m.attestation(nonce="abc"), "bytes"),
+        (lambda m: m.attestation(public_key=bytes(2000)), "at most 1024"),
+        (lambda m: m.extend_pcr(16, bytes(5000)), "at most 4096"),
+    ],
+)
+def test_arguments_are_checked_before_anything_is_sent(
+    emulator: Emulator, call: object, message: str
+) -> None:
+    transport = RecordingTransport(emulator)
+    with pytest.raises(ArgumentError, match=message):
+        call(Nsm(transport))  # type: ignore[operator]
+    assert transport.requests == []
+
+
+def test_emulator_socket_missing_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(TransportError, match="nsm emulator serve"):
+        Nsm.emulator(tmp_path / "absent.sock").describe()
+
+
+def test_open_selects_the_emulator_only_when_told(
+    monkeypatch: pytest.MonkeyPatch, emulator_socket: Path, emulator: Emulator
+) -> None:
+    monkeypatch.setenv("NSM_EMULATOR", f"unix:{emulator_socket}")
+    with Nsm.open() as module:
+        assert module.describe().module_id == emulator.module_id
+    monkeypatch.setenv("NSM_EMULATOR", "tcp:127.0.0.1:1")
+    with pytest.raises(ArgumentError, match="unix:PATH"):
+        Nsm.open()
+
+
+@pytest.mark.skipif(os.path.exists("/dev/nsm"), reason="this machine has a real /dev/nsm")
+def test_missing_device_never_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NSM_EMULATOR", raising=False)
+    with pytest.raises(DeviceNotFound, match="not running inside a Nitro enclave") as info:
+        Nsm.open()
+    assert "emulator" in str(info.value)
+
+
+def test_transport_reconnects_in_a_forked_child(emulator_socket: Path) -> None:
+    transport = UnixTransport(emulator_socket)
+    module = Nsm(transport)
+    parent_id = module.describe().module_id
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: must not share the parent's connection
+        try:
+            os.write(write, module.describe().module_id.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 200).decode() == parent_id
+    os.close(read)
+    assert module.describe().module_id == parent_id
+    module.close()
+    module.close()  # idempotent
+
+
+def test_cli_against_a_served_emulator(tmp_path: Path) -> None:
+    """`nsm emulator serve` in a real subprocess, driven by the `nsm` command line."""
+    sock, root = tmp_path / "nsm.sock", tmp_path / "root.pem"
+    nsm = [sys.executable, "-m", "nsm._cli"]
+    server = subprocess.Popen(
+        [*nsm, "emulator", "serve", "--socket", str(sock), "--root-out", str(root), "--seed", "4"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        banner = server.stderr.readline()
+        assert "serving on unix:" in banner
+        assert root.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+        emu = ["--emulator", f"unix:{sock}"]
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*nsm, *emu, *args], capture_output=True, text=True, timeout=60)
+
+        described = run("describe", "--json")
+        assert described.returncode == 0, described.stderr
+        assert '"max_pcrs": 32' in described.stdout
+        extended = run("pcr", "extend", "16", "--text", "abc", "--json")
+        assert hashlib.sha384(bytes(48) + b"abc").hexdigest() in extended.stdout
+        assert run("pcr", "lock", "16").returncode == 0
+        refused = run("pcr", "extend", "16", "--hex", "00")
+        assert refused.returncode == 1
+        assert "ReadOnlyIndex" in refused.stderr
+        assert len(bytes.fromhex(run("random", "300").stdout.strip())) == 300
+        out = tmp_path / "doc.cbor"
+        assert run("attest", "--nonce", "abcd", "--out", str(out)).returncode == 0
+        assert cbor2.loads(cbor2.loads(out.read_bytes())[2])["nonce"] == b"\xab\xcd"
+        usage = run("pcr", "extend", "16", "--hex", "zz")
+        assert usage.returncode == 2
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        assert server.stderr is not None
+        server.stderr.close()
+    assert server.returncode == 0
+    assert not sock.exists()

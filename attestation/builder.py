@@ -138,8 +138,8 @@ _CURVE_ORDERS: dict[str, int] = {
         16,
     ),
     "secp521r1": int(
-        "01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
-        "FA51868783BF2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409",
+        "01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA51868783BF2F966B"
+        "7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409",
         16,
     ),
 }
@@ -434,6 +434,7 @@ class Pki:
     instance: CertifiedKey
     region: str = "us-east-1"
     instance_id: str = "i-0123456789abcdef0"
+    # Whoever knows the seed has every private key: keep it out of reprs and logs.
     seed: int | None = field(default=None, repr=False)
 
     @property

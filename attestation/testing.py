@@ -24,7 +24,7 @@ runtime one: import it from tests only.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -242,14 +242,20 @@ def valid_documents(
 
 
 @st.composite
-def broken_documents(draw: st.DrawFn, factory: DocumentFactory) -> bytes:
-    """Documents that must be rejected: a valid one with exactly one of `MUTATIONS` applied.
+def broken_documents(
+    draw: st.DrawFn, factory: DocumentFactory, *, mutations: Sequence[str] = MUTATIONS
+) -> bytes:
+    """Documents that must be rejected: a valid one with exactly one of `mutations` applied.
 
     Each mutation either breaks the CBOR or changes signed bytes without re-signing, so the
-    result never carries a valid ES384 signature over an AWS-shaped envelope.
+    result never carries a valid ES384 signature over an AWS-shaped envelope. Pass a subset of
+    `MUTATIONS` to exercise one kind of damage at a time.
     """
+    unknown = set(mutations) - set(MUTATIONS)
+    if unknown or not mutations:
+        raise ValueError(f"mutations must be a non-empty subset of {MUTATIONS}")
     document = draw(valid_documents(factory))
-    mutation = draw(st.sampled_from(MUTATIONS))
+    mutation = draw(st.sampled_from(tuple(mutations)))
     if mutation == "signature_bit_flip":
         # The signature is the last element, so its 96 bytes end the document.
         bit = draw(st.integers(min_value=0, max_value=SIGNATURE_LENGTH * 8 - 1))

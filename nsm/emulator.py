@@ -198,7 +198,6 @@ class Emulator:
                 return RandomBytes(os.urandom(RANDOM_SIZE))
             case Attestation():
                 return self._attest(request)
-        return ErrorResponse(ErrorCode.INVALID_OPERATION)  # pragma: no cover - exhaustive
 
     def _attest(self, request: Attestation) -> Response:
         fields = (request.user_data, request.nonce, request.public_key)

@@ -248,7 +248,7 @@ def test_document_verifies_with_plain_cryptography(emulator: Emulator) -> None:
 def test_document_verifies_with_pycose(emulator: Emulator) -> None:
     from pycose.keys.curves import P384
     from pycose.keys.ec2 import EC2Key
-    from pycose.messages import Sign1Message
+    from pycose.messages.sign1message import Sign1Message
 
     document = attest(emulator, nonce=b"pycose")
     payload = cbor2.loads(cbor2.loads(document)[2])

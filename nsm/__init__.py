@@ -13,6 +13,9 @@ with Nsm.emulator("/tmp/nsm.sock") as module:   # off-enclave, explicitly
 
 from __future__ import annotations
 
+from nsm._transport import UnixTransport
+from nsm.client import Nsm
+from nsm.device import DeviceTransport
 from nsm.errors import (
     ArgumentError,
     DeviceError,
@@ -29,11 +32,14 @@ __all__ = [
     "Description",
     "DeviceError",
     "DeviceNotFound",
+    "DeviceTransport",
     "Digest",
     "ErrorCode",
     "ModuleError",
+    "Nsm",
     "NsmError",
     "PcrState",
     "ProtocolError",
     "TransportError",
+    "UnixTransport",
 ]

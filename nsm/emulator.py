@@ -95,10 +95,13 @@ class Emulator:
         region: str = "us-east-1",
         indefinite: bool = False,
         clock: Clock = _utc_now,
+        random_source: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self._lock = threading.Lock()
         self._seed = seed
         self._clock = clock
+        # Replaceable only so that tests can compare two emulators byte for byte.
+        self._random = random_source
         self._region = region
         self._indefinite = indefinite
         ident = (
@@ -195,7 +198,7 @@ class Emulator:
                     self._locked[i] = True
                 return PcrsLocked()
             case GetRandom():
-                return RandomBytes(os.urandom(RANDOM_SIZE))
+                return RandomBytes(self._random(RANDOM_SIZE))
             case Attestation():
                 return self._attest(request)
 

@@ -82,7 +82,9 @@ def test_module_error_carries_the_error_code(module: Nsm) -> None:
 def test_mismatched_answer_is_a_protocol_error(emulator: Emulator) -> None:
     class Wrong:
         def exchange(self, request: bytes) -> bytes:
-            return emulator.handle(_protocol.encode_request(_protocol.decode_request(b"\x69GetRandom")))
+            return emulator.handle(
+                _protocol.encode_request(_protocol.decode_request(b"\x69GetRandom"))
+            )
 
         def close(self) -> None:
             pass

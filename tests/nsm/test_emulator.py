@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import cbor2
@@ -16,9 +17,9 @@ from nsm.emulator import Emulator
 from nsm.models import (
     Attestation,
     AttestationResponse,
-    Description,
     DescribeNSM,
     DescribePCR,
+    Description,
     ErrorCode,
     ErrorResponse,
     ExtendPCR,
@@ -209,9 +210,7 @@ def test_maximum_fields_fit(emulator: Emulator) -> None:
     # AWS's own test sends 1024 bytes in each field at once (reference/nsm.md §2.6).
     fields = {"user_data": b"u" * 1024, "nonce": b"n" * 1024, "public_key": b"k" * 1024}
     payload = cbor2.loads(cbor2.loads(attest(emulator, **fields))[2])
-    assert (payload["user_data"], payload["nonce"], payload["public_key"]) == tuple(
-        fields.values()
-    )
+    assert (payload["user_data"], payload["nonce"], payload["public_key"]) == tuple(fields.values())
 
 
 def _chain(payload: dict[str, object]) -> list[x509.Certificate]:
@@ -229,7 +228,7 @@ def test_document_verifies_with_plain_cryptography(emulator: Emulator) -> None:
     chain = _chain(payload)
     root_pinned = x509.load_pem_x509_certificate(emulator.root_pem)
     assert chain[0] == root_pinned
-    for issuer, child in zip(chain, chain[1:], strict=False):
+    for issuer, child in itertools.pairwise(chain):
         child.verify_directly_issued_by(issuer)
     now = datetime.now(UTC)
     for cert in chain:
@@ -240,9 +239,7 @@ def test_document_verifies_with_plain_cryptography(emulator: Emulator) -> None:
     r, s = int.from_bytes(signature[:48], "big"), int.from_bytes(signature[48:], "big")
     public = leaf.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey)
-    public.verify(
-        utils.encode_dss_signature(r, s), sig_structure, ec.ECDSA(hashes.SHA384())
-    )
+    public.verify(utils.encode_dss_signature(r, s), sig_structure, ec.ECDSA(hashes.SHA384()))
 
 
 def test_document_verifies_with_pycose(emulator: Emulator) -> None:
@@ -291,6 +288,6 @@ def test_intermediates_rotate_but_root_stays() -> None:
     assert later["cabundle"][0] == first["cabundle"][0]
     assert later["cabundle"][3] != first["cabundle"][3]
     chain = _chain(later)
-    for issuer, child in zip(chain, chain[1:], strict=False):
+    for issuer, child in itertools.pairwise(chain):
         child.verify_directly_issued_by(issuer)
         assert child.not_valid_before_utc <= now[0] <= child.not_valid_after_utc

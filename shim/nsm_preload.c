@@ -86,6 +86,7 @@ struct nsm_entry {
     int fd;
     int conn;
     int refs; /* 1 while in the table, +1 per ioctl in flight; guarded by table_lock */
+    int conn_lost; /* atomic: conn's number was closed behind our back and handed out again */
     long timeout_ms;
     pthread_mutex_t io; /* serializes requests, like the driver's per-device mutex */
     char sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -146,6 +147,14 @@ static int sys_close(int fd)
     return fn(fd);
 }
 
+/* Forget our connection; close it only if its number is still ours. */
+static void drop_conn(struct nsm_entry *e)
+{
+    if (e->conn >= 0 && !__atomic_exchange_n(&e->conn_lost, 0, __ATOMIC_ACQ_REL))
+        sys_close(e->conn);
+    e->conn = -1;
+}
+
 /* ---- fork ---------------------------------------------------------------------------------- */
 
 static void atfork_prepare(void)
@@ -173,16 +182,15 @@ static void atfork_child(void)
             continue;
         e->io = fresh;
         e->refs = 1;
-        if (e->conn >= 0) {
-            sys_close(e->conn);
-            e->conn = -1;
-        }
+        drop_conn(e);
     }
     table_lock = fresh;
 }
 
 static void install_atfork(void)
 {
+    /* Resolved now: the child handler closes through it and should not be the first caller. */
+    (void)real_close();
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
@@ -195,8 +203,7 @@ static int any_tracked(void)
 
 static void free_entry(struct nsm_entry *e)
 {
-    if (e->conn >= 0)
-        sys_close(e->conn);
+    drop_conn(e);
     pthread_mutex_destroy(&e->io);
     free(e);
 }
@@ -208,9 +215,11 @@ static void remove_slot_locked(int i)
 }
 
 /*
- * A number the kernel just handed out cannot still be one of ours: its old entry went stale
- * (closed behind our back). Forget it without closing anything, since the number now belongs to
- * someone else. Returns entries to free, or NULL.
+ * The kernel just handed out `fd`, so any of our entries still holding that number lost it behind
+ * our back (close_range, dup2 onto it, a raw syscall). Such numbers belong to someone else now:
+ * never send frames to them and never close them. A stale entry leaves the table; its connection
+ * may or may not still be ours, so it is leaked rather than risk closing a stranger's fd.
+ * Returns an entry the caller must free, or NULL.
  */
 static struct nsm_entry *forget_number_locked(int fd)
 {
@@ -219,8 +228,8 @@ static struct nsm_entry *forget_number_locked(int fd)
         struct nsm_entry *e = table[i];
         if (e == NULL)
             continue;
-        if (e->conn == fd)
-            e->conn = -1;
+        if (e->conn == fd || e->fd == fd)
+            __atomic_store_n(&e->conn_lost, 1, __ATOMIC_RELEASE);
         if (e->fd == fd) {
             remove_slot_locked(i);
             if (--e->refs == 0)
@@ -237,10 +246,8 @@ static void note_new_fd(int fd)
     pthread_mutex_lock(&table_lock);
     struct nsm_entry *stale = forget_number_locked(fd);
     pthread_mutex_unlock(&table_lock);
-    if (stale != NULL) {
-        stale->conn = -1; /* its connection number may be reused too: never close it */
+    if (stale != NULL)
         free_entry(stale);
-    }
 }
 
 /* Take a reference on fd's entry, or NULL if fd is not an NSM fd. */
@@ -395,8 +402,7 @@ static long exchange(struct nsm_entry *e, const void *request, uint32_t request_
 
 broken: {
     int err = errno == ETIMEDOUT ? ETIMEDOUT : EIO;
-    sys_close(e->conn);
-    e->conn = -1;
+    drop_conn(e);
     errno = err;
     return -1;
 }
@@ -431,9 +437,16 @@ static int nsm_ioctl(struct nsm_entry *e, unsigned long request, void *arg)
         err = EFAULT;
         goto out;
     }
-    if (e->conn < 0 && (e->conn = connect_emulator(e->sock_path)) < 0) {
-        err = EIO;
-        goto out;
+    if (__atomic_load_n(&e->conn_lost, __ATOMIC_ACQUIRE))
+        drop_conn(e);
+    if (e->conn < 0) {
+        int c = connect_emulator(e->sock_path);
+        if (c < 0) {
+            err = EIO;
+            goto out;
+        }
+        note_new_fd(c);
+        e->conn = c;
     }
     uint8_t answer[NSM_RESPONSE_MAX];
     long answer_len =
@@ -526,9 +539,8 @@ static int open_device(int flags)
     memcpy(e->sock_path, sock_path, strlen(sock_path) + 1);
 
     pthread_mutex_lock(&table_lock);
-    struct nsm_entry *stale = forget_number_locked(s);
-    if (stale == NULL)
-        stale = forget_number_locked(conn);
+    struct nsm_entry *stale_fd = forget_number_locked(s);
+    struct nsm_entry *stale_conn = forget_number_locked(conn);
     int slot = -1;
     for (int i = 0; i < MAX_TRACKED && slot < 0; i++)
         if (table[i] == NULL)
@@ -538,10 +550,10 @@ static int open_device(int flags)
         __atomic_add_fetch(&tracked_count, 1, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&table_lock);
-    if (stale != NULL) {
-        stale->conn = -1;
-        free_entry(stale);
-    }
+    if (stale_fd != NULL)
+        free_entry(stale_fd);
+    if (stale_conn != NULL)
+        free_entry(stale_conn);
     if (slot < 0) {
         free_entry(e);
         sys_close(s);
@@ -671,7 +683,7 @@ int ioctl(int fd, unsigned long request, ...)
         return fn ? fn(fd, request, arg) : missing();
     }
     /* The VFS answers these before any driver sees the call, so they act on the fd itself. */
-    if (request == FIOCLEX || request == FIONCLEX) {
+    if (request == FIOCLEX || request == FIONCLEX || request == FIONBIO) {
         release(e);
         ioctl_fn fn = real_ioctl();
         return fn ? fn(fd, request, arg) : missing();

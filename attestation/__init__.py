@@ -1,5 +1,71 @@
-"""AWS Nitro Enclaves attestation documents: parse, verify against the pinned AWS root, build."""
+"""AWS Nitro Enclaves attestation documents: parse, verify against the pinned AWS root.
+
+```python
+from attestation import Policy, Verifier
+
+doc = Verifier.aws().verify(data, policy=Policy(pcrs={0: pcr0_hex}, nonce=nonce), at=now)
+```
+
+Public modules: `errors` (codes), `policy`, `document`, `verifier`, `roots`.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from attestation import errors, policy
+from attestation._chain import CacheInfo
+from attestation.document import AttestationDocument
+from attestation.errors import (
+    AttestationError,
+    ChainError,
+    MalformedDocument,
+    PolicyError,
+    SignatureError,
+    UnsupportedDocumentKind,
+)
+from attestation.policy import (
+    AllOf,
+    AllowDebug,
+    AnyOf,
+    MaxAge,
+    ModuleId,
+    Nonce,
+    PcrSet,
+    Policy,
+    PublicKey,
+    UnsafeNoPcrCheck,
+    UserData,
+    VerificationPolicy,
+)
+from attestation.roots import AWS_NITRO_ROOT_G1_SHA256, aws_nitro_root, load_pem_roots
+from attestation.verifier import MAX_CLOCK_SKEW, VerifiedDocument, Verifier
+
+__all__ = [
+    "AWS_NITRO_ROOT_G1_SHA256",
+    "MAX_CLOCK_SKEW",
+    "AllOf",
+    "AllowDebug",
+    "AnyOf",
+    "AttestationDocument",
+    "AttestationError",
+    "CacheInfo",
+    "ChainError",
+    "MalformedDocument",
+    "MaxAge",
+    "ModuleId",
+    "Nonce",
+    "PcrSet",
+    "Policy",
+    "PolicyError",
+    "PublicKey",
+    "SignatureError",
+    "UnsafeNoPcrCheck",
+    "UnsupportedDocumentKind",
+    "UserData",
+    "VerificationPolicy",
+    "VerifiedDocument",
+    "Verifier",
+    "aws_nitro_root",
+    "errors",
+    "load_pem_roots",
+    "policy",
+]

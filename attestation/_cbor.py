@@ -39,144 +39,171 @@ class CborError(Exception):
 
 def decode(data: bytes, *, max_depth: int = MAX_DEPTH) -> object:
     """Decode exactly one CBOR data item that spans all of `data`."""
-    decoder = _Decoder(data, max_depth)
-    value = decoder.item(0)
+    value, pos = _item(data, 0, max_depth)
     if value is _BREAK:
         raise CborError("cbor.invalid", "unexpected break code")
-    if decoder.pos != len(data):
-        raise CborError("cbor.trailing-bytes", f"{len(data) - decoder.pos} bytes after the item")
+    if pos != len(data):
+        raise CborError("cbor.trailing-bytes", f"{len(data) - pos} bytes after the item")
     return value
 
 
-class _Decoder:
-    __slots__ = ("data", "end", "max_depth", "pos")
+# The decoder is a few plain functions passing (value, position) around rather than a class:
+# attestation documents are decoded on every verification, and avoiding attribute lookups
+# roughly halves the cost in CPython.
 
-    def __init__(self, data: bytes, max_depth: int) -> None:
-        self.data = data
-        self.end = len(data)
-        self.pos = 0
-        self.max_depth = max_depth
 
-    def _truncated(self) -> CborError:
-        return CborError("cbor.truncated", f"input ends inside an item (offset {self.pos})")
+def _truncated(pos: int) -> CborError:
+    return CborError("cbor.truncated", f"input ends inside an item (offset {pos})")
 
-    def _argument(self, info: int) -> int:
-        """Read the argument that follows an initial byte with additional info `info` (< 28)."""
-        if info < 24:
-            return info
-        size = 1 << (info - 24)  # 24..27 -> 1, 2, 4, 8 bytes
-        start = self.pos
-        stop = start + size
-        if stop > self.end:
-            raise self._truncated()
-        self.pos = stop
-        return int.from_bytes(self.data[start:stop], "big")
 
-    def _string(self, major: int, info: int) -> bytes:
-        if info == 31:
-            chunks: list[bytes] = []
-            while True:
-                if self.pos >= self.end:
-                    raise self._truncated()
-                initial = self.data[self.pos]
-                self.pos += 1
-                if initial == 0xFF:
-                    return b"".join(chunks)
-                if initial >> 5 != major or (initial & 0x1F) >= 28:
-                    # RFC 8949 §3.2.3: chunks are definite strings of the same major type.
-                    raise CborError("cbor.invalid", "bad chunk in an indefinite-length string")
-                chunks.append(self._definite_string(initial & 0x1F))
-        return self._definite_string(info)
+def _argument(data: bytes, pos: int, info: int) -> tuple[int, int]:
+    """The argument after an initial byte with additional info `info` (< 28), and the new pos."""
+    if info < 24:
+        return info, pos
+    stop = pos + (1 << (info - 24))  # 24..27 -> 1, 2, 4, 8 bytes
+    if stop > len(data):
+        raise _truncated(pos)
+    return int.from_bytes(data[pos:stop], "big"), stop
 
-    def _definite_string(self, info: int) -> bytes:
-        length = self._argument(info)
-        start = self.pos
-        if length > self.end - start:
-            raise self._truncated()
-        self.pos = start + length
-        return self.data[start : self.pos]
 
-    def item(self, depth: int) -> object:
-        if self.pos >= self.end:
-            raise self._truncated()
-        initial = self.data[self.pos]
-        self.pos += 1
-        major = initial >> 5
-        info = initial & 0x1F
-        if major == 7:
-            if initial == 0xF6:
-                return None
-            if initial == 0xF5:
-                return True
-            if initial == 0xF4:
-                return False
-            if initial == 0xFF:
-                return _BREAK
-            raise CborError("cbor.unsupported", f"simple value or float 0x{initial:02x}")
-        if info >= 28 and not (info == 31 and major >= 2):
-            raise CborError("cbor.invalid", f"reserved or misplaced additional info 0x{initial:02x}")
-        if major == 0:
-            return self._argument(info)
-        if major == 1:
-            return -1 - self._argument(info)
-        if major == 2:
-            return self._string(2, info)
-        if major == 3:
-            raw = self._string(3, info)
+def _string(data: bytes, pos: int, major: int, info: int) -> tuple[bytes, int]:
+    if info != 31:
+        length, pos = _argument(data, pos, info)
+        stop = pos + length
+        if stop > len(data):
+            raise _truncated(pos)
+        return data[pos:stop], stop
+    chunks: list[bytes] = []
+    while True:
+        if pos >= len(data):
+            raise _truncated(pos)
+        initial = data[pos]
+        pos += 1
+        if initial == 0xFF:
+            return b"".join(chunks), pos
+        if initial >> 5 != major or (initial & 0x1F) >= 28:
+            # RFC 8949 §3.2.3: chunks are definite strings of the same major type.
+            raise CborError("cbor.invalid", "bad chunk in an indefinite-length string")
+        chunk, pos = _string(data, pos, major, initial & 0x1F)
+        chunks.append(chunk)
+
+
+def _item(data: bytes, pos: int, depth: int) -> tuple[object, int]:
+    if pos >= len(data):
+        raise _truncated(pos)
+    initial = data[pos]
+    pos += 1
+    major = initial >> 5
+    info = initial & 0x1F
+    if major == 2:
+        if info < 24:  # short byte string: the common case (PCR values, headers)
+            stop = pos + info
+            if stop > len(data):
+                raise _truncated(pos)
+            return data[pos:stop], stop
+        if info < 28 or info == 31:
+            return _string(data, pos, 2, info)
+    elif major == 0:
+        if info < 28:
+            return _argument(data, pos, info)
+    elif major == 3:
+        if info < 28 or info == 31:
+            raw, pos = _string(data, pos, 3, info)
             try:
-                return raw.decode("utf-8")
+                return raw.decode("utf-8"), pos
             except UnicodeDecodeError as exc:
                 raise CborError("cbor.invalid", "text string is not valid UTF-8") from exc
-        if major == 6:
-            raise CborError("cbor.unsupported", "tags are not allowed here")
-        if depth >= self.max_depth:
-            raise CborError("cbor.too-deep", f"nesting deeper than {self.max_depth}")
-        if major == 4:
-            return self._array(info, depth + 1)
-        return self._map(info, depth + 1)
+    elif major == 5 or major == 4:
+        if info < 28 or info == 31:
+            if depth <= 0:
+                raise CborError("cbor.too-deep", "nesting too deep")
+            if major == 5:
+                return _map(data, pos, info, depth - 1)
+            return _array(data, pos, info, depth - 1)
+    elif major == 1:
+        if info < 28:
+            value, pos = _argument(data, pos, info)
+            return -1 - value, pos
+    elif major == 7:
+        if initial == 0xF6:
+            return None, pos
+        if initial == 0xF5:
+            return True, pos
+        if initial == 0xF4:
+            return False, pos
+        if initial == 0xFF:
+            return _BREAK, pos
+        raise CborError("cbor.unsupported", f"simple value or float 0x{initial:02x}")
+    else:
+        raise CborError("cbor.unsupported", "tags are not allowed here")
+    raise CborError("cbor.invalid", f"reserved or misplaced additional info 0x{initial:02x}")
 
-    def _array(self, info: int, depth: int) -> list[object]:
-        out: list[object] = []
-        if info == 31:
-            while True:
-                value = self.item(depth)
-                if value is _BREAK:
-                    return out
-                out.append(value)
-        count = self._argument(info)
-        # Every item takes at least one byte: a count larger than what is left is a lie, and
-        # checking it first keeps a forged length from driving a long loop.
-        if count > self.end - self.pos:
-            raise self._truncated()
-        for _ in range(count):
-            value = self.item(depth)
+
+def _array(data: bytes, pos: int, info: int, depth: int) -> tuple[list[object], int]:
+    out: list[object] = []
+    if info == 31:
+        while True:
+            value, pos = _item(data, pos, depth)
             if value is _BREAK:
-                raise CborError("cbor.invalid", "break inside a definite-length array")
+                return out, pos
             out.append(value)
-        return out
+    count, pos = _argument(data, pos, info)
+    # Every item takes at least one byte: a count larger than what is left is a lie, and
+    # checking it first keeps a forged length from driving a long loop.
+    if count > len(data) - pos:
+        raise _truncated(pos)
+    for _ in range(count):
+        value, pos = _item(data, pos, depth)
+        if value is _BREAK:
+            raise CborError("cbor.invalid", "break inside a definite-length array")
+        out.append(value)
+    return out, pos
 
-    def _map(self, info: int, depth: int) -> dict[object, object]:
-        out: dict[object, object] = {}
-        indefinite = info == 31
-        remaining = 0
-        if not indefinite:
-            remaining = self._argument(info)
-            if remaining * 2 > self.end - self.pos:
-                raise self._truncated()
-        while indefinite or remaining:
-            key = self.item(depth)
+
+def _map(data: bytes, pos: int, info: int, depth: int) -> tuple[dict[object, object], int]:
+    out: dict[object, object] = {}
+    indefinite = info == 31
+    remaining = 0
+    if not indefinite:
+        remaining, pos = _argument(data, pos, info)
+        if remaining * 2 > len(data) - pos:
+            raise _truncated(pos)
+    end = len(data)
+    key: object
+    value: object
+    while indefinite or remaining:
+        # Inline fast paths for the shapes a payload is made of (small uint keys, short text
+        # keys, 1-byte-length byte strings); everything else goes through `_item`.
+        initial = data[pos] if pos < end else 0xFF
+        if initial < 0x18 and pos < end:
+            key = initial
+            pos += 1
+        elif 0x60 <= initial < 0x78 and pos + 1 + (initial - 0x60) <= end:
+            stop = pos + 1 + (initial - 0x60)
+            try:
+                key = data[pos + 1 : stop].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CborError("cbor.invalid", "text string is not valid UTF-8") from exc
+            pos = stop
+        else:
+            key, pos = _item(data, pos, depth)
             if key is _BREAK:
                 if indefinite:
-                    return out
+                    return out, pos
                 raise CborError("cbor.invalid", "break inside a definite-length map")
             # bool is an int subclass and True == 1: only real ints and strings are keys here.
             if type(key) is not int and type(key) is not str:
                 raise CborError("cbor.unsupported", "map key is not an integer or text string")
-            value = self.item(depth)
-            if value is _BREAK:
-                raise CborError("cbor.invalid", "break where a map value was expected")
-            if key in out:
-                raise CborError("cbor.duplicate-key", f"duplicate map key {key!r}")
-            out[key] = value
-            remaining -= 1
-        return out
+        if pos + 1 < end and data[pos] == 0x58 and pos + 2 + data[pos + 1] <= end:
+            stop = pos + 2 + data[pos + 1]
+            value = data[pos + 2 : stop]
+            pos = stop
+        else:
+            value, pos = _item(data, pos, depth)
+        if value is _BREAK:
+            raise CborError("cbor.invalid", "break where a map value was expected")
+        if key in out:
+            raise CborError("cbor.duplicate-key", f"duplicate map key {key!r}")
+        out[key] = value
+        remaining -= 1
+    return out, pos

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification as xv
 from cryptography.x509.oid import SignatureAlgorithmOID
@@ -83,7 +84,9 @@ def _check_validity(cert: x509.Certificate, at: _dt.datetime, role: str) -> None
         )
 
 
-def _extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Extension[x509.ExtensionType] | None:
+def _extension(
+    cert: x509.Certificate, kind: type[x509.ExtensionType]
+) -> x509.Extension[x509.ExtensionType] | None:
     try:
         return cert.extensions.get_extension_for_class(kind)
     except x509.ExtensionNotFound:
@@ -154,12 +157,14 @@ class ChainValidator:
         try:
             cert = x509.load_der_x509_certificate(der)
             # Touch the lazily parsed parts now, so a malformed field fails here, coded.
-            cert.extensions  # noqa: B018
+            for part in ("version", "subject", "issuer", "extensions", "signature_algorithm_oid"):
+                getattr(cert, part)
+            cert.subject.rfc4514_string()
             cert.not_valid_before_utc  # noqa: B018
             cert.not_valid_after_utc  # noqa: B018
             cert.public_key()
-        except (ValueError, TypeError) as exc:
-            # cryptography raises ValueError for bad DER and unsupported keys.
+        except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+            # cryptography raises ValueError for bad DER, UnsupportedAlgorithm for odd keys.
             raise _chain_error("chain.certificate-malformed", f"{role}: {exc}") from exc
         except x509.UnsupportedGeneralNameType as exc:
             raise _chain_error("chain.certificate-malformed", f"{role}: {exc}") from exc
@@ -251,7 +256,7 @@ class ChainValidator:
     ) -> ChainError:
         """Name the failure: a broken signature/name link means untrusted, else a constraint."""
         links = [leaf, *reversed(intermediates)]
-        for child, parent in zip(links, links[1:], strict=False):
+        for child, parent in itertools.pairwise(links):
             if not _issued_by(child, parent):
                 return _chain_error(
                     "chain.untrusted",
@@ -266,6 +271,6 @@ class ChainValidator:
 def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     try:
         child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True

@@ -83,7 +83,7 @@ def _malformed(code: str, message: str) -> MalformedDocument:
 
 
 def _bstr_head(length: int) -> bytes:
-    """Shortest CBOR head of a byte string of `length` (RFC 9052 §9 wants deterministic Sig_structure)."""
+    """Shortest CBOR head for a byte string (RFC 9052 §9: Sig_structure is deterministic)."""
     if length < 24:
         return bytes((0x40 | length,))
     if length < 0x100:
@@ -278,7 +278,7 @@ def _pcrs(value: object, name: str) -> Mapping[int, bytes]:
             raise _malformed("payload.field-type", f"{name}[{index}] must be a byte string")
         if len(pcr) not in PCR_SIZES:
             raise _malformed("payload.field-size", f"{name}[{index}] is {len(pcr)} bytes")
-    return MappingProxyType(value)  # type: ignore[arg-type]  # keys/values checked above
+    return MappingProxyType(value)
 
 
 def _cert(value: object, name: str) -> bytes:

@@ -35,26 +35,26 @@ Other kinds:
 
 | code | class | meaning |
 |---|---|---|
-| `document.nitrotpm` | `UnsupportedDocumentKind` | a NitroTPM (EC2 instance) document, not an enclave one |
-| `chain.certificate-malformed` | `ChainError` | a certificate is not parseable DER X.509 |
-| `chain.expired` | `CertificateExpired` | a certificate's notAfter is before the verification time |
+| `document.nitrotpm` | `UnsupportedDocumentKind` | a NitroTPM (EC2 instance) document |
+| `chain.certificate-malformed` | `ChainError` | a certificate is not parseable DER |
+| `chain.expired` | `CertificateExpired` | a certificate's notAfter is before the time |
 | `chain.not-yet-valid` | `CertificateNotYetValid` | a certificate's notBefore is after it |
 | `chain.untrusted` | `ChainError` | no signature/name path from the leaf to a pinned root |
-| `chain.invalid` | `ChainError` | a CA constraint fails (basicConstraints, pathLen, keyUsage, critical ext.) |
-| `chain.path-mismatch` | `ChainError` | the verified path is not leaf + reversed `cabundle[1:]` + root |
+| `chain.invalid` | `ChainError` | CA constraint (basicConstraints, pathLen, KU, critical ext.) |
+| `chain.path-mismatch` | `ChainError` | path is not leaf + reversed `cabundle[1:]` + root |
 | `chain.leaf-key` | `ChainError` | the leaf key is not ECDSA P-384 |
 | `chain.leaf-algorithm` | `ChainError` | the leaf is not signed with ecdsa-with-SHA384 |
 | `chain.leaf-usage` | `ChainError` | the leaf is a CA or lacks keyUsage digitalSignature |
 | `signature.invalid` | `SignatureError` | the COSE ES384 signature does not verify |
-| `policy.no-pcr-check` | `InsecurePolicy` | the policy checks no PCR and is not `UnsafeNoPcrCheck` |
+| `policy.no-pcr-check` | `InsecurePolicy` | no PCR checked, and not `UnsafeNoPcrCheck` |
 | `policy.pcr-mismatch` | `PcrMismatch` | an expected PCR is absent or differs |
-| `policy.debug` | `DebugDocument` | a debug-mode document (PCR0 all zero) and debug not allowed |
+| `policy.debug` | `DebugDocument` | debug-mode document (PCR0 all zero), not allowed |
 | `policy.nonce-mismatch` | `NonceMismatch` | nonce absent or different from the expected one |
 | `policy.user-data-mismatch` | `UserDataMismatch` | user_data absent or not accepted |
 | `policy.public-key-mismatch` | `PublicKeyMismatch` | public_key absent or not accepted |
 | `policy.module-id-mismatch` | `ModuleIdMismatch` | module_id not accepted |
 | `policy.stale` | `StaleDocument` | document older than the policy's maximum age |
-| `policy.future` | `FutureDocument` | document timestamp later than the verification time + skew |
+| `policy.future` | `FutureDocument` | document timestamp after the verification time + skew |
 | `policy.none-matched` | `NoPolicyMatched` | no alternative of an `AnyOf` matched (mixed reasons) |
 | `root.pin-mismatch` | `RootError` | the bundled AWS root does not match its pinned digest |
 | `root.invalid` | `RootError` | a supplied trust root cannot be loaded |

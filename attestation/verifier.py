@@ -1,0 +1,200 @@
+"""Verify an attestation document: chain, signature, then the caller's policy.
+
+```python
+from datetime import datetime, timedelta, timezone
+from attestation import Policy, Verifier
+
+verifier = Verifier.aws()
+doc = verifier.verify(
+    data,
+    policy=Policy(pcrs={0: "...", 1: "...", 2: "..."}, nonce=nonce, max_age=timedelta(minutes=5)),
+    at=datetime.now(timezone.utc),
+)
+```
+
+`verify` returns a `VerifiedDocument` only when every step passed; otherwise it raises an
+`AttestationError` subclass whose `code` says which step failed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from attestation._chain import DEFAULT_CACHE_SIZE, CacheInfo, ChainValidator
+from attestation.document import AttestationDocument
+from attestation.errors import (
+    DebugDocument,
+    FutureDocument,
+    InsecurePolicy,
+    SignatureError,
+    UnsupportedDocumentKind,
+)
+from attestation.policy import VerificationPolicy, allows_debug, checks_pcrs
+from attestation.roots import aws_nitro_root
+
+__all__ = ["MAX_CLOCK_SKEW", "VerifiedDocument", "Verifier"]
+
+_log = logging.getLogger("attestation.verifier")
+
+# How far a document's timestamp may lie after the verification time: the NSM's clock and the
+# verifier's are both NTP-disciplined, so a minute covers drift without letting a document
+# "from the future" pass a freshness check long before it is issued.
+MAX_CLOCK_SKEW = _dt.timedelta(seconds=60)
+_ES384 = ec.ECDSA(hashes.SHA384())
+_P384_SCALAR_SIZE = 48
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedDocument:
+    """An attestation document whose chain, signature and policy all passed."""
+
+    module_id: str
+    timestamp: _dt.datetime
+    """The document's own time (aware, UTC), millisecond precision."""
+    digest: str
+    pcrs: Mapping[int, bytes]
+    public_key: bytes | None
+    user_data: bytes | None
+    nonce: bytes | None
+    certificates: tuple[x509.Certificate, ...]
+    """The verified path, leaf first, pinned root last."""
+    raw: bytes
+    """The document bytes exactly as given to `verify`."""
+
+    @property
+    def is_debug(self) -> bool:
+        """PCR0 all zero (only possible if the policy allowed debug documents)."""
+        pcr0 = self.pcrs.get(0)
+        return pcr0 is not None and not any(pcr0)
+
+
+def _utcnow() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC)
+
+
+class Verifier:
+    """Verifies Nitro Enclave attestation documents against fixed trust roots.
+
+    Holds a cache of validated certificate paths (per instance; a new `Verifier` starts cold).
+    Thread safety: the cache is a plain `OrderedDict`; use one verifier per thread, or a lock.
+    """
+
+    def __init__(
+        self,
+        *,
+        roots: Sequence[x509.Certificate],
+        clock: Callable[[], _dt.datetime] = _utcnow,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
+        self._chain = ChainValidator(roots, cache_size=cache_size)
+        self._clock = clock
+
+    @classmethod
+    def aws(
+        cls,
+        *,
+        clock: Callable[[], _dt.datetime] = _utcnow,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> Verifier:
+        """A verifier pinned to AWS_NitroEnclaves_Root-G1 (DER SHA-256 `641a0321…bb5b`)."""
+        return cls(roots=[aws_nitro_root()], clock=clock, cache_size=cache_size)
+
+    @property
+    def roots(self) -> tuple[x509.Certificate, ...]:
+        return self._chain.roots
+
+    def cache_info(self) -> CacheInfo:
+        """Hits, misses and size of this verifier's chain cache."""
+        return self._chain.cache_info()
+
+    def verify(
+        self,
+        data: bytes,
+        *,
+        policy: VerificationPolicy,
+        at: _dt.datetime | None = None,
+    ) -> VerifiedDocument:
+        """Verify `data` at time `at` (default: the verifier's clock) under `policy`."""
+        # 0. Establish the verification time and refuse unusable policies before any work.
+        if at is None:
+            at = self._clock()
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError("at must be a timezone-aware datetime")
+        if not callable(getattr(policy, "verify", None)):
+            raise TypeError("a policy is required (see attestation.policy)")
+        if not checks_pcrs(policy):
+            raise InsecurePolicy(
+                f"{policy!r} checks no PCR; use PcrSet/Policy(pcrs=...) or UnsafeNoPcrCheck()"
+            )
+
+        # 1. Parse the COSE_Sign1 envelope and payload, trusting nothing (AWS
+        #    attestation_process.md §3.2.1-§3.2.2: syntactic validation; see document.py).
+        doc = AttestationDocument.parse(data)
+
+        # 2. Only enclave documents: a NitroTPM document has another PCR meaning entirely.
+        if doc.kind != "nitro-enclave":
+            raise UnsupportedDocumentKind(
+                f"{doc.module_id} is a NitroTPM document (nitrotpm_pcrs), not a Nitro Enclave one"
+            )
+
+        # 3. Certificate chain: leaf + cabundle[1:] to a pinned root, every certificate valid at
+        #    `at`, CA constraints (AWS §3.2.3; see _chain.py). cabundle[0] is never the anchor.
+        chain = self._chain.validate(doc.certificate, doc.cabundle[1:], at)
+
+        # 4. COSE signature (AWS §3.2.4; RFC 9052 §4.4): ES384 by the leaf key over Sig_structure
+        #    built from the protected header and payload bytes as received. High-S is accepted:
+        #    the NSM emits it (36 of the 66 real documents) and ECDSA verification allows it.
+        signature = doc.signature
+        der_signature = encode_dss_signature(
+            int.from_bytes(signature[:_P384_SCALAR_SIZE], "big"),
+            int.from_bytes(signature[_P384_SCALAR_SIZE:], "big"),
+        )
+        try:
+            chain.leaf_key.verify(der_signature, doc.sig_structure(), _ES384)
+        except InvalidSignature as exc:
+            raise SignatureError("the COSE ES384 signature does not verify") from exc
+
+        # 5. Timestamp sanity: a document cannot be issued after the time we verify it at.
+        timestamp = doc.timestamp
+        if timestamp - at > MAX_CLOCK_SKEW:
+            raise FutureDocument(
+                f"document timestamp {timestamp.isoformat()} is after the verification time "
+                f"{at.isoformat()} (+{MAX_CLOCK_SKEW})"
+            )
+
+        # 6. Debug mode (AWS User Guide: all-zero PCRs "cannot be used for cryptographic
+        #    attestation"): refused unless the policy says otherwise, loudly.
+        if doc.is_debug:
+            if not allows_debug(policy):
+                raise DebugDocument(
+                    f"{doc.module_id} is a debug-mode enclave (PCR0 all zero); "
+                    "use Policy(allow_debug=True) only for development"
+                )
+            _log.warning(
+                "accepting debug-mode attestation document from %s: its PCRs attest nothing",
+                doc.module_id,
+            )
+
+        # 7. The caller's policy, on the authenticated values.
+        verified = VerifiedDocument(
+            module_id=doc.module_id,
+            timestamp=timestamp,
+            digest=doc.digest,
+            pcrs=doc.pcrs,
+            public_key=doc.public_key,
+            user_data=doc.user_data,
+            nonce=doc.nonce,
+            certificates=chain.certificates,
+            raw=doc.raw,
+        )
+        policy.verify(verified, at)
+        return verified

@@ -1,0 +1,398 @@
+"""From per-source quotes to one price, or to a reasoned refusal (reference/oracle.md §3).
+
+The procedure, all in integers once prices are scaled, so a consumer (or a contract) can redo it
+from the unsigned per-source detail and get the same numbers:
+
+1. Drop quotes whose own timestamp is older than `max_age` or more than `max_ahead` in the future.
+2. Scale each price to `decimals` with ROUND_HALF_EVEN (`scale_price`).
+3. m = median (odd: the middle; even: the mean of the middle two, ties to even).
+4. Drop sources with |p - m| * 10_000 > max_deviation_bps * m; take the median of the rest.
+5. Fewer than `min_sources` left -> `OracleErrorCode.TOO_FEW_SOURCES` (or `ALL_SOURCES_BLOCKED`
+   when every source was blocked or rate limited); dispersion above the bound -> `DISPERSION`.
+
+`dispersionBps` = ceil((max - min) * 10_000 / median) over the kept sources: rounded up, so the
+signed figure never understates disagreement. `sourcesHash` = keccak256 of the concatenated
+keccak256 of each kept source id, ids sorted (the EIP-712 encoding of a `string[]`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
+from enum import IntEnum, StrEnum
+
+from oracle_example._eip712 import keccak256
+from oracle_example._oracle_errors import (
+    AggregationError,
+    ReportFormatError,
+    SourceBlocked,
+    SourceError,
+    SourceRateLimited,
+)
+from oracle_example.config import FeedConfig, OracleConfig
+from oracle_example.sources import Quote
+
+__all__ = [
+    "BPS",
+    "Aggregate",
+    "AggregationFailure",
+    "OracleErrorCode",
+    "Outcome",
+    "SourceOutcome",
+    "aggregate",
+    "aggregate_feed",
+    "clock_failure",
+    "dispersion_bps",
+    "median",
+    "scale_price",
+    "should_publish",
+    "sources_hash",
+]
+
+#: Basis points in one.
+BPS = 10_000
+# Enough digits for any price string the adapters accept (30 + 30) scaled by 10**36.
+_PRECISION = 100
+
+
+class OracleErrorCode(IntEnum):
+    """`OracleError.code` values (reference/oracle.md §2.8)."""
+
+    TOO_FEW_SOURCES = 1
+    DISPERSION = 2
+    CLOCK_UNTRUSTED = 3
+    ALL_SOURCES_BLOCKED = 4
+    INTERNAL = 5
+
+
+class Outcome(StrEnum):
+    """What happened to each source this round (strings, so they read well in JSON)."""
+
+    USED = "used"
+    OUTLIER = "outlier"
+    STALE = "stale"
+    FUTURE = "future"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    RATE_LIMITED = "rate_limited"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceOutcome:
+    """One source's line in the unsigned detail beside a report."""
+
+    source: str
+    outcome: Outcome
+    price: Decimal | None = None
+    source_time: datetime | None = None
+    detail: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "outcome": self.outcome.value,
+            # A string, as the exchange sent it: JSON numbers would invite float.
+            "price": None if self.price is None else str(self.price),
+            "sourceTime": None if self.source_time is None else self.source_time.isoformat(),
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_json(cls, obj: object) -> SourceOutcome:
+        keys = {"source", "outcome", "price", "sourceTime", "detail"}
+        if not isinstance(obj, dict) or set(obj) != keys:
+            raise ReportFormatError(f"a source line needs exactly the keys {sorted(keys)}")
+        source, outcome, detail = obj["source"], obj["outcome"], obj["detail"]
+        known = {o.value for o in Outcome}
+        if not isinstance(source, str) or not isinstance(detail, str) or outcome not in known:
+            raise ReportFormatError(f"bad source line {obj!r}")
+        price_text, time_text = obj["price"], obj["sourceTime"]
+        try:
+            price = None if price_text is None else Decimal(_str(price_text))
+            when = None if time_text is None else datetime.fromisoformat(_str(time_text))
+        except (InvalidOperation, ValueError) as exc:
+            raise ReportFormatError(f"bad price or time in source line: {exc}") from exc
+        if price is not None and not price.is_finite():
+            raise ReportFormatError("source price must be finite")
+        if when is not None and when.tzinfo is None:
+            raise ReportFormatError("sourceTime must carry a UTC offset")
+        return cls(
+            source=source, outcome=Outcome(outcome), price=price, source_time=when, detail=detail
+        )
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ReportFormatError(f"expected a string, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Aggregate:
+    """A price the enclave may sign."""
+
+    feed: str
+    price: int
+    """The median scaled by 10**decimals."""
+    decimals: int
+    num_sources: int
+    dispersion_bps: int
+    sources_hash: bytes
+    observed_at: datetime
+    outcomes: tuple[SourceOutcome, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AggregationFailure:
+    """No price this round: the enclave signs an `OracleError` with this code and detail."""
+
+    feed: str
+    code: OracleErrorCode
+    detail: str
+    observed_at: datetime
+    outcomes: tuple[SourceOutcome, ...]
+
+
+def scale_price(price: Decimal, decimals: int) -> int:
+    """price * 10**decimals as an int, ROUND_HALF_EVEN (oracle.md §2.3); exact, never float."""
+    value: object = price  # typed Decimal, but a float must not slip in at runtime
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise AggregationError(f"price must be a finite Decimal, got {price!r}")
+    with localcontext() as ctx:
+        ctx.prec = _PRECISION
+        return int(price.scaleb(decimals).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def median(values: Sequence[int]) -> int:
+    """Middle value; for an even count the mean of the middle two, a .5 rounded to even."""
+    if not values:
+        raise AggregationError("median of nothing")
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[mid]
+    q, r = divmod(ordered[mid - 1] + ordered[mid], 2)
+    return q + 1 if r and q % 2 else q
+
+
+def dispersion_bps(values: Sequence[int], center: int) -> int:
+    """ceil((max - min) * 10_000 / center)."""
+    if center <= 0:
+        raise AggregationError("dispersion needs a positive center")
+    return -(-(max(values) - min(values)) * BPS // center)
+
+
+def sources_hash(source_ids: Iterable[str]) -> bytes:
+    """keccak256(keccak256(id_1) || ... || keccak256(id_n)), ids sorted and distinct."""
+    ids = sorted(source_ids)
+    if len(set(ids)) != len(ids):
+        raise AggregationError("duplicate source id")
+    return keccak256(b"".join(keccak256(i.encode("utf-8")) for i in ids))
+
+
+def _failure_outcome(error: SourceError) -> SourceOutcome:
+    if isinstance(error, SourceBlocked):
+        kind = Outcome.BLOCKED
+    elif isinstance(error, SourceRateLimited):
+        kind = Outcome.RATE_LIMITED
+    else:
+        kind = Outcome.FAILED
+    return SourceOutcome(source=error.source, outcome=kind, detail=f"{error.code}: {error}")
+
+
+def aggregate(
+    feed: FeedConfig,
+    quotes: Iterable[Quote],
+    *,
+    now: datetime,
+    min_sources: int,
+    max_deviation_bps: int,
+    max_dispersion_bps: int,
+    max_age: timedelta,
+    max_ahead: timedelta,
+    failures: Iterable[SourceError] = (),
+) -> Aggregate | AggregationFailure:
+    """Aggregate one round for `feed`. Thin or dispersed data is a result, not an exception.
+
+    Every configured market gets one outcome line: used, dropped (and why), failed, or missing.
+    `AggregationError` means the inputs were inconsistent (a quote for another feed, a source
+    outside the feed's markets, two answers from one source).
+    """
+    if now.tzinfo is None:
+        raise AggregationError("now must be timezone-aware")
+    if min_sources < 1:
+        raise AggregationError("min_sources must be at least 1")
+    markets = {m.source for m in feed.markets}
+    outcomes: dict[str, SourceOutcome] = {}
+    fresh: dict[str, tuple[Quote, int]] = {}
+
+    def claim(source: str) -> None:
+        if source not in markets:
+            raise AggregationError(f"{source} is not a market of {feed.symbol}")
+        if source in outcomes:
+            raise AggregationError(f"two results for {source}")
+
+    for error in failures:
+        claim(error.source)
+        outcomes[error.source] = _failure_outcome(error)
+    for quote in quotes:
+        if quote.feed != feed.symbol:
+            raise AggregationError(f"quote for {quote.feed} passed to {feed.symbol}")
+        claim(quote.source)
+        line = SourceOutcome(
+            source=quote.source,
+            outcome=Outcome.USED,
+            price=quote.price,
+            source_time=quote.source_time,
+        )
+        age = now - quote.source_time
+        if age > max_age:
+            outcomes[quote.source] = _with(line, Outcome.STALE, f"{age.total_seconds():.3f} s old")
+            continue
+        if -age > max_ahead:
+            outcomes[quote.source] = _with(
+                line, Outcome.FUTURE, f"{-age.total_seconds():.3f} s ahead of the enclave clock"
+            )
+            continue
+        scaled = scale_price(quote.price, feed.decimals)
+        if scaled <= 0:
+            outcomes[quote.source] = _with(line, Outcome.FAILED, "scales to zero")
+            continue
+        outcomes[quote.source] = line
+        fresh[quote.source] = (quote, scaled)
+    for source in markets - outcomes.keys():
+        outcomes[source] = SourceOutcome(
+            source=source, outcome=Outcome.MISSING, detail="no answer this round"
+        )
+
+    kept = dict(fresh)
+    if kept:
+        first = median([s for _, s in kept.values()])
+        for source, (_, scaled) in fresh.items():
+            if abs(scaled - first) * BPS > max_deviation_bps * first:
+                deviation = abs(scaled - first) * BPS / Decimal(first)
+                outcomes[source] = _with(
+                    outcomes[source],
+                    Outcome.OUTLIER,
+                    f"{deviation:.1f} bps from the median, limit {max_deviation_bps}",
+                )
+                del kept[source]
+    lines = tuple(outcomes[s] for s in sorted(outcomes))
+
+    def fail(code: OracleErrorCode, detail: str) -> AggregationFailure:
+        return AggregationFailure(
+            feed=feed.symbol, code=code, detail=detail, observed_at=now, outcomes=lines
+        )
+
+    if len(kept) < min_sources:
+        refused = {Outcome.BLOCKED, Outcome.RATE_LIMITED}
+        summary = ", ".join(f"{o.source} {o.outcome}" for o in lines if o.outcome != Outcome.USED)
+        if all(o.outcome in refused for o in lines):
+            return fail(
+                OracleErrorCode.ALL_SOURCES_BLOCKED,
+                f"{feed.symbol}: every source blocked or rate limited: {summary}",
+            )
+        return fail(
+            OracleErrorCode.TOO_FEW_SOURCES,
+            f"{feed.symbol}: {len(kept)} usable source(s), {min_sources} required: {summary}",
+        )
+    values = [s for _, s in kept.values()]
+    price = median(values)
+    spread = dispersion_bps(values, price)
+    if spread > max_dispersion_bps:
+        return fail(
+            OracleErrorCode.DISPERSION,
+            f"{feed.symbol}: dispersion {spread} bps over {len(kept)} sources, "
+            f"limit {max_dispersion_bps}",
+        )
+    return Aggregate(
+        feed=feed.symbol,
+        price=price,
+        decimals=feed.decimals,
+        num_sources=len(kept),
+        dispersion_bps=spread,
+        sources_hash=sources_hash(kept),
+        observed_at=now,
+        outcomes=lines,
+    )
+
+
+def _with(line: SourceOutcome, outcome: Outcome, detail: str) -> SourceOutcome:
+    return SourceOutcome(
+        source=line.source,
+        outcome=outcome,
+        price=line.price,
+        source_time=line.source_time,
+        detail=detail,
+    )
+
+
+def aggregate_feed(
+    config: OracleConfig,
+    symbol: str,
+    quotes: Iterable[Quote],
+    *,
+    now: datetime,
+    failures: Iterable[SourceError] = (),
+) -> Aggregate | AggregationFailure:
+    """`aggregate` with the thresholds of `config`."""
+    return aggregate(
+        config.feed(symbol),
+        quotes,
+        now=now,
+        min_sources=config.min_sources,
+        max_deviation_bps=config.max_deviation_bps,
+        max_dispersion_bps=config.max_dispersion_bps,
+        max_age=config.max_source_age,
+        max_ahead=config.max_source_ahead,
+        failures=failures,
+    )
+
+
+def clock_failure(
+    feed: str, *, now: datetime, attested_at: datetime, max_skew: timedelta
+) -> AggregationFailure | None:
+    """`CLOCK_UNTRUSTED` when the enclave clock and a fresh attestation's time disagree.
+
+    The enclave clock follows the KVM clock but drifts (up to 6 s a week was seen); the NSM
+    document's timestamp is made by the hypervisor and signed by the AWS PKI, so it is the
+    reference (reference/oracle.md §5). Call it with a document fetched just now.
+    """
+    if now.tzinfo is None or attested_at.tzinfo is None:
+        raise AggregationError("clock times must be timezone-aware")
+    skew = now - attested_at
+    if abs(skew) <= max_skew:
+        return None
+    return AggregationFailure(
+        feed=feed,
+        code=OracleErrorCode.CLOCK_UNTRUSTED,
+        detail=(
+            f"{feed}: enclave clock is {skew.total_seconds():+.3f} s from the attested time, "
+            f"limit {max_skew.total_seconds():.3f} s"
+        ),
+        observed_at=now,
+        outcomes=(),
+    )
+
+
+def should_publish(
+    *,
+    last_price: int | None,
+    last_timestamp: int | None,
+    price: int,
+    timestamp: int,
+    deviation_bps: int,
+    heartbeat: timedelta,
+) -> bool:
+    """Push a new report on a deviation or when the heartbeat expires (oracle.md §3 step 5).
+
+    Pull requests always get the latest report; this only decides pushes.
+    """
+    if last_price is None or last_timestamp is None or last_price <= 0:
+        return True
+    if timestamp - last_timestamp >= heartbeat.total_seconds():
+        return True
+    return abs(price - last_price) * BPS >= deviation_bps * last_price

@@ -1,0 +1,1 @@
+"""The conformance corpus generator (`vectors/generate.py`); see vectors/README.md."""

@@ -101,6 +101,12 @@ def _item(data: bytes, pos: int, depth: int) -> tuple[object, int]:
             if stop > len(data):
                 raise _truncated(pos)
             return data[pos:stop], stop
+        if info == 25 and pos + 2 <= len(data):  # 2-byte length: certificates, payload
+            start = pos + 2
+            stop = start + ((data[pos] << 8) | data[pos + 1])
+            if stop > len(data):
+                raise _truncated(start)
+            return data[start:stop], stop
         if info < 28 or info == 31:
             return _string(data, pos, 2, info)
     elif major == 0:
@@ -194,9 +200,26 @@ def _map(data: bytes, pos: int, info: int, depth: int) -> tuple[dict[object, obj
             # bool is an int subclass and True == 1: only real ints and strings are keys here.
             if type(key) is not int and type(key) is not str:
                 raise CborError("cbor.unsupported", "map key is not an integer or text string")
-        if pos + 1 < end and data[pos] == 0x58 and pos + 2 + data[pos + 1] <= end:
+        # Values: 1-byte-length byte strings (PCRs), null (absent optional fields) and short
+        # text (module_id, digest) inline; anything else, or anything that does not fit in
+        # what is left, goes through `_item` and gets its full checks and errors there.
+        initial = data[pos] if pos < end else 0
+        if initial == 0x58 and pos + 1 < end and pos + 2 + data[pos + 1] <= end:
             stop = pos + 2 + data[pos + 1]
             value = data[pos + 2 : stop]
+            pos = stop
+        elif initial == 0xF6:
+            value = None
+            pos += 1
+        elif 0x60 <= initial <= 0x78 and (initial < 0x78 or pos + 1 < end):
+            start = pos + 1 if initial < 0x78 else pos + 2
+            stop = start + (initial - 0x60 if initial < 0x78 else data[pos + 1])
+            if stop > end:
+                raise _truncated(start)
+            try:
+                value = data[start:stop].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CborError("cbor.invalid", "text string is not valid UTF-8") from exc
             pos = stop
         else:
             value, pos = _item(data, pos, depth)

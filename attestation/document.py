@@ -63,9 +63,11 @@ MAX_CERT_SIZE = 1024
 # AWS CDDL: `index = 0..31`, `pcrs: { + index => pcr }`, `pcr = bytes .size (32/48/64)`.
 MAX_PCRS = 32
 PCR_SIZES = frozenset({32, 48, 64})
+_PCR_INDICES = frozenset(range(MAX_PCRS))
 # RFC 9052: tag 18 is COSE_Sign1; label 1 is alg, -35 is ES384.
 _COSE_SIGN1_TAG = 0xD2
 _PROTECTED_ES384 = {1: -35}
+_PROTECTED_ES384_BYTES = b"\xa1\x01\x38\x22"  # {1: -35}, shortest form
 # P-384 ECDSA in COSE form: r || s, 48 bytes each (RFC 9053 §2.1).
 SIGNATURE_SIZE = 96
 
@@ -75,6 +77,11 @@ _MANDATORY = ("module_id", "digest", "timestamp", "certificate", "cabundle")
 _OPTIONAL = ("public_key", "user_data", "nonce")
 _KNOWN = frozenset((*_MANDATORY, *_OPTIONAL, "pcrs", "nitrotpm_pcrs"))
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+# The largest `timestamp` that is still a datetime (year 9999): later ones are refused as out of
+# range rather than overflowing when `timestamp` is read.
+_MAX_TIMESTAMP_MS = (_dt.datetime.max.replace(tzinfo=_dt.UTC) - _EPOCH) // _dt.timedelta(
+    milliseconds=1
+)
 _SIG1_CONTEXT = b"\x84\x6aSignature1"  # array(4), text(10) "Signature1"
 
 
@@ -164,10 +171,15 @@ class AttestationDocument:
             type(protected) is bytes and type(payload) is bytes and type(signature) is bytes
         ) or not isinstance(unprotected, dict):
             raise _malformed("envelope.field-type", "COSE_Sign1 element has the wrong type")
-        try:
-            header = decode(protected)
-        except CborError as exc:
-            raise _malformed("envelope.protected-header", f"protected header: {exc}") from exc
+        # The header every NSM writes is compared as bytes first; any other encoding is decoded
+        # and must still mean exactly {1: -35} (e.g. a non-shortest integer form).
+        if protected == _PROTECTED_ES384_BYTES:
+            header: object = _PROTECTED_ES384
+        else:
+            try:
+                header = decode(protected)
+            except CborError as exc:
+                raise _malformed("envelope.protected-header", f"protected header: {exc}") from exc
         # Compare types too: {1: -35} == {True: -35} in Python, but decode never yields bool keys.
         if not (isinstance(header, dict) and header == _PROTECTED_ES384):
             raise _malformed("envelope.protected-header", "protected header must be {1: -35}")
@@ -195,7 +207,7 @@ class AttestationDocument:
         tagged: bool,
         raw: bytes,
     ) -> AttestationDocument:
-        unknown = fields.keys() - _KNOWN
+        unknown = () if _KNOWN.issuperset(fields) else fields.keys() - _KNOWN
         if unknown:
             shown = ", ".join(sorted(repr(k) for k in unknown))
             raise _malformed("payload.unknown-field", f"unknown payload keys: {shown}")
@@ -220,10 +232,8 @@ class AttestationDocument:
             raise _malformed("payload.field-type", "timestamp must be an unsigned integer")
         if timestamp <= 0:
             raise _malformed("payload.field-value", "timestamp must be > 0")
-        try:
-            _EPOCH + _dt.timedelta(milliseconds=timestamp)
-        except OverflowError as exc:
-            raise _malformed("payload.field-value", "timestamp out of range") from exc
+        if timestamp > _MAX_TIMESTAMP_MS:
+            raise _malformed("payload.field-value", "timestamp out of range")
 
         tpm_pcrs = fields.get("nitrotpm_pcrs")
         enclave_pcrs = fields.get("pcrs")
@@ -269,6 +279,13 @@ def _pcrs(value: object, name: str) -> Mapping[int, bytes]:
         raise _malformed("payload.field-type", f"{name} must be a map")
     if not 1 <= len(value) <= MAX_PCRS:
         raise _malformed("payload.field-size", f"{name} has {len(value)} entries")
+    # Fast path: every index one of 0..31 (ints only: the decoder never yields bool keys, and
+    # `_PCR_INDICES` holds ints) and every value a byte string of a PCR size. Anything else
+    # goes through the loop below to name the first offending entry.
+    if _PCR_INDICES.issuperset(value) and all(
+        type(pcr) is bytes and len(pcr) in PCR_SIZES for pcr in value.values()
+    ):
+        return MappingProxyType(value)
     for index, pcr in value.items():
         if type(index) is not int:
             raise _malformed("payload.field-type", f"{name} index must be an integer")

@@ -19,6 +19,7 @@ doc = verifier.verify(
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,12 @@ class VerifiedDocument:
         return pcr0 is not None and not any(pcr0)
 
 
+@functools.cache
+def _aws_root() -> x509.Certificate:
+    """The pinned AWS root, loaded and checked against its digest once per process."""
+    return aws_nitro_root()
+
+
 def _utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
 
@@ -106,7 +113,7 @@ class Verifier:
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> Verifier:
         """A verifier pinned to AWS_NitroEnclaves_Root-G1 (DER SHA-256 `641a0321…bb5b`)."""
-        return cls(roots=[aws_nitro_root()], clock=clock, cache_size=cache_size)
+        return cls(roots=[_aws_root()], clock=clock, cache_size=cache_size)
 
     @property
     def roots(self) -> tuple[x509.Certificate, ...]:

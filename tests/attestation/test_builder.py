@@ -17,7 +17,7 @@ from typing import Any
 import cbor2
 import pytest
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, utils
 from cryptography.x509 import verification
@@ -114,6 +114,7 @@ def verify_document(document: bytes, root: x509.Certificate) -> dict[str, Any]:
     except (
         cbor2.CBORDecodeError,
         InvalidSignature,
+        UnsupportedAlgorithm,
         ValueError,
         TypeError,
         KeyError,

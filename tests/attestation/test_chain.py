@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation import ChainError, PcrSet, Verifier
+from attestation._chain import ChainValidator
 from attestation.builder import (
     LEAF_KEY_USAGE,
     CertifiedKey,
@@ -222,14 +223,15 @@ class TestCache:
         synthetic_verifier.verify(data, policy=policy, at=factory.timestamp)
         assert synthetic_verifier.cache_info().misses == 1
 
+        # Every chain validation, fast path or engine, goes through _validate_cold.
         calls: list[object] = []
-        original = x509.verification.PolicyBuilder.build_client_verifier
+        original = ChainValidator._validate_cold
 
-        def counting(self: Any) -> Any:
-            calls.append(self)
-            return original(self)
+        def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+            calls.append(args)
+            return original(self, *args, **kwargs)
 
-        monkeypatch.setattr(x509.verification.PolicyBuilder, "build_client_verifier", counting)
+        monkeypatch.setattr(ChainValidator, "_validate_cold", counting)
         # A different document from the same leaf and bundle: same chain, new signature.
         for i in range(3):
             other = factory.document(nonce=bytes([i]))

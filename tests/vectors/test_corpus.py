@@ -34,15 +34,9 @@ INVALID_FAMILIES = ("envelope", "payload", "chain", "signature", "policy")
 #: Cases where our verifier is known to give another answer than the corpus, which records
 #: what a correct verifier says. Strict xfail: fixing the verifier turns these into failures
 #: until the entry is removed.
-KNOWN_DISAGREEMENTS = {
-    "chain/root-expired": (
-        "the pinned root's own validity fails inside cryptography's path builder first, and "
-        "ChainValidator._diagnose reports that as chain.invalid, not chain.expired"
-    ),
-    "chain/root-not-yet-valid": (
-        "as chain/root-expired: reported as chain.invalid, not chain.not-yet-valid"
-    ),
-}
+#: Corpus cases where our verifier is known to disagree with the expected result (strict
+#: xfail, so a fix shows up as a failure until the entry is removed). None at present.
+KNOWN_DISAGREEMENTS: dict[str, str] = {}
 
 
 def _policy(data: dict[str, Any]) -> Policy:

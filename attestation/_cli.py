@@ -19,6 +19,7 @@ from typing import Any
 
 from cryptography import x509
 
+from attestation._serve import add_serve_parser
 from attestation.document import AttestationDocument
 from attestation.errors import AttestationError
 from attestation.policy import Policy, UnsafeNoPcrCheck
@@ -236,7 +237,6 @@ def _parser() -> argparse.ArgumentParser:
         description="Inspect and verify AWS Nitro Enclave attestation documents.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    # `serve` (the HTTP verifier service) is added here later as another subparser.
 
     inspect = sub.add_parser("inspect", help="decode a document WITHOUT verifying it")
     inspect.add_argument("file", help="document file (raw CBOR, hex or base64), or - for stdin")
@@ -277,6 +277,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(handler=_verify)
+
+    add_serve_parser(sub)  # the HTTP verifier service; Starlette is imported only when it runs
     return parser
 
 

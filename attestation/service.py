@@ -1,0 +1,796 @@
+"""The verifier service: attestation verification over HTTP (`nitro-attest serve`).
+
+A stateless Starlette app: any language can `POST /v1/verify` a document and get the verified
+fields back as JSON, under a policy *named* in the server's config (clients never choose PCRs or
+trust roots). Scale out by running more copies behind any load balancer; the only state is each
+process's chain cache (docs/deployment.md).
+
+```
+POST /v1/verify?policy=NAME[&nonce=HEX][&at=RFC3339]   Content-Type: application/cbor, raw bytes
+POST /v1/verify   Content-Type: application/json   {"document": base64, "policy": NAME,
+                                                    "nonce": hex?, "at": RFC3339?}
+  200 verified fields | 422 {"code", "reason"} the document fails verification
+  400 malformed request | 413 body over the limit | 415 other content type
+GET /healthz    GET /metrics (Prometheus text)    GET /openapi.json
+```
+
+`at` (a client-chosen verification time) is refused unless the config sets
+`allow_at_override = true`: it lets a caller verify an expired document at its own time, which
+is what audits and tests need and what production must not allow.
+
+```python
+from attestation.service import create_app, load_config
+app = create_app(load_config("service.toml"))      # any ASGI server; or `nitro-attest serve`
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from attestation._chain import DEFAULT_CACHE_SIZE
+from attestation._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from attestation._metrics import Registry
+from attestation._serve import add_serve_parser, run_serve
+from attestation._service_config import (
+    ConfigError,
+    PolicyConfig,
+    ServiceConfig,
+    load_config,
+    parse_config,
+)
+from attestation.errors import AttestationError
+from attestation.policy import Policy
+from attestation.verifier import VerifiedDocument, Verifier
+
+__all__ = [
+    "API_VERSION",
+    "CONFIG_ENV",
+    "ConfigError",
+    "ServiceConfig",
+    "add_serve_parser",
+    "app_from_environment",
+    "configure_logging",
+    "create_app",
+    "load_config",
+    "openapi_schema",
+    "parse_config",
+    "run_serve",
+    "serve_main",
+]
+
+API_VERSION = "1.0.0"
+CBOR = "application/cbor"  # RFC 8949 §9.5
+JSON = "application/json"
+_CBOR_BYTES = CBOR.encode()
+_JSON_BYTES = JSON.encode()
+# AWS CDDL: `nonce = bytes .size (0..1024)`; an empty expected nonce would prove nothing.
+MAX_NONCE_BYTES = 1024
+_NONCE = re.compile(rf"(?:[0-9a-fA-F]{{2}}){{1,{MAX_NONCE_BYTES}}}")
+# RFC 3339 §5.6 date-time, which is what OpenAPI's `format: date-time` means; an offset is
+# required so that no verification time is ever read in the server's local zone.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})"
+)
+_QUERY_KEYS = frozenset({"policy", "nonce", "at"})
+_JSON_KEYS = frozenset({"document", "policy", "nonce", "at"})
+# Routes with their own metrics label; anything else is "other", so that scanners probing random
+# paths cannot grow the label set without bound.
+_ROUTES = ("/v1/verify", "/healthz", "/metrics", "/openapi.json")
+
+_access_log = logging.getLogger("attestation.service.access")
+_log = logging.getLogger("attestation.service")
+
+
+class _Disconnected(Exception):
+    """The client went away before sending the whole body: there is no one to answer."""
+
+
+class _RequestError(Exception):
+    """A request the service will not verify: HTTP status, stable code, reason."""
+
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.code = code
+        self.reason = reason
+
+
+def _dumps(body: Mapping[str, object]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _json(
+    status: int, body: Mapping[str, object], headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(_dumps(body), status_code=status, media_type=JSON, headers=headers)
+
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+_MILLISECOND = _dt.timedelta(milliseconds=1)
+
+
+def _utcnow() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC)
+
+
+def _iso(when: _dt.datetime) -> str:
+    return when.astimezone(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _hex_json(value: bytes | None) -> str:
+    return "null" if value is None else f'"{value.hex()}"'
+
+
+def _certificate_summary(cert: x509.Certificate) -> dict[str, str]:
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": format(cert.serial_number, "x"),
+        "not_before": _iso(cert.not_valid_before_utc),
+        "not_after": _iso(cert.not_valid_after_utc),
+        "sha256": hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
+    }
+
+
+class _PathJson:
+    """The JSON array describing a verified certificate path, cached by the path's identity.
+
+    A warm verification returns the very tuple held in the verifier's chain cache, so the same
+    few tuples recur on every request; rendering them (or even hashing five certificates) each
+    time costs as much as parsing the document. Each entry holds its tuple, so the `id` cannot
+    be reused by another object while the entry exists; the `is` check makes that explicit.
+    """
+
+    def __init__(self, maxsize: int = DEFAULT_CACHE_SIZE) -> None:
+        self._maxsize = maxsize
+        self._entries: dict[int, tuple[tuple[x509.Certificate, ...], str]] = {}
+
+    def __call__(self, certificates: tuple[x509.Certificate, ...]) -> str:
+        entry = self._entries.get(id(certificates))
+        if entry is not None and entry[0] is certificates:
+            return entry[1]
+        text = json.dumps([_certificate_summary(c) for c in certificates], separators=(",", ":"))
+        if len(self._entries) >= self._maxsize:
+            del self._entries[next(iter(self._entries))]  # oldest first (dicts keep order)
+        self._entries[id(certificates)] = (certificates, text)
+        return text
+
+
+def _verified_json(doc: VerifiedDocument, *, policy: str, at: _dt.datetime, path: str) -> bytes:
+    # Assembled as text: this runs once per verified request, and json.dumps of the whole dict
+    # cost a sizeable share of the service's own overhead. Only `module_id` and `digest` come
+    # from the document as text, and they go through json.dumps; everything else is hex, a
+    # number, a boolean, a timestamp or a policy name from the validated config.
+    pcrs = ",".join(f'"{index}":"{value.hex()}"' for index, value in sorted(doc.pcrs.items()))
+    return (
+        f'{{"verified":true,"policy":"{policy}","verified_at":"{_iso(at)}",'
+        f'"module_id":{json.dumps(doc.module_id)},"timestamp":"{_iso(doc.timestamp)}",'
+        f'"timestamp_ms":{(doc.timestamp - _EPOCH) // _MILLISECOND},'
+        f'"digest":{json.dumps(doc.digest)},"debug":{"true" if doc.is_debug else "false"},'
+        f'"pcrs":{{{pcrs}}},"public_key":{_hex_json(doc.public_key)},'
+        f'"user_data":{_hex_json(doc.user_data)},"nonce":{_hex_json(doc.nonce)},'
+        f'"certificates":{path}}}'
+    ).encode()
+
+
+class _Service:
+    """The request handlers, bound to one config, one verifier and one metrics registry."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        verifier: Verifier,
+        clock: Callable[[], _dt.datetime],
+        registry: Registry,
+    ) -> None:
+        self.config = config
+        self.verifier = verifier
+        self.clock = clock
+        self.registry = registry
+        # Policies without a nonce are the same on every request: build them once.
+        self.policies: dict[str, tuple[PolicyConfig, Policy]] = {
+            name: (policy, policy.build()) for name, policy in config.policies.items()
+        }
+        self.openapi = json.dumps(openapi_schema(config)).encode()
+        self.path_json = _PathJson()
+
+    async def verify(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`POST /v1/verify`, as a plain ASGI endpoint (see `_VerifyEndpoint`)."""
+        state = scope.setdefault("nitro_attest", {})
+        try:
+            status, body = await self._answer(scope, receive, state)
+        except _Disconnected:
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, state: dict[str, Any]
+    ) -> tuple[int, bytes]:
+        try:
+            document, name, nonce, at = await self._parse(scope, receive, state)
+            entry = self.policies.get(name)
+            if entry is None:
+                raise _RequestError(400, "request.unknown-policy", f"no policy named {name!r}")
+            policy_config, policy = entry
+            if nonce is not None:
+                policy = policy_config.build(nonce=nonce)
+        except _RequestError as exc:
+            state["code"] = exc.code
+            return exc.status, _dumps({"verified": False, "code": exc.code, "reason": exc.reason})
+        when = self.clock() if at is None else at
+        # Verification runs on the event loop thread on purpose: it is CPU-bound (about one
+        # P-384 check when warm) and holds the GIL, so a thread pool would add a hop per request
+        # without adding parallelism. Scale with processes instead (docs/deployment.md).
+        try:
+            doc = self.verifier.verify(document, policy=policy, at=when)
+        except AttestationError as exc:
+            state["code"] = exc.code
+            reason = {"verified": False, "code": exc.code, "reason": exc.reason, "policy": name}
+            return 422, _dumps(reason)
+        state["code"] = "ok"
+        return 200, _verified_json(doc, policy=name, at=when, path=self.path_json(doc.certificates))
+
+    async def _parse(
+        self, scope: Scope, receive: Receive, state: dict[str, Any]
+    ) -> tuple[bytes, str, bytes | None, _dt.datetime | None]:
+        content_type = content_length = None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value
+            elif key == b"content-length":
+                content_length = value
+        media_type = (content_type or b"").partition(b";")[0].strip().lower()
+        if media_type not in (_CBOR_BYTES, _JSON_BYTES):
+            raise _RequestError(
+                415, "request.content-type", f"send {CBOR} (raw document) or {JSON}"
+            )
+        body = await self._body(receive, content_length)
+        state["bytes"] = len(body)
+        query = scope.get("query_string", b"")
+        params: dict[str, list[str]] = {}
+        if query:
+            for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+                params.setdefault(key, []).append(value)
+        if media_type == _CBOR_BYTES:
+            unknown = set(params) - _QUERY_KEYS
+            if unknown:
+                raise _RequestError(
+                    400,
+                    "request.unknown-parameter",
+                    f"unknown query parameter(s): {sorted(unknown)}",
+                )
+            if len(params.get("policy", ())) != 1:
+                raise _RequestError(400, "request.policy", "name exactly one policy: ?policy=NAME")
+            for key in ("nonce", "at"):
+                if len(params.get(key, ())) > 1:
+                    raise _RequestError(400, f"request.{key}", f"{key} given more than once")
+            name = params["policy"][0]
+            nonce_text = params["nonce"][0] if "nonce" in params else None
+            at_text = params["at"][0] if "at" in params else None
+            document = body
+        else:
+            if params:
+                raise _RequestError(
+                    400,
+                    "request.unknown-parameter",
+                    "with application/json, put policy, nonce and at in the body, not the query",
+                )
+            name, document, nonce_text, at_text = self._json_fields(body)
+        state["policy"] = name if name in self.policies else None
+        nonce = self._nonce(nonce_text)
+        at = self._at(at_text)
+        return document, name, nonce, at
+
+    async def _body(self, receive: Receive, declared: bytes | None) -> bytes:
+        limit = self.config.max_body_bytes
+        if declared is not None:
+            if not declared.isdigit():
+                raise _RequestError(400, "request.content-length", "invalid Content-Length")
+            if int(declared) > limit:
+                raise _RequestError(413, "request.too-large", f"body is over {limit} bytes")
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk: bytes = message.get("body", b"")
+            body += chunk
+            # A chunked body has no Content-Length: stop reading as soon as it is too large.
+            if len(body) > limit:
+                raise _RequestError(413, "request.too-large", f"body is over {limit} bytes")
+            if not message.get("more_body", False):
+                return body
+
+    @staticmethod
+    def _json_fields(body: bytes) -> tuple[str, bytes, str | None, str | None]:
+        try:
+            fields = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise _RequestError(400, "request.json", "the body is not valid UTF-8 JSON") from exc
+        if not isinstance(fields, dict):
+            raise _RequestError(400, "request.json", "the body must be a JSON object")
+        unknown = set(fields) - _JSON_KEYS
+        if unknown:
+            raise _RequestError(
+                400, "request.unknown-field", f"unknown field(s): {sorted(unknown)}"
+            )
+        name, encoded = fields.get("policy"), fields.get("document")
+        if not isinstance(name, str):
+            raise _RequestError(400, "request.policy", '"policy" must be a string')
+        if not isinstance(encoded, str):
+            raise _RequestError(400, "request.document", '"document" must be a base64 string')
+        try:
+            document = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _RequestError(400, "request.document", '"document" is not base64') from exc
+        nonce, at = fields.get("nonce"), fields.get("at")
+        for key, value in (("nonce", nonce), ("at", at)):
+            if value is not None and not isinstance(value, str):
+                raise _RequestError(400, f"request.{key}", f'"{key}" must be a string')
+        return name, document, nonce, at
+
+    @staticmethod
+    def _nonce(text: str | None) -> bytes | None:
+        if text is None:
+            return None
+        if not _NONCE.fullmatch(text):
+            raise _RequestError(
+                400, "request.nonce", f"nonce must be 1..{MAX_NONCE_BYTES} bytes in hex"
+            )
+        return bytes.fromhex(text)
+
+    def _at(self, text: str | None) -> _dt.datetime | None:
+        if text is None:
+            return None
+        if not self.config.allow_at_override:
+            raise _RequestError(
+                400,
+                "request.at-not-allowed",
+                "this service verifies at its own clock (allow_at_override is off)",
+            )
+        if not _RFC3339.fullmatch(text):
+            raise _RequestError(400, "request.at", "at must be an RFC 3339 date-time with offset")
+        text = text.upper()  # RFC 3339 allows lower-case t and z; fromisoformat does not.
+        # RFC 3339 §5.7 allows a leap second (:60), which datetime cannot hold: read it as the
+        # instant that follows (POSIX time, and so document timestamps, never contain it).
+        leap = text[17:19] == "60"
+        try:
+            when = _dt.datetime.fromisoformat(text[:17] + "59" + text[19:] if leap else text)
+            return when + _dt.timedelta(seconds=1) if leap else when
+        except (ValueError, OverflowError) as exc:
+            raise _RequestError(400, "request.at", f"at is not a valid time: {exc}") from exc
+
+    async def healthz(self, request: Request) -> Response:
+        return _json(200, {"status": "ok", "policies": sorted(self.policies)})
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(self.registry.render(), media_type=METRICS_CONTENT_TYPE)
+
+    async def openapi_json(self, request: Request) -> Response:
+        return Response(self.openapi, media_type=JSON)
+
+
+class _VerifyEndpoint:
+    """`POST /v1/verify` as a raw ASGI app (Starlette routes to it and handles 404/405).
+
+    Not a Starlette `Request`/`Response` handler: this path runs once per verification, and
+    those objects (headers, query multidict, response class) cost a measurable share of the
+    service's own overhead per request (bench/service.py), for nothing this endpoint needs.
+    """
+
+    def __init__(self, service: _Service) -> None:
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.service.verify(scope, receive, send)
+
+
+class _Observe:
+    """Outermost ASGI layer: request metrics and a structured access log line per request.
+
+    It records what the handler concluded (outcome, error code, policy name), sizes and
+    timings; never a body, a query string (it may carry a nonce) or a header value.
+    """
+
+    def __init__(self, app: ASGIApp, *, registry: Registry, access_log: bool) -> None:
+        self.app = app
+        self.access_log = access_log
+        self.requests = registry.counter(
+            "nitro_attest_requests_total", "HTTP requests by route, status, outcome and error code."
+        )
+        self.latency = registry.histogram(
+            "nitro_attest_verify_duration_seconds",
+            "Time to answer POST /v1/verify (reading the body included), in seconds.",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def observe_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe_send)
+        finally:
+            self._record(scope, status, time.perf_counter() - start)
+
+    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+        path: str = scope.get("path", "")
+        route = path if path in _ROUTES else "other"
+        state: dict[str, Any] = scope.get("nitro_attest", {})
+        code = state.get("code", "")
+        outcome = _outcome(status, verify=route == "/v1/verify")
+        self.requests.inc(
+            (("route", route), ("status", str(status)), ("outcome", outcome), ("code", code))
+        )
+        if route == "/v1/verify":
+            self.latency.observe(elapsed)
+        if self.access_log and _access_log.isEnabledFor(logging.INFO):
+            _access_log.info(_access_line(scope, route, status, outcome, code, state, elapsed))
+
+
+def _quoted(value: str | None) -> str:
+    return f'"{value}"' if value else "null"
+
+
+def _access_line(
+    scope: Scope,
+    route: str,
+    status: int,
+    outcome: str,
+    code: str,
+    state: Mapping[str, Any],
+    elapsed: float,
+) -> str:
+    # Built by hand: json.dumps of a dict cost more than the rest of the service's overhead.
+    # Every value is a number, a literal above, a library/service error code, or a policy name
+    # from the validated config; client address and method come from the server and are quoted
+    # with json.dumps. `policy` is only set for configured names, so a client cannot inject one.
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+    client = scope.get("client")
+    policy = state.get("policy")
+    size = state.get("bytes")
+    return (
+        f'{{"ts":"{stamp}.{int(now % 1 * 1000):03d}Z",'
+        f'"client":{json.dumps(client[0]) if client else "null"},'
+        f'"method":{json.dumps(scope.get("method"))},"path":"{route}","status":{status},'
+        f'"outcome":"{outcome}","code":{_quoted(code)},"policy":{_quoted(policy)},'
+        f'"body_bytes":{size if size is not None else "null"},'
+        f'"duration_ms":{elapsed * 1000:.3f}}}'
+    )
+
+
+_OUTCOMES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "rejected",
+}
+
+
+def _outcome(status: int, *, verify: bool) -> str:
+    if status == 200:
+        return "verified" if verify else "ok"
+    return _OUTCOMES.get(status, "error" if status >= 500 else "other")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "request.not-found", 405: "request.method"}.get(exc.status_code, "request.http")
+    return _json(exc.status_code, {"code": code, "reason": exc.detail}, headers=exc.headers)
+
+
+def create_app(
+    config: ServiceConfig,
+    *,
+    verifier: Verifier | None = None,
+    clock: Callable[[], _dt.datetime] = _utcnow,
+) -> ASGIApp:
+    """The ASGI app for `config`. `verifier` defaults to one over the config's trust roots."""
+    if verifier is None:
+        verifier = Verifier(roots=config.roots, clock=clock)
+    registry = Registry()
+    service = _Service(config, verifier=verifier, clock=clock, registry=registry)
+    chosen = verifier
+    registry.sampled(
+        "nitro_attest_chain_cache_hits_total",
+        "Verifications whose certificate path came from the chain cache.",
+        kind="counter",
+        read=lambda: chosen.cache_info().hits,
+    )
+    registry.sampled(
+        "nitro_attest_chain_cache_misses_total",
+        "Verifications that validated the certificate path from scratch.",
+        kind="counter",
+        read=lambda: chosen.cache_info().misses,
+    )
+    registry.sampled(
+        "nitro_attest_chain_cache_entries",
+        "Certificate paths currently cached (per process).",
+        kind="gauge",
+        read=lambda: chosen.cache_info().size,
+    )
+    app = Starlette(
+        routes=[
+            Route("/v1/verify", _VerifyEndpoint(service), methods=["POST"]),
+            Route("/healthz", service.healthz, methods=["GET"]),
+            Route("/metrics", service.metrics, methods=["GET"]),
+            Route("/openapi.json", service.openapi_json, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_error},
+    )
+    return _Observe(app, registry=registry, access_log=config.access_log)
+
+
+# --- OpenAPI --------------------------------------------------------------------------------------
+
+
+def openapi_schema(config: ServiceConfig) -> dict[str, Any]:
+    """The OpenAPI 3.0 description of the service, with the configured policy names."""
+    names = sorted(config.policies)
+    nonce = {
+        "type": "string",
+        "pattern": f"^(?:[0-9a-fA-F]{{2}}){{1,{MAX_NONCE_BYTES}}}$",
+        "description": "Expected nonce, hex; the document must carry exactly this nonce.",
+    }
+    policy = {
+        "type": "string",
+        "enum": names,
+        "description": "A policy named in the server config.",
+    }
+    parameters: list[dict[str, Any]] = [
+        {
+            "name": "policy",
+            "in": "query",
+            "required": False,
+            "schema": policy,
+            "description": "Required with application/cbor. With JSON, every field is in the "
+            "body and the query must be empty.",
+        },
+        {"name": "nonce", "in": "query", "required": False, "schema": nonce},
+    ]
+    properties: dict[str, Any] = {
+        "document": {"type": "string", "format": "byte"},
+        "policy": policy,
+        "nonce": nonce,
+    }
+    # `at` is only part of the API of a service configured for audits (allow_at_override);
+    # elsewhere it is an unknown field, refused with 400.
+    if config.allow_at_override:
+        at = {
+            "type": "string",
+            "format": "date-time",
+            "description": "Verification time (RFC 3339) instead of the server's clock.",
+        }
+        parameters.append({"name": "at", "in": "query", "required": False, "schema": at})
+        properties["at"] = at
+    error = {
+        "type": "object",
+        "required": ["code", "reason"],
+        "properties": {
+            "verified": {"type": "boolean", "enum": [False]},
+            "code": {"type": "string"},
+            "reason": {"type": "string"},
+            "policy": {"type": "string"},
+        },
+    }
+    hex_or_null = {"type": "string", "nullable": True, "pattern": "^(?:[0-9a-f]{2})*$"}
+    verified = {
+        "type": "object",
+        "required": [
+            "verified",
+            "policy",
+            "verified_at",
+            "module_id",
+            "timestamp",
+            "timestamp_ms",
+            "digest",
+            "debug",
+            "pcrs",
+            "public_key",
+            "user_data",
+            "nonce",
+            "certificates",
+        ],
+        "properties": {
+            "verified": {"type": "boolean", "enum": [True]},
+            "policy": {"type": "string"},
+            "verified_at": {"type": "string", "format": "date-time"},
+            "module_id": {"type": "string"},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "timestamp_ms": {"type": "integer"},
+            "digest": {"type": "string"},
+            "debug": {"type": "boolean"},
+            "pcrs": {"type": "object", "additionalProperties": {"type": "string"}},
+            "public_key": hex_or_null,
+            "user_data": hex_or_null,
+            "nonce": hex_or_null,
+            "certificates": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        "subject",
+                        "issuer",
+                        "serial",
+                        "not_before",
+                        "not_after",
+                        "sha256",
+                    ],
+                    "properties": {
+                        key: {"type": "string"}
+                        for key in (
+                            "subject",
+                            "issuer",
+                            "serial",
+                            "not_before",
+                            "not_after",
+                            "sha256",
+                        )
+                    },
+                },
+            },
+        },
+    }
+
+    def answer(description: str, schema: str) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        }
+
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Nitro attestation verifier",
+            "version": API_VERSION,
+            "description": "Verifies AWS Nitro Enclaves attestation documents against the "
+            "server's trust roots under policies named in the server's config.",
+        },
+        "paths": {
+            "/v1/verify": {
+                "post": {
+                    "operationId": "verify",
+                    "summary": "Verify an attestation document under a named policy.",
+                    "parameters": parameters,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            CBOR: {"schema": {"type": "string", "format": "binary"}},
+                            JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["document", "policy"],
+                                    "properties": properties,
+                                }
+                            },
+                        },
+                    },
+                    "responses": {
+                        "200": answer("The document verified; its fields.", "Verified"),
+                        "400": answer("Malformed request.", "Error"),
+                        "413": answer(
+                            f"Body over the limit ({config.max_body_bytes} bytes).", "Error"
+                        ),
+                        "415": answer("Content type other than CBOR or JSON.", "Error"),
+                        "422": answer("The document fails verification; stable code.", "Error"),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "responses": {
+                        "200": {
+                            "description": "Serving.",
+                            "content": {JSON: {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format 0.0.4.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {"schemas": {"Verified": verified, "Error": error}},
+    }
+
+
+# --- `nitro-attest serve` -----------------------------------------------------------------------
+
+
+CONFIG_ENV = "NITRO_ATTEST_SERVICE_CONFIG"
+
+
+def app_from_environment() -> ASGIApp:
+    """An app from the config file named by `$NITRO_ATTEST_SERVICE_CONFIG`, for ASGI servers.
+
+    For several workers under one uvicorn (each worker has its own chain cache):
+    `NITRO_ATTEST_SERVICE_CONFIG=/etc/nitro-attest/service.toml uvicorn --factory
+    attestation.service:app_from_environment --workers 4 --no-access-log`.
+    """
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        raise ConfigError(f"set {CONFIG_ENV} to the service's TOML config file")
+    config = load_config(path)
+    if config.access_log:
+        configure_logging()
+    return create_app(config)
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """`nitro-attest serve` as a standalone entry point (`python -m attestation.service`)."""
+    parser = argparse.ArgumentParser(prog="nitro-attest")
+    add_serve_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    return run_serve(args)
+
+
+def configure_logging() -> None:
+    """Access log lines (already JSON) go to stderr as they are; other records get a prefix."""
+    if not _access_log.handlers:  # once per process, however many apps are made
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        _access_log.addHandler(handler)
+    _access_log.setLevel(logging.INFO)
+    _access_log.propagate = False
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(serve_main())

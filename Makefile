@@ -6,8 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests use: a C compiler for the LD_PRELOAD shim, iproute2 for network
-# namespaces, libfaketime for peers that only verify at wall-clock time.
-DEB_PACKAGES := gcc libc6-dev iproute2 faketime
+# namespaces (and util-linux's unshare), socat for rebuilding the previous team's broken DNS
+# chain, libfaketime for peers that only verify at wall-clock time.
+DEB_PACKAGES := gcc libc6-dev iproute2 util-linux socat faketime
 
 .PHONY: demo test lint typecheck pytest bench deps clean
 
@@ -30,8 +31,8 @@ deps:
 	  fi; \
 	fi
 
-demo: $(STAMP)
-	$(BIN)/python -m nsm._demo
+demo: $(STAMP) deps
+	$(BIN)/nitro-oracle demo --out demo-out
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -45,8 +46,13 @@ pytest: $(STAMP) deps
 
 test: $(STAMP) deps lint typecheck pytest
 
-bench: $(STAMP)
+# Figures land in docs/benchmarks.md and docs/conformance.md; never part of `make test`.
+bench: $(STAMP) deps
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/differential.py
+	$(BIN)/python bench/service.py
+	$(BIN)/python bench/egress.py
+	$(BIN)/python bench/oracle.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,9 +1,235 @@
-"""`nitro-oracle`: the oracle's command line."""
+"""`nitro-oracle`: the oracle's command line.
+
+Subcommands: `egress` (parent-side proxy), `fetch` (one HTTPS request through the enclave's
+egress layer), `doctor` (name every broken link). The enclave, gateway and demo commands are
+added next to these by their own builders.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
 import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from oracle_example._oracle_cli import register
+from oracle_example.errors import OracleExampleError
+
+__all__ = ["build_parser", "main"]
+
+_EGRESS_HELP = """\
+Parent-side egress proxy for enclaves. Two modes, usable together:
+
+  route mode    --route LISTEN=HOST:PORT (repeatable). Every stream accepted on LISTEN is
+                relayed to HOST:PORT, resolved here on the parent and re-resolved on failure
+                and every --resolve-ttl seconds. Same semantics as AWS's vsock-proxy: the
+                enclave maps each upstream host name to one parent port.
+  CONNECT mode  --connect LISTEN with --allow HOST:PORT (repeatable). Clients send
+                "CONNECT host:port"; only allowed pairs are tunnelled (400 malformed,
+                403 refused, 502 upstream failure, 503 over capacity, 408 too slow).
+
+TLS is never terminated here: the enclave verifies certificates itself. Upstream addresses that
+are link-local (169.254.169.254), multicast or unspecified are always refused; private and
+loopback ones unless --allow-private. Logs are JSON lines on stderr.
+
+Addresses: vsock:CID:PORT (listen on vsock:4294967295:PORT for any CID), unix:PATH, tcp:HOST:PORT.
+"""
+
+
+def _add_egress(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "egress",
+        help="run the parent-side egress proxy (routes and/or CONNECT)",
+        description=_EGRESS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--route", action="append", default=[], metavar="LISTEN=HOST:PORT")
+    p.add_argument("--connect", metavar="LISTEN", help="CONNECT-mode listener address")
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="CONNECT allow list entry (repeatable)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file with routes, connect, allow, resolve, limits "
+        "(see oracle_example/deploy/egress.toml)",
+    )
+    p.add_argument(
+        "--resolve",
+        action="append",
+        default=[],
+        metavar="HOST=IP",
+        help="pin a name on the parent, like curl's --resolve; HOST:PORT=IP:PORT "
+        "also remaps the port",
+    )
+    p.add_argument(
+        "--allow-private",
+        action="store_true",
+        default=None,
+        help="permit private and loopback upstream addresses (tests, VPC services)",
+    )
+    p.add_argument("--max-connections", type=int, metavar="N")
+    p.add_argument("--idle-timeout", type=float, metavar="SECONDS")
+    p.add_argument("--total-timeout", type=float, metavar="SECONDS")
+    p.add_argument("--head-timeout", type=float, metavar="SECONDS")
+    p.add_argument("--resolve-ttl", type=float, metavar="SECONDS")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_run_egress)
+
+
+def _run_egress(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from oracle_example.proxy import EgressProxy, JsonLogFormatter, load_config
+
+    config = load_config(
+        args.config,
+        routes=args.route,
+        connect=args.connect,
+        allow=args.allow,
+        resolve=args.resolve,
+        allow_private=args.allow_private,
+    )
+    overrides = {
+        name: value
+        for name, value in (
+            ("max_connections", args.max_connections),
+            ("idle_timeout", args.idle_timeout),
+            ("total_timeout", args.total_timeout),
+            ("head_timeout", args.head_timeout),
+            ("resolve_ttl", args.resolve_ttl),
+        )
+        if value is not None
+    }
+    if overrides:
+        config = dataclasses.replace(config, limits=dataclasses.replace(config.limits, **overrides))
+
+    async def serve() -> None:
+        proxy = EgressProxy(config)
+        await proxy.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        log.info("ready", extra={"fields": {"pid": __import__("os").getpid()}})
+        await stop.wait()
+        await proxy.close()
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    log = logging.getLogger("oracle_example.proxy")
+    log.addHandler(handler)
+    log.setLevel(args.log_level.upper())
+    log.propagate = False
+    try:
+        asyncio.run(serve())
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    return 0
+
+
+def _add_fetch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "fetch",
+        help="one HTTPS request through the enclave's egress layer",
+        description="Fetch URL through the egress layer exactly as the oracle does: no DNS, TLS "
+        "verified here. Prints status, headers and body; exits 1 with the named "
+        "cause if the request fails.",
+    )
+    p.add_argument("url")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument(
+        "--route",
+        action="append",
+        metavar="HOST:PORT=ADDR",
+        help="route HOST:PORT to a parent address (repeatable)",
+    )
+    mode.add_argument("--connect", metavar="ADDR", help="parent CONNECT proxy address")
+    p.add_argument(
+        "--ca-bundle",
+        type=Path,
+        metavar="PEM",
+        help="CA certificates to trust (default: certifi's bundle)",
+    )
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_run_fetch)
+
+
+def _run_fetch(args: argparse.Namespace) -> int:
+    from oracle_example.egress import EgressClient, EgressConfig, Timeouts
+
+    t = args.timeout
+    try:
+        allow = []
+        if args.connect:
+            parts = urlsplit(args.url)
+            allow = [f"{parts.hostname}:{parts.port or 443}"]
+        config = EgressConfig.from_strings(
+            routes=args.route or (),
+            connect=args.connect,
+            allow=allow,
+            ca_bundle=args.ca_bundle,
+            timeouts=Timeouts(connect=t, read=t, write=t, pool=t),
+        )
+        with EgressClient(config) as client:
+            response = client.get(args.url)
+    except OracleExampleError as exc:
+        if args.json:
+            print(
+                json.dumps(
+                    {"url": args.url, "error": {"type": type(exc).__name__, "message": str(exc)}}
+                )
+            )
+        else:
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "url": args.url,
+                    "status": response.status,
+                    "headers": [list(h) for h in response.headers],
+                    "body": response.text,
+                    "elapsed_ms": round(response.elapsed * 1000, 3),
+                }
+            )
+        )
+    else:
+        print(f"HTTP {response.status}")
+        for name, value in response.headers:
+            print(f"{name}: {value}")
+        print()
+        sys.stdout.write(response.text)
+        if not response.text.endswith("\n"):
+            print()
+    return 0
+
+
+def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from oracle_example.doctor import add_arguments, run
+
+    p = sub.add_parser(
+        "doctor",
+        help="check every link of the egress path and name what is broken",
+        description="Runs the enclave-side (and with --parent, parent-side) checks of the "
+        "egress path. Each line is ok / warn / fail with a cause and a remedy; "
+        "exit status 1 if anything failed.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -11,7 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nitro-oracle",
         description="The reference Nitro enclave price oracle and its parent-side tools.",
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_egress(sub)
+    _add_fetch(sub)
+    _add_doctor(sub)
+    register(sub)  # enclave, gateway, get, demo
     return parser
 
 
@@ -21,8 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return 0  # pragma: no cover - every subcommand returns on its own
+    try:
+        result: int = args.func(args)
+    except OracleExampleError as exc:
+        print(f"nitro-oracle {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return result
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

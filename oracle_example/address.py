@@ -7,6 +7,7 @@ because vsock loopback (CID 1) needs the `vsock_loopback` module that CI machine
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
@@ -211,6 +212,15 @@ def connect_socket(address: Address, *, timeout: float | None) -> socket.socket:
     return sock
 
 
+def _unix_listener_alive(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 def bind_socket(address: Address, *, backlog: int) -> socket.socket:
     """A listening stream socket; a stale Unix socket file left by a dead process is replaced."""
     sock, target = new_socket(address)
@@ -219,6 +229,8 @@ def bind_socket(address: Address, *, backlog: int) -> socket.socket:
             path = Path(address.path)
             try:
                 if stat.S_ISSOCK(path.lstat().st_mode):
+                    if _unix_listener_alive(address.path):
+                        raise OSError(errno.EADDRINUSE, "another process listens here", path)
                     path.unlink()
             except FileNotFoundError:
                 pass

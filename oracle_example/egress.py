@@ -35,6 +35,7 @@ import httpcore
 from oracle_example.address import (
     Address,
     HostPort,
+    TcpAddress,
     is_ip_literal,
     new_socket,
     parse_address,
@@ -61,6 +62,7 @@ __all__ = [
     "Timeouts",
     "async_connection_pool",
     "connection_pool",
+    "forbid_dns",
     "make_ssl_context",
     "parse_route",
 ]
@@ -75,6 +77,8 @@ _CONNECT_RESPONSE_MAX = 16 * 1024
 # Price endpoints answer in well under 100 KiB; a bigger body is a misroute or an attack.
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 _READ_CHUNK = 64 * 1024
+# Seconds to wait for an orderly close before aborting the stream.
+_CLOSE_TIMEOUT = 1.0
 # OpenSSL X509_V_ERR_* codes (openssl/x509_vfy.h) the doctor explains differently.
 X509_V_ERR_CERT_NOT_YET_VALID = 9
 X509_V_ERR_CERT_HAS_EXPIRED = 10
@@ -172,6 +176,33 @@ def parse_route(text: str) -> tuple[HostPort, Address]:
     if not sep:
         raise AddressError(f"{text!r}: expected HOST:PORT=ADDRESS")
     return parse_host_port(upstream), parse_address(address)
+
+
+@contextlib.contextmanager
+def forbid_dns() -> Iterator[list[str]]:
+    """Make every name lookup in this process fail while active; yields the names attempted.
+
+    The enclave has no resolver, so any lookup is a bug that would only show up as EAI_AGAIN in
+    production. Under this guard it shows up at once, with the name (networking.md §7.2 point 2).
+    Process-wide: use it around enclave-mode code, not in a process that also runs a parent proxy.
+    """
+    attempts: list[str] = []
+    saved = {name: getattr(socket, name) for name in _DNS_FUNCTIONS}
+
+    def refuse(host: Any = None, *args: Any, **kwargs: Any) -> Any:
+        attempts.append(str(host))
+        raise socket.gaierror(socket.EAI_NONAME, f"DNS lookup of {host!r} in the enclave")
+
+    for name in _DNS_FUNCTIONS:
+        setattr(socket, name, refuse)
+    try:
+        yield attempts
+    finally:
+        for name, function in saved.items():
+            setattr(socket, name, function)
+
+
+_DNS_FUNCTIONS = ("getaddrinfo", "gethostbyname", "gethostbyname_ex")
 
 
 def make_ssl_context(ca_bundle: Path | None = None) -> ssl.SSLContext:
@@ -347,6 +378,13 @@ class _SyncStream(httpcore.NetworkStream):
         return None
 
 
+def _tune(sock: socket.socket, address: Address) -> None:
+    # TCP_NODELAY fails with ENOPROTOOPT on vsock (networking.md §3.1), and Unix sockets have no
+    # Nagle; only a tcp: parent address (development, benchmarks) gets it, as httpcore would.
+    if isinstance(address, TcpAddress):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _is_readable(sock: socket.socket) -> bool:
     # httpcore asks this of idle keep-alive connections: readable means closed or junk.
     import select
@@ -375,6 +413,7 @@ class EgressBackend(httpcore.NetworkBackend):
         deadline = None if timeout is None else time.monotonic() + timeout
         sock, target = new_socket(hop.address)
         try:
+            _tune(sock, hop.address)
             sock.settimeout(timeout)
             sock.connect(target)
         except OSError as exc:
@@ -446,8 +485,14 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
 
     async def aclose(self) -> None:
         self._writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await self._writer.wait_closed()
+        # A TLS close_notify exchange with a silent peer must not hold the caller.
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await self._writer.wait_closed()
+        except TimeoutError:
+            self._writer.transport.abort()
+        except (OSError, ssl.SSLError):
+            pass
 
     async def start_tls(
         self,
@@ -461,7 +506,9 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
                 self._writer.start_tls(ssl_context, server_hostname=hostname), timeout
             )
         except (OSError, ssl.SSLError) as exc:
-            await self.aclose()
+            # A cancelled start_tls leaves an SSL shutdown pending towards a peer that may never
+            # answer; abort the raw transport so nothing waits for it.
+            self._writer.transport.abort()
             raise _tls_error(exc, hostname) from exc
         return self
 
@@ -496,6 +543,7 @@ class AsyncEgressBackend(httpcore.AsyncNetworkBackend):
         origin = f"{host}:{port}"
         loop = asyncio.get_running_loop()
         sock, target = new_socket(hop.address)
+        _tune(sock, hop.address)
         sock.setblocking(False)
         try:
             async with asyncio.timeout(timeout):

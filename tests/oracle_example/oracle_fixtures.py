@@ -9,7 +9,8 @@ from pathlib import Path
 
 from oracle_example.sources import Quote, Source
 
-DATA = Path(__file__).parent / "data"
+# The recorded responses live with the replay server that the demo serves them from.
+DATA = Path(__file__).resolve().parents[2] / "oracle_example" / "replay" / "data"
 #: Every fixture is stamped around this instant (see data/README.md).
 RECORDED_AT = datetime(2025, 11, 26, 15, 30, tzinfo=UTC)
 

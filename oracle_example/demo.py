@@ -1,0 +1,512 @@
+"""`nitro-oracle demo` (`make demo`): the whole oracle on one machine, verified end to end.
+
+`OracleStack` starts, in order: the NSM emulator (Unix socket, in this process), the exchanges
+(live through the parent's DNS, or the local HTTPS replay with a demo CA), the parent egress
+proxy (route mode, one Unix socket per exchange standing in for vsock ports), the enclave app as
+a child process (as root: in a fresh network namespace with no interface up, `unshare --net`,
+so its only way out is those Unix sockets; otherwise a plain process; DNS is guarded off in the
+enclave process either way), and the gateway on 127.0.0.1. `close()` stops all of it in reverse
+order, and `run_demo` calls it on success, failure, Ctrl-C and SIGTERM alike.
+
+The tests drive the same stack (tests/oracle_example/test_enclave.py and friends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from attestation import Verifier, load_pem_roots
+from nsm._server import EmulatorServer, write_root_pem
+from nsm.emulator import Emulator
+from oracle_example._oracle_errors import ReportVerificationError
+from oracle_example.address import HostPort, TcpAddress, UnixAddress
+from oracle_example.client import ClientError, GetResult, get_report, http_get, summary
+from oracle_example.config import OracleConfig
+from oracle_example.enclave import expected_pcr16
+from oracle_example.gateway import Gateway
+from oracle_example.proxy import EgressProxy, Pin, ProxyConfig, ProxyRoute
+from oracle_example.replay import DemoCertificates, ReplayExchange
+
+__all__ = ["OracleStack", "probe_live", "run_demo"]
+
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+#: Long enough for a cold Python start, boot and the first round on a slow 2-core machine.
+READY_TIMEOUT = 30.0
+#: Live probe: a TCP connect per exchange host through the parent's resolver.
+PROBE_TIMEOUT = 3.0
+_STOP_TIMEOUT = 5.0
+
+
+def probe_live(hosts: Sequence[str], *, timeout: float = PROBE_TIMEOUT) -> dict[str, str | None]:
+    """host -> None when a TCP connection to host:443 opened, else why not."""
+
+    def one(host: str) -> str | None:
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                return None
+        except OSError as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    pool = ThreadPoolExecutor(max_workers=len(hosts) or 1)
+    try:
+        futures = {h: pool.submit(one, h) for h in hosts}
+        out: dict[str, str | None] = {}
+        for host, future in futures.items():
+            try:
+                out[host] = future.result(timeout + 1)
+            except Exception as exc:
+                out[host] = f"probe failed: {exc!r}"
+        return out
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _netns_available() -> bool:
+    return os.geteuid() == 0 and shutil.which("unshare") is not None
+
+
+@dataclass(frozen=True)
+class _Loop:
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+
+    def run(self, coro: Any, timeout: float = 10.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+async def _cancel_remaining() -> None:
+    """Cancel and await every task left on the loop (connection handlers), as asyncio.run does,
+    so no stream is garbage-collected after its loop is closed."""
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
+
+
+class OracleStack:
+    """Everything the demo runs. `start()`, then use `gateway_url`; `close()` always."""
+
+    def __init__(
+        self,
+        *,
+        config: OracleConfig | None = None,
+        seed: int | None = None,
+        replay: bool = True,
+        netns: bool | None = None,
+        emulator_debug: bool = False,
+        interval: float = 2.0,
+        enclave_args: Sequence[str] = (),
+        workdir: Path | None = None,
+    ) -> None:
+        self.config = config or OracleConfig()
+        self.replay_mode = replay
+        self.netns = _netns_available() if netns is None else netns
+        self.interval = interval
+        self.enclave_args = tuple(enclave_args)
+        # sun_path is 108 bytes: keep socket paths short.
+        self.dir = workdir or Path(tempfile.mkdtemp(prefix="oe-demo-", dir="/tmp"))
+        self._own_dir = workdir is None
+        self.emulator = Emulator(seed=seed, debug=emulator_debug)
+        self.root_pem = self.emulator.root_pem
+        self.replay: ReplayExchange | None = None
+        self.certs: DemoCertificates | None = None
+        self.enclave: subprocess.Popen[bytes] | None = None
+        self.enclave_log = self.dir / "enclave.log"
+        self.gateway: Gateway | None = None
+        self.proxy: EgressProxy | None = None
+        self._emulator_server: EmulatorServer | None = None
+        self._loop: _Loop | None = None
+        self._log_file: TextIO | None = None
+        self.stopped: list[str] = []
+
+    # --- addresses -------------------------------------------------------------------------
+
+    @property
+    def nsm_socket(self) -> Path:
+        return self.dir / "nsm.sock"
+
+    @property
+    def enclave_socket(self) -> Path:
+        return self.dir / "enclave.sock"
+
+    def egress_socket(self, source: str) -> Path:
+        return self.dir / f"egress-{source}.sock"
+
+    @property
+    def gateway_url(self) -> str:
+        if self.gateway is None or not isinstance(self.gateway.bound, TcpAddress):
+            raise RuntimeError("the gateway is not running")
+        return f"http://{self.gateway.bound.host}:{self.gateway.bound.port}"
+
+    @property
+    def pinned_pcrs(self) -> dict[int, bytes]:
+        """What a consumer pins: PCR0-2 as `nitro-cli build-enclave` prints them, and PCR16."""
+        pcrs = {i: self.emulator.pcr(i) for i in (0, 1, 2)}
+        pcrs[16] = expected_pcr16(self.config)
+        return pcrs
+
+    def verifier(self) -> Verifier:
+        return Verifier(roots=load_pem_roots(self.root_pem))
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._emulator_server = EmulatorServer(self.nsm_socket, self.emulator)
+        self._emulator_server.serve_in_thread()
+        pins: dict[str, Pin] = {}
+        if self.replay_mode:
+            self.certs = DemoCertificates.create(self.dir)
+            self.replay = ReplayExchange(self.certs)
+            pins = {s.host: Pin("127.0.0.1", self.replay.port) for s in self.config.sources}
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="demo-parent", daemon=True)
+        thread.start()
+        self._loop = _Loop(loop, thread)
+        routes = tuple(
+            ProxyRoute(UnixAddress(str(self.egress_socket(s.id))), HostPort(s.host, 443))
+            for s in self.config.sources
+        )
+        self.proxy = EgressProxy(
+            ProxyConfig(routes=routes, pins=pins, allow_private=self.replay_mode)
+        )
+        self._loop.run(self.proxy.start())
+        self._start_enclave()
+        self._wait_for_socket(self.enclave_socket)
+        self.gateway = Gateway(
+            listen=TcpAddress("127.0.0.1", 0), enclave=UnixAddress(str(self.enclave_socket))
+        )
+        self._loop.run(self.gateway.start())
+
+    def enclave_command(self) -> list[str]:
+        config_path = self.dir / "oracle-config.json"
+        config_path.write_text(json.dumps(self.config.to_json(), indent=1))
+        args = [
+            sys.executable,
+            "-m",
+            "oracle_example._oracle_cli",
+            "enclave",
+            "--dev",
+            "--nsm",
+            f"unix:{self.nsm_socket}",
+            "--listen",
+            f"unix:{self.enclave_socket}",
+            "--config",
+            str(config_path),
+            "--interval",
+            str(self.interval),
+        ]
+        for source in self.config.sources:
+            args += ["--route", f"{source.host}:443=unix:{self.egress_socket(source.id)}"]
+        if self.certs is not None:
+            args += ["--ca-bundle", str(self.certs.ca_pem)]
+        args += self.enclave_args
+        # `unshare --net` execs the command in a new network namespace: only `lo`, DOWN, no
+        # routes. It dies with the process, so nothing is left to delete afterwards.
+        return (["unshare", "--net", "--"] if self.netns else []) + args
+
+    def _start_enclave(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        env.pop("NSM_EMULATOR", None)  # the enclave is told explicitly, with --nsm
+        self._log_file = self.enclave_log.open("w")
+        self.enclave = subprocess.Popen(
+            self.enclave_command(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            # Its own process group: a Ctrl-C in the terminal reaches us, and we stop it.
+            start_new_session=True,
+        )
+
+    def _wait_for_socket(self, path: Path, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if self.enclave is not None and self.enclave.poll() is not None:
+                raise RuntimeError(
+                    f"the enclave exited with {self.enclave.returncode}:\n" + self.log_tail()
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the enclave never listened on {path}\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def enclave_lines(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        with contextlib.suppress(OSError):
+            for line in self.enclave_log.read_text().splitlines():
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    out.append({"event": "raw", "text": line})
+        return out
+
+    def health(self, timeout: float = 2.0) -> dict[str, Any]:
+        result: dict[str, Any] = http_get(self.gateway_url, "/v1/health", timeout=timeout)
+        return result
+
+    def wait_ready(
+        self, predicate: Callable[[dict[str, Any]], bool] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Poll health until every feed has a report (or `predicate` holds)."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            if self.enclave is not None and self.enclave.poll() is not None:
+                raise RuntimeError(
+                    f"the enclave exited with {self.enclave.returncode}:\n" + self.log_tail()
+                )
+            try:
+                health = self.health()
+                last = health
+                ok = predicate(health) if predicate else health.get("status") == "ok"
+                if ok:
+                    return health
+            except ClientError as exc:
+                last = exc
+            time.sleep(0.1)
+        raise TimeoutError(f"enclave not ready after {timeout} s (last: {last})\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 15) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.enclave_log.read_text().splitlines()[-n:])
+        return ""
+
+    def get(self, feed: str, **kwargs: Any) -> GetResult:
+        options: dict[str, Any] = {
+            "verifier": self.verifier(),
+            "pcrs": self.pinned_pcrs,
+            "config_hash": self.config.config_hash,
+            "min_sources": self.config.min_sources,
+        }
+        options.update(kwargs)
+        return get_report(self.gateway_url, feed, **options)
+
+    def close(self) -> None:
+        """Stop everything started, in reverse order; safe to call twice or after a failure."""
+        if self.enclave is not None:
+            if self.enclave.poll() is None:
+                self.enclave.send_signal(signal.SIGTERM)
+                try:
+                    self.enclave.wait(_STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.enclave.kill()
+                    self.enclave.wait(_STOP_TIMEOUT)
+            self.stopped.append(f"enclave (pid {self.enclave.pid}, exit {self.enclave.returncode})")
+            self.enclave = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._loop is not None:
+            for name, part in (("gateway", self.gateway), ("egress proxy", self.proxy)):
+                if part is not None:
+                    with contextlib.suppress(Exception):
+                        self._loop.run(part.close())
+                    self.stopped.append(name)
+            self.gateway = self.proxy = None
+            with contextlib.suppress(Exception):
+                self._loop.run(_cancel_remaining())
+            self._loop.loop.call_soon_threadsafe(self._loop.loop.stop)
+            self._loop.thread.join(_STOP_TIMEOUT)
+            self._loop.loop.close()
+            self._loop = None
+        if self.replay is not None:
+            self.replay.close()
+            self.replay = None
+            self.stopped.append("replay exchange")
+        if self._emulator_server is not None:
+            self._emulator_server.shutdown()
+            self._emulator_server.server_close()
+            self._emulator_server = None
+            self.stopped.append("NSM emulator")
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> OracleStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- the demo -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _parent_log(path: Path) -> Iterator[None]:
+    """Parent-side logs (proxy, gateway) go to a file, not over the demo's summary."""
+    from oracle_example.proxy import JsonLogFormatter
+
+    logger = logging.getLogger("oracle_example")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(JsonLogFormatter())
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.propagate = saved[0], saved[1]
+        logger.setLevel(saved[2])
+        handler.close()
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _loud(text: str) -> str:
+    return f"!!! {text} !!!"
+
+
+def run_demo(
+    out: Path,
+    *,
+    seed: int | None = None,
+    force_replay: bool = False,
+    netns: bool | None = None,
+    write: Callable[[str], None] | None = None,
+) -> int:
+    """Run the demo; 0 when both feeds verified end to end."""
+    if write is None:
+        write = _print
+    config = OracleConfig()
+    feeds = [f.symbol for f in config.feeds]
+    out.mkdir(parents=True, exist_ok=True)
+    write("nitro-oracle demo: NSM emulator -> enclave app -> egress -> exchanges -> signed report")
+    if force_replay:
+        live = False
+        write(_loud("REPLAY FORCED (--replay): NOT LIVE PRICES"))
+    else:
+        probe = probe_live([s.host for s in config.sources])
+        answering = [h for h, why in probe.items() if why is None]
+        live = len(answering) >= config.min_sources
+        if not live:
+            reasons = "; ".join(f"{h}: {why}" for h, why in probe.items() if why)
+            write(
+                _loud(
+                    f"NO LIVE EXCHANGE ANSWERS ({len(answering)}/{len(probe)} reachable): USING "
+                    "THE LOCAL HTTPS REPLAY OF HAND-WRITTEN RESPONSES IN EACH EXCHANGE'S SHAPE, "
+                    "DEMO CA, TIMESTAMPS MOVED TO NOW: THESE ARE NOT LIVE PRICES"
+                )
+            )
+            write(f"    (probe: {reasons})")
+    stack = OracleStack(config=config, seed=seed, replay=not live, netns=netns)
+    verified: list[GetResult] = []
+    try:
+        with _sigterm_as_exit(), _parent_log(out / "parent.log"):
+            stack.start()
+            write_root_pem(out / "emulator-root.pem", stack.root_pem)
+            write(f"  NSM emulator   unix:{stack.nsm_socket} (software NSM; test PKI, not AWS)")
+            upstream = (
+                f"replay 127.0.0.1:{stack.replay.port} (demo CA {stack.certs.ca_pem.name})"
+                if stack.replay is not None and stack.certs is not None
+                else "live exchanges, resolved on the parent"
+            )
+            write(f"  egress proxy   {len(config.sources)} routes (unix sockets) -> {upstream}")
+            where = (
+                "in a network namespace with no interface up (unshare --net)"
+                if stack.netns
+                else "as a plain process (no network namespace: not root, or --no-netns)"
+            )
+            pid = stack.enclave.pid if stack.enclave is not None else "?"
+            write(f"  enclave app    pid {pid} {where}; DNS guarded off; --dev (emulator)")
+            write(f"  gateway        {stack.gateway_url} -> unix:{stack.enclave_socket}")
+            health = stack.wait_ready(timeout=READY_TIMEOUT)
+            write("")
+            write("PCRs pinned by the consumer (PCR0-2 as the build prints them, PCR16 = config):")
+            for index, value in sorted(stack.pinned_pcrs.items()):
+                write(f"  {index:>2}  {value.hex()}")
+            write(f"signer address   {health['address']} (public_key in the attestation)")
+            write(f"configHash       {health['configHash']}")
+            write("")
+            failures = 0
+            for feed in feeds:
+                try:
+                    result = stack.get(feed)
+                except (ReportVerificationError, ClientError) as exc:
+                    failures += 1
+                    write(f"{feed}  NOT VERIFIED: {exc} [{exc.code}]")
+                    continue
+                for line in summary(result):
+                    write(line)
+                name = feed.replace("/", "-")
+                (out / f"{name}.report.json").write_text(
+                    json.dumps(result.report_json, indent=2, default=str) + "\n"
+                )
+                (out / "attestation.cbor").write_bytes(result.document)
+                if result.verified is None:
+                    failures += 1
+                else:
+                    verified.append(result)
+            (out / "summary.json").write_text(
+                json.dumps(
+                    {
+                        "mode": "live" if live else "replay",
+                        "verifiedAt": datetime.now(UTC).isoformat(),
+                        "address": health["address"],
+                        "configHash": health["configHash"],
+                        "pcrs": {str(i): v.hex() for i, v in stack.pinned_pcrs.items()},
+                        "feeds": {r.feed: str(r.verified.price) for r in verified if r.verified},
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
+            shutil.copyfile(stack.enclave_log, out / "enclave.log")
+            write("")
+            write(
+                f"wrote {out}/: " + ", ".join(sorted(p.name for p in out.iterdir() if p.is_file()))
+            )
+    except KeyboardInterrupt:
+        write("interrupted: stopping everything")
+        return 130
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        write(f"demo failed: {exc}")
+        return 1
+    finally:
+        stack.close()
+        write("stopped: " + ", ".join(stack.stopped))
+    if failures:
+        write(f"RESULT: {failures} feed(s) NOT verified")
+        return 1
+    write(f"RESULT: {len(verified)} feeds verified end to end ({'live' if live else 'REPLAY'})")
+    return 0

@@ -1,0 +1,743 @@
+"""The enclave app: boot, fetch loop, signing, and the HTTP/1.1 API over vsock.
+
+Boot (`Oracle.boot`), in this order, failing closed at each step:
+
+1. bring `lo` up (fatal in production, a warning in development);
+2. open the NSM: `/dev/nsm`, or the emulator only when named explicitly; production mode refuses
+   the emulator and a debug-mode enclave (PCR0 all zero, reference/oracle.md §4);
+3. a secp256k1 key from NSM randomness (coincurve). It lives in this process only: nothing
+   serialises, logs or returns it;
+4. PCR16 := SHA384(0^48 || configHash), then locked, so the document names the config too;
+5. an attestation with `public_key` = the 65-byte uncompressed key and `user_data` = the fixed
+   88-byte binding (binding.py), whose timestamp is the first clock check.
+
+Then every `interval`: re-check the clock against a fresh attestation when due (its document
+becomes the cached one served without a nonce), fetch every (feed, source) pair concurrently
+through the egress layer, aggregate, and sign either a `PriceReport` or an `OracleError` per
+feed, once per configured EIP-712 domain. When the enclave clock and the attested time disagree
+by more than `max_clock_skew`, every feed gets a signed `OracleError(CLOCK_UNTRUSTED)` instead.
+
+API (HTTP/1.1, one request per connection, JSON everywhere, errors as
+`{"error": {"code", "message"}}`):
+
+- `GET /v1/attestation?nonce=HEX`: a fresh document bound to the nonce (1..64 bytes); without a
+  nonce, the cached periodic document.
+- `GET /v1/price/{feed}` (`BTC-USD`, `BTC%2FUSD` or `BTC/USD`), optional `?domain=N`: the latest
+  signed report JSON (report.py) for that domain, index into the config's domain list.
+- `GET /v1/health`: mode, address, hashes, PCRs, clock check, per-feed and per-source state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import coincurve
+import h11
+
+from attestation.document import AttestationDocument
+from attestation.errors import AttestationError
+from nsm.client import Nsm
+from nsm.errors import NsmError
+from oracle_example._eip712 import to_checksum_address
+from oracle_example._oracle_errors import (
+    OracleCoreError,
+    SourceBlocked,
+    SourceError,
+    SourceRateLimited,
+    SourceUnreachable,
+)
+from oracle_example.address import Address, UnixAddress, bind_socket
+from oracle_example.aggregate import (
+    Aggregate,
+    AggregationFailure,
+    OracleErrorCode,
+    aggregate_feed,
+    clock_failure,
+)
+from oracle_example.binding import Binding, public_key_bytes
+from oracle_example.config import OracleConfig
+from oracle_example.egress import AsyncEgressClient, EgressConfig, Timeouts
+from oracle_example.errors import EgressError, InterfaceError, OracleExampleError
+from oracle_example.netif import bring_up
+from oracle_example.report import SECP256K1_N, OracleError, SignedReport, message_for
+from oracle_example.sources import Quote, Source, SourceState, build_sources
+
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "DEFAULT_LISTEN",
+    "DEFAULT_ROUTES",
+    "MAX_NONCE_BYTES",
+    "MAX_REQUEST_HEAD",
+    "EnclaveBootError",
+    "EnclaveOptions",
+    "Oracle",
+    "expected_pcr16",
+    "serve",
+]
+
+log = logging.getLogger("oracle_example.enclave")
+
+#: Any CID may connect (VMADDR_CID_ANY); the parent's gateway is the only one that can.
+DEFAULT_LISTEN = "vsock:4294967295:5000"
+#: The route table of reference/networking.md §7.1: one parent vsock port per exchange host.
+#: It is part of the image's command line, so PCR2 measures it.
+DEFAULT_ROUTES = (
+    "api.binance.com:443=vsock:3:8443",
+    "api.exchange.coinbase.com:443=vsock:3:8444",
+    "api.kraken.com:443=vsock:3:8445",
+    "www.okx.com:443=vsock:3:8446",
+)
+#: A round every 5 s: about 1 request/s per exchange for two feeds, far under every public
+#: limit (Binance: 6,000 weight/min, 2 per MINI ticker; networking.md §6).
+DEFAULT_INTERVAL = _dt.timedelta(seconds=5)
+#: Re-read the attested time this often (oracle.md §5 says "every few minutes"; once a minute
+#: costs one NSM attestation).
+DEFAULT_CLOCK_CHECK = _dt.timedelta(seconds=60)
+#: A request head is a GET line and a few headers; h11's default bound is 16 KiB.
+MAX_REQUEST_HEAD = 8 * 1024
+MAX_TARGET = 1024
+#: AWS allows 1024 bytes of nonce; a challenge needs 16-32. 64 leaves room for a hash of context.
+MAX_NONCE_BYTES = 64
+#: The whole request must arrive within this (slowloris).
+REQUEST_TIMEOUT = 10.0
+#: Concurrent API connections; beyond this, 503 at once.
+MAX_CLIENTS = 64
+_PCR16 = 16
+_PCR_SIZE = 48
+_FEED_PATH = re.compile(r"/v1/price/([A-Za-z0-9]{1,16})[-/]([A-Za-z0-9]{1,16})")
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
+
+
+class EnclaveBootError(OracleCoreError):
+    """The enclave refused to start: a production requirement failed, or the NSM did."""
+
+    code = "enclave.boot"
+
+
+def _utcnow() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC)
+
+
+def expected_pcr16(config: OracleConfig) -> bytes:
+    """PCR16 after boot: SHA384(48 zero bytes || configHash); consumers may pin it."""
+    return hashlib.sha384(bytes(_PCR_SIZE) + config.config_hash).digest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnclaveOptions:
+    config: OracleConfig
+    egress: EgressConfig
+    listen: Address
+    production: bool = True
+    interval: _dt.timedelta = DEFAULT_INTERVAL
+    clock_check: _dt.timedelta = DEFAULT_CLOCK_CHECK
+    clock: Callable[[], _dt.datetime] = _utcnow
+    """The enclave clock; injected so tests can make it drift."""
+
+
+@dataclass
+class _ClockCheck:
+    checked_at: _dt.datetime
+    attested_at: _dt.datetime
+    failure: str | None
+
+
+@dataclass
+class _Published:
+    reports: tuple[SignedReport, ...]
+    result: Aggregate | AggregationFailure
+
+
+@dataclass(kw_only=True)
+class _State:
+    round: int = 0
+    next_round_id: int = 1
+    clock: _ClockCheck | None = None
+    published: dict[str, _Published] = field(default_factory=dict)
+    sources: dict[str, SourceState] = field(default_factory=dict)
+    last_error: dict[str, SourceError] = field(default_factory=dict)
+
+
+class Oracle:
+    """The enclave's state: NSM, key (private), config, latest reports. `boot()` first."""
+
+    def __init__(self, nsm: Nsm, options: EnclaveOptions, *, emulated: bool) -> None:
+        self._nsm = nsm
+        self._nsm_lock = threading.Lock()
+        self.options = options
+        self.config = options.config
+        self.emulated = emulated
+        self._sources: dict[str, Source] = build_sources(options.config)
+        self._state = _State(sources={s: SourceState(source=s) for s in self._sources})
+        self._key: coincurve.PrivateKey | None = None
+        self.public_key = b""
+        self.address = b""
+        self.binding: Binding | None = None
+        self.pcr0 = b""
+        self.pcr16 = b""
+        self.debug = False
+        self._document = b""
+        self._slowest = 0.0
+        self._started = options.clock()
+
+    # --- boot -----------------------------------------------------------------------------
+
+    def boot(self) -> None:
+        production = self.options.production
+        if production and self.emulated:
+            raise EnclaveBootError(
+                "production mode refuses the NSM emulator: run on /dev/nsm, or pass --dev "
+                "(development mode, never for real prices)"
+            )
+        try:
+            flags = bring_up("lo")
+            log.info("lo is up", extra={"fields": {"flags": flags}})
+        except InterfaceError as exc:
+            if production:
+                raise EnclaveBootError(f"cannot bring lo up: {exc}") from exc
+            log.warning("lo not brought up (development mode): %s", exc)
+        try:
+            with self._nsm_lock:
+                description = self._nsm.describe()
+                self.pcr0 = self._nsm.describe_pcr(0).data
+                self.debug = not any(self.pcr0)
+                if self.debug:
+                    if production:
+                        raise EnclaveBootError(
+                            "PCR0 is all zero: this enclave runs in debug mode, where memory is "
+                            "readable from the parent and attestations are worthless; "
+                            "production mode refuses to sign (run-enclave without --debug-mode)"
+                        )
+                    log.warning("DEBUG-MODE NSM (PCR0 all zero): documents will not verify")
+                self._key = _key_from_nsm(self._nsm)
+                self.public_key = public_key_bytes(self._key)
+                self.binding = Binding.for_key(self.public_key, self.config)
+                self.address = self.binding.address
+                state = self._nsm.describe_pcr(_PCR16)
+                if state.locked or any(state.data):
+                    raise EnclaveBootError(
+                        "PCR16 is not fresh (extended or locked before boot): refusing an "
+                        "unknown measurement"
+                    )
+                self.pcr16 = self._nsm.extend_pcr(_PCR16, self.config.config_hash)
+                self._nsm.lock_pcr(_PCR16)
+        except NsmError as exc:
+            raise EnclaveBootError(f"NSM: {exc}") from exc
+        self._check_clock()
+        log.info(
+            "booted",
+            extra={
+                "fields": {
+                    "mode": "production" if production else "development",
+                    "nsm": "emulator" if self.emulated else "device",
+                    "module_id": description.module_id,
+                    "address": to_checksum_address(self.address),
+                    "config_hash": "0x" + self.config.config_hash.hex(),
+                    "pcr0": self.pcr0.hex(),
+                    "pcr16": self.pcr16.hex(),
+                }
+            },
+        )
+
+    def _attest(self, nonce: bytes | None) -> bytes:
+        if self.binding is None:
+            raise EnclaveBootError("not booted")
+        with self._nsm_lock:
+            try:
+                return self._nsm.attestation(
+                    public_key=self.public_key, user_data=self.binding.encode(), nonce=nonce
+                )
+            except NsmError as exc:
+                raise EnclaveBootError(f"NSM attestation failed: {exc}") from exc
+
+    def _check_clock(self) -> _ClockCheck:
+        """A fresh document; its signed timestamp against our clock (oracle.md §5)."""
+        before = self.options.clock()
+        document = self._attest(None)
+        after = self.options.clock()
+        try:
+            attested_at = AttestationDocument.parse(document).timestamp
+        except AttestationError as exc:
+            raise EnclaveBootError(f"the NSM returned an unreadable document: {exc}") from exc
+        now = before + (after - before) / 2
+        failure = clock_failure(
+            "*", now=now, attested_at=attested_at, max_skew=self.config.max_clock_skew
+        )
+        check = _ClockCheck(
+            checked_at=after,
+            attested_at=attested_at,
+            failure=None if failure is None else failure.detail.removeprefix("*: "),
+        )
+        self._document = document
+        self._state.clock = check
+        if check.failure:
+            log.error("CLOCK UNTRUSTED: %s; signing OracleError instead of prices", check.failure)
+        return check
+
+    # --- rounds ---------------------------------------------------------------------------
+
+    async def run_round(self, client: AsyncEgressClient) -> None:
+        """One round for every feed: fetch, aggregate, sign, publish. Never raises."""
+        self._state.round += 1
+        try:
+            check = self._state.clock
+            now = self.options.clock()
+            if check is None or now - check.checked_at >= self.options.clock_check:
+                check = await asyncio.to_thread(self._check_clock)
+            if check.failure is not None:
+                for feed in self.config.feeds:
+                    failure = AggregationFailure(
+                        feed=feed.symbol,
+                        code=OracleErrorCode.CLOCK_UNTRUSTED,
+                        detail=f"{feed.symbol}: {check.failure}",
+                        observed_at=self.options.clock(),
+                        outcomes=(),
+                    )
+                    self._publish(failure)
+                return
+            await self._fetch_and_publish(client)
+        except Exception as exc:  # a round must never take the enclave down; sign the failure
+            log.exception("round %d failed", self._state.round)
+            for feed in self.config.feeds:
+                self._publish(
+                    AggregationFailure(
+                        feed=feed.symbol,
+                        code=OracleErrorCode.INTERNAL,
+                        detail=f"{feed.symbol}: internal error: {type(exc).__name__}",
+                        observed_at=self.options.clock(),
+                        outcomes=(),
+                    )
+                )
+
+    async def _fetch_and_publish(self, client: AsyncEgressClient) -> None:
+        pairs = [(f.symbol, m.source) for f in self.config.feeds for m in f.markets]
+        started = time.monotonic()
+        self._slowest = 0.0
+        results = await asyncio.gather(*(self._fetch(client, f, s) for f, s in pairs))
+        fetched = time.monotonic()
+        # Source state once per source: any failure this round wins over a success on the
+        # other feed (a 429 must not be forgotten because ETH answered before BTC was refused).
+        by_source: dict[str, list[Quote | SourceError | None]] = {}
+        for (_, source), result in zip(pairs, results, strict=True):
+            by_source.setdefault(source, []).append(result)
+        now = self.options.clock()
+        for source, outcomes in by_source.items():
+            state = self._state.sources[source]
+            errors = [e for e in outcomes if isinstance(e, SourceError)]
+            if errors:
+                worst = max(errors, key=_severity)
+                if worst.code != _SKIPPED:
+                    self._state.sources[source] = state.failed(worst, now=now)
+                    self._state.last_error[source] = worst
+            elif any(isinstance(o, Quote) for o in outcomes):
+                self._state.sources[source] = state.succeeded()
+        for feed in self.config.feeds:
+            quotes: list[Quote] = []
+            failures: list[SourceError] = []
+            for (symbol, _), result in zip(pairs, results, strict=True):
+                if symbol != feed.symbol:
+                    continue
+                if isinstance(result, Quote):
+                    quotes.append(result)
+                elif isinstance(result, SourceError):
+                    failures.append(result)
+            self._publish(
+                aggregate_feed(
+                    self.config, feed.symbol, quotes, now=self.options.clock(), failures=failures
+                )
+            )
+        log.info(
+            "round",
+            extra={
+                "fields": {
+                    "round": self._state.round,
+                    "slowest_source_ms": round(self._slowest * 1000, 3),
+                    "fetch_ms": round((fetched - started) * 1000, 3),
+                    "total_ms": round((time.monotonic() - started) * 1000, 3),
+                }
+            },
+        )
+
+    async def _fetch(
+        self, client: AsyncEgressClient, feed: str, source_id: str
+    ) -> Quote | SourceError:
+        state = self._state.sources[source_id]
+        now = self.options.clock()
+        if not state.ready(now):
+            return _skipped(state, self._state.last_error.get(source_id), now)
+        source = self._sources[source_id]
+        request = source.request(feed)
+        seconds = self.config.request_timeout.total_seconds()
+        timeouts = Timeouts(connect=seconds, read=seconds, write=seconds, pool=seconds)
+        try:
+            async with asyncio.timeout(2 * seconds):
+                response = await client.get(
+                    request.url, headers=dict(request.headers), timeouts=timeouts
+                )
+        except (EgressError, TimeoutError) as exc:
+            kind = type(exc).__name__
+            return SourceUnreachable(f"{kind}: {exc}", source=source_id)
+        self._slowest = max(self._slowest, response.elapsed)
+        try:
+            return source.parse(
+                feed,
+                status=response.status,
+                headers=response.headers,
+                body=response.body,
+                now=self.options.clock(),
+            )
+        except SourceError as exc:
+            return exc
+
+    def _publish(self, result: Aggregate | AggregationFailure) -> None:
+        if self._key is None:
+            raise EnclaveBootError("not booted")
+        round_id = self._state.next_round_id
+        self._state.next_round_id += 1
+        message, detail = message_for(
+            result, round_id=round_id, config_hash=self.config.config_hash
+        )
+        reports = SignedReport.sign(
+            message,
+            feed=result.feed,
+            key=self._key,
+            domains=self.config.domains,
+            sources=result.outcomes,
+            detail=detail,
+        )
+        self._state.published[result.feed] = _Published(reports=reports, result=result)
+        if isinstance(result, Aggregate):
+            log.info(
+                "signed PriceReport",
+                extra={
+                    "fields": {
+                        "feed": result.feed,
+                        "round": round_id,
+                        "price": str(result.price),
+                        "decimals": result.decimals,
+                        "sources": result.num_sources,
+                        "dispersion_bps": result.dispersion_bps,
+                    }
+                },
+            )
+        else:
+            log.warning(
+                "signed OracleError",
+                extra={
+                    "fields": {
+                        "feed": result.feed,
+                        "round": round_id,
+                        "code": int(result.code),
+                        "detail": result.detail,
+                    }
+                },
+            )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with AsyncEgressClient(self.options.egress) as client:
+            while not stop.is_set():
+                await self.run_round(client)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.options.interval.total_seconds())
+
+    # --- API ------------------------------------------------------------------------------
+
+    def report(self, feed: str, domain: int = 0) -> SignedReport | None:
+        published = self._state.published.get(feed)
+        if published is None:
+            return None
+        return published.reports[domain]
+
+    async def attestation(self, nonce: bytes | None) -> bytes:
+        if nonce is None:
+            return self._document
+        return await asyncio.to_thread(self._attest, nonce)
+
+    def health(self) -> dict[str, object]:
+        feeds: dict[str, object] = {}
+        for feed in self.config.feeds:
+            published = self._state.published.get(feed.symbol)
+            if published is None:
+                feeds[feed.symbol] = None
+                continue
+            message = published.reports[0].message
+            feeds[feed.symbol] = {
+                "kind": message.TYPE_NAME,
+                "roundId": message.round_id,
+                "timestamp": message.timestamp,
+                "code": message.code if isinstance(message, OracleError) else None,
+            }
+        clock = self._state.clock
+        ready = all(v is not None for v in feeds.values())
+        return {
+            "status": "ok" if ready else "starting",
+            "mode": "production" if self.options.production else "development",
+            "nsm": "emulator" if self.emulated else "device",
+            "debug": self.debug,
+            "address": to_checksum_address(self.address),
+            "publicKey": "0x" + self.public_key.hex(),
+            "configHash": "0x" + self.config.config_hash.hex(),
+            "domainsHash": "0x" + self.config.domains_hash.hex(),
+            "pcr0": self.pcr0.hex(),
+            "pcr16": self.pcr16.hex(),
+            "rounds": self._state.round,
+            "uptimeSeconds": round((self.options.clock() - self._started).total_seconds(), 3),
+            "clock": None
+            if clock is None
+            else {
+                "checkedAt": clock.checked_at.isoformat(),
+                "attestedAt": clock.attested_at.isoformat(),
+                "ok": clock.failure is None,
+                "detail": clock.failure,
+            },
+            "feeds": feeds,
+            "sources": {
+                s: {
+                    "disabled": st.disabled,
+                    "notBefore": None if st.not_before is None else st.not_before.isoformat(),
+                    "failures": st.failures,
+                }
+                for s, st in self._state.sources.items()
+            },
+        }
+
+
+def _key_from_nsm(nsm: Nsm) -> coincurve.PrivateKey:
+    """A secp256k1 scalar from NSM randomness, rejection-sampled into [1, n)."""
+    for _ in range(8):  # the chance of needing a second draw is about 2**-128
+        secret = nsm.get_random(32)
+        if 0 < int.from_bytes(secret, "big") < SECP256K1_N:
+            return coincurve.PrivateKey(secret)
+    raise EnclaveBootError("NSM randomness never gave a valid secp256k1 scalar")
+
+
+def _severity(error: SourceError) -> int:
+    if isinstance(error, SourceBlocked):
+        return 3
+    if isinstance(error, SourceRateLimited):
+        return 2
+    return 1
+
+
+_SKIPPED = "source.skipped"
+
+
+def _skipped(state: SourceState, last: SourceError | None, now: _dt.datetime) -> SourceError:
+    """Why a source is not asked this round, as the error its outcome line should show.
+
+    The code is `source.skipped` (so the state machine does not count it as a new failure) on
+    the same class as the failure that caused it, so the outcome reads blocked / rate_limited /
+    failed, and "every source blocked" is still recognised.
+    """
+    if state.disabled is not None:
+        blocked = SourceBlocked(
+            f"disabled for this session ({state.disabled})", source=state.source
+        )
+        blocked.code = _SKIPPED
+        return blocked
+    wait = max((state.not_before or now) - now, _dt.timedelta(0))
+    if isinstance(last, SourceRateLimited):
+        skipped: SourceError = SourceRateLimited(
+            f"honouring Retry-After, {wait.total_seconds():.1f} s left",
+            source=state.source,
+            status=last.status,
+            retry_after=wait,
+        )
+    else:
+        skipped = SourceError(
+            f"circuit open after {state.failures} failures, {wait.total_seconds():.1f} s left",
+            source=state.source,
+        )
+    skipped.code = _SKIPPED
+    return skipped
+
+
+# --- HTTP -----------------------------------------------------------------------------------------
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _response(status: int, body: Mapping[str, object] | dict[str, Any]) -> bytes:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    reason = HTTPStatus(status).phrase
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n"
+        "Cache-Control: no-store\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + data
+
+
+def _error_body(code: str, message: str) -> dict[str, object]:
+    return {"error": {"code": code, "message": message}}
+
+
+async def _read_request(reader: asyncio.StreamReader) -> h11.Request:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+    request: h11.Request | None = None
+    received = 0
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
+            raise _HttpError(status, "http.bad_request", str(exc)) from exc
+        if event is h11.NEED_DATA:
+            data = await reader.read(4096)
+            received += len(data)
+            if received > MAX_REQUEST_HEAD:
+                # h11 bounds only an incomplete head; a GET has nothing else, so bound it all.
+                raise _HttpError(431, "http.too_large", f"request over {MAX_REQUEST_HEAD} bytes")
+            conn.receive_data(data)
+            continue
+        if isinstance(event, h11.Request):
+            request = event
+            if event.method != b"GET":
+                raise _HttpError(405, "http.method", "only GET is served")
+            if len(event.target) > MAX_TARGET:
+                raise _HttpError(414, "http.uri_too_long", f"target over {MAX_TARGET} bytes")
+        elif isinstance(event, h11.Data):
+            raise _HttpError(413, "http.body", "a GET carries no body")
+        elif isinstance(event, h11.EndOfMessage) and request is not None:
+            return request
+        elif isinstance(event, h11.ConnectionClosed):
+            raise _HttpError(400, "http.closed", "connection closed mid-request")
+
+
+def _query(text: str, allowed: set[str]) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(text, strict_parsing=bool(text), max_num_fields=len(allowed) or 1)
+    except ValueError as exc:
+        raise _HttpError(400, "http.query", f"bad query string: {exc}") from exc
+    out = dict(pairs)
+    if len(out) != len(pairs) or not set(out) <= allowed:
+        raise _HttpError(400, "http.query", f"query parameters allowed: {sorted(allowed)}")
+    return out
+
+
+async def _route(oracle: Oracle, target: str) -> tuple[int, dict[str, object]]:
+    parts = urlsplit(target)
+    path = parts.path
+    if path == "/v1/health":
+        _query(parts.query, set())
+        return 200, oracle.health()
+    if path == "/v1/attestation":
+        query = _query(parts.query, {"nonce"})
+        nonce: bytes | None = None
+        if "nonce" in query:
+            text = query["nonce"]
+            if not _HEX.fullmatch(text) or not 1 <= len(text) // 2 <= MAX_NONCE_BYTES:
+                raise _HttpError(
+                    400, "attestation.nonce", f"nonce must be hex of 1..{MAX_NONCE_BYTES} bytes"
+                )
+            nonce = bytes.fromhex(text)
+        try:
+            document = await oracle.attestation(nonce)
+        except OracleExampleError as exc:
+            raise _HttpError(503, "attestation.nsm", str(exc)) from exc
+        return 200, {
+            "document": base64.b64encode(document).decode("ascii"),
+            "address": to_checksum_address(oracle.address),
+            "publicKey": "0x" + oracle.public_key.hex(),
+            "nonce": None if nonce is None else nonce.hex(),
+        }
+    match = _FEED_PATH.fullmatch(unquote(path))
+    if match is not None:
+        query = _query(parts.query, {"domain"})
+        symbol = f"{match.group(1)}/{match.group(2)}".upper()
+        if symbol not in {f.symbol for f in oracle.config.feeds}:
+            raise _HttpError(404, "price.unknown_feed", f"no feed {symbol}")
+        domain_text = query.get("domain", "0")
+        if not domain_text.isdigit() or int(domain_text) >= len(oracle.config.domains):
+            raise _HttpError(
+                400, "price.domain", f"domain must be 0..{len(oracle.config.domains) - 1}"
+            )
+        report = oracle.report(symbol, int(domain_text))
+        if report is None:
+            raise _HttpError(503, "price.not_ready", f"no report for {symbol} yet")
+        return 200, report.to_json()
+    raise _HttpError(404, "http.not_found", f"no route {path}")
+
+
+async def serve(oracle: Oracle, listen: Address, stop: asyncio.Event) -> None:
+    """Run the fetch loop and the API on `listen` until `stop` is set; then clean up."""
+    slots = asyncio.Semaphore(MAX_CLIENTS)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if slots.locked():
+                writer.write(_response(503, _error_body("http.busy", "too many connections")))
+                return
+            async with slots:
+                try:
+                    async with asyncio.timeout(REQUEST_TIMEOUT):
+                        request = await _read_request(reader)
+                    status, body = await _route(oracle, request.target.decode("ascii", "replace"))
+                except _HttpError as exc:
+                    status, body = exc.status, _error_body(exc.code, exc.message)
+                except TimeoutError:
+                    status, body = 408, _error_body("http.timeout", "request too slow")
+                writer.write(_response(status, body))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        except Exception:
+            log.exception("API handler failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    sock = bind_socket(listen, backlog=128)
+    sock.setblocking(False)
+    server = await asyncio.start_server(handle, sock=sock, limit=MAX_REQUEST_HEAD)
+    loop_task = asyncio.create_task(oracle.run(stop))
+    log.info(
+        "ready",
+        extra={
+            "fields": {
+                "listen": str(listen),
+                "address": to_checksum_address(oracle.address),
+            }
+        },
+    )
+    try:
+        stop_task = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({loop_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if loop_task in done:
+            loop_task.result()  # the loop only ends on stop; surface a crash
+        stop_task.cancel()
+    finally:
+        stop.set()
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 2)
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await loop_task
+        if isinstance(listen, UnixAddress):
+            with contextlib.suppress(OSError):
+                Path(listen.path).unlink()

@@ -1,0 +1,651 @@
+"""The parent-side egress proxy: fixed routes (vsock-proxy semantics) and HTTP CONNECT.
+
+Route mode: one listener per upstream; every stream accepted there is relayed to that one
+`host:port`, resolved here on the parent (re-resolved after `resolve_ttl` and after any connect
+failure). CONNECT mode: one listener; the client names `host:port`, which must be on the allow
+list. Both modes refuse upstream addresses that are link-local (169.254.169.254, the instance
+metadata service, above all), multicast or unspecified, and, unless `allow_private`, private,
+loopback and other non-global ones. IP literals pass only if listed literally.
+
+The enclave never trusts this process: TLS ends in the enclave, so all this proxy can do wrong
+is fail. It must therefore fail loudly and precisely (400/403/502/503 with a logged reason) and
+never hang or fall over: every phase has a timeout, concurrency is capped, buffers are bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import json
+import logging
+import socket
+import time
+import tomllib
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h11
+
+from oracle_example.address import (
+    Address,
+    HostPort,
+    UnixAddress,
+    bind_socket,
+    is_ip_literal,
+    parse_address,
+    parse_host_port,
+)
+from oracle_example.errors import AddressError, ProxyConfigError
+
+__all__ = [
+    "EgressProxy",
+    "JsonLogFormatter",
+    "Limits",
+    "Pin",
+    "ProxyConfig",
+    "ProxyRoute",
+    "address_refusal",
+    "load_config",
+    "parse_pin",
+]
+
+logger = logging.getLogger("oracle_example.proxy")
+
+# AWS instance metadata service, IPv4 and IPv6 (docs.aws.amazon.com/AWSEC2/latest/UserGuide/
+# instancedata-data-retrieval.html). Reaching it from the enclave would hand out role credentials.
+METADATA_ADDRESSES = frozenset(
+    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Per-proxy limits; every one of them exists because a misbehaving client could otherwise
+    hold resources forever (vsock-proxy's select loop has no timeout, networking.md §1.2)."""
+
+    max_connections: int = 1024  # open client connections, tunnels and handshakes together
+    head_timeout: float = 10.0  # the CONNECT head must arrive within this (slowloris)
+    max_head_bytes: int = 8 * 1024  # request line + headers; a CONNECT needs ~100 bytes
+    connect_timeout: float = 10.0  # DNS + TCP connect to the upstream
+    idle_timeout: float = 300.0  # no byte in either direction for this long: close
+    total_timeout: float = 3600.0  # hard cap on a tunnel's life
+    buffer_bytes: int = 64 * 1024  # per read, and the StreamReader bound per direction
+    # getaddrinfo returns no TTL; this is the re-resolution period instead (vsock-proxy uses the
+    # record's TTL, #606). Failures re-resolve at once regardless.
+    resolve_ttl: float = 60.0
+    backlog: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("head_timeout", "connect_timeout", "idle_timeout", "total_timeout"):
+            if not getattr(self, name) > 0:
+                raise ProxyConfigError(f"limits.{name} must be positive")
+        for name in ("max_connections", "max_head_bytes", "buffer_bytes", "backlog"):
+            if getattr(self, name) < 1:
+                raise ProxyConfigError(f"limits.{name} must be at least 1")
+        if self.resolve_ttl < 0:
+            raise ProxyConfigError("limits.resolve_ttl must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyRoute:
+    listen: Address
+    upstream: HostPort
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """`--resolve HOST=IP` (or `HOST:PORT=IP:PORT`): answer for a name without DNS."""
+
+    ip: str
+    port: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyConfig:
+    routes: tuple[ProxyRoute, ...] = ()
+    connect: Address | None = None
+    allow: frozenset[HostPort] = frozenset()
+    pins: Mapping[str, Pin] = field(default_factory=dict)  # key: "host" or "host:port"
+    allow_private: bool = False
+    limits: Limits = Limits()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pins", types.MappingProxyType(dict(self.pins)))
+        object.__setattr__(self, "allow", frozenset(self.allow))
+        if not self.routes and self.connect is None:
+            raise ProxyConfigError("nothing to serve: give --route and/or --connect")
+        if self.allow and self.connect is None:
+            raise ProxyConfigError("--allow needs a --connect listener")
+        if self.connect is not None and not self.allow:
+            raise ProxyConfigError("--connect without --allow would refuse everything")
+        listens = [r.listen for r in self.routes] + ([self.connect] if self.connect else [])
+        if len(set(listens)) != len(listens):
+            raise ProxyConfigError("two listeners share one address")
+
+
+def parse_pin(text: str) -> tuple[str, Pin]:
+    name, sep, target = text.partition("=")
+    if not sep:
+        raise ProxyConfigError(f"--resolve {text!r}: expected HOST=IP or HOST:PORT=IP:PORT")
+    try:
+        if ":" in name and not name.startswith("["):
+            key = str(parse_host_port(name))
+            dest = parse_host_port(target)
+            if not is_ip_literal(dest.host):
+                raise ProxyConfigError(f"--resolve {text!r}: {dest.host} is not an IP address")
+            return key, Pin(dest.host, dest.port)
+        if not is_ip_literal(target):
+            raise ProxyConfigError(f"--resolve {text!r}: {target!r} is not an IP address")
+        return parse_host_port(f"{name}:1").host, Pin(str(ipaddress.ip_address(target)))
+    except AddressError as exc:
+        raise ProxyConfigError(f"--resolve {text!r}: {exc}") from exc
+
+
+def parse_route_spec(text: str) -> ProxyRoute:
+    # Host names cannot contain "=", Unix paths can: split on the last one.
+    listen, sep, upstream = text.rpartition("=")
+    if not sep:
+        raise ProxyConfigError(f"--route {text!r}: expected LISTEN_ADDRESS=HOST:PORT")
+    try:
+        return ProxyRoute(parse_address(listen), parse_host_port(upstream))
+    except AddressError as exc:
+        raise ProxyConfigError(f"--route {text!r}: {exc}") from exc
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    routes: Iterable[str] = (),
+    connect: str | None = None,
+    allow: Iterable[str] = (),
+    resolve: Iterable[str] = (),
+    allow_private: bool | None = None,
+) -> ProxyConfig:
+    """Merge a TOML config file (see deploy/egress.toml) with command-line values."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ProxyConfigError(f"config {path}: {exc}") from exc
+    try:
+        route_specs = [f"{r['listen']}={r['upstream']}" for r in data.get("route", [])]
+        section = data.get("connect", {})
+        connect = connect or section.get("listen")
+        allow_list = [*section.get("allow", []), *allow]
+        pins = [f"{k}={v}" for k, v in data.get("resolve", {}).items()]
+        limits = Limits(**data.get("limits", {}))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ProxyConfigError(f"config {path}: {exc!r}") from exc
+    try:
+        allowed = frozenset(parse_host_port(a) for a in allow_list)
+        connect_address = parse_address(connect) if connect else None
+    except AddressError as exc:
+        raise ProxyConfigError(str(exc)) from exc
+    return ProxyConfig(
+        routes=tuple(parse_route_spec(r) for r in [*route_specs, *routes]),
+        connect=connect_address,
+        allow=allowed,
+        pins=dict(parse_pin(p) for p in [*pins, *resolve]),
+        allow_private=bool(data.get("allow_private", False))
+        if allow_private is None
+        else allow_private,
+        limits=limits,
+    )
+
+
+def address_refusal(ip_text: str, *, allow_private: bool) -> str | None:
+    """Why this upstream IP is refused, or None if it may be dialled."""
+    ip = ipaddress.ip_address(ip_text)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip in METADATA_ADDRESSES:
+        return f"{ip} is the cloud instance metadata service"
+    if ip.is_link_local:
+        return f"{ip} is link-local"
+    if ip.is_multicast:
+        return f"{ip} is multicast"
+    if ip.is_unspecified:
+        return f"{ip} is unspecified"
+    if allow_private:
+        return None
+    if ip.is_loopback:
+        return f"{ip} is loopback (--allow-private permits it)"
+    if ip.is_private:
+        return f"{ip} is private (--allow-private permits it)"
+    if not ip.is_global:
+        return f"{ip} is not globally routable (--allow-private permits it)"
+    return None
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, event, then the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = getattr(record, "fields", {})
+        return json.dumps(
+            {
+                "ts": round(record.created, 3),
+                "level": record.levelname.lower(),
+                "event": record.getMessage(),
+                **fields,
+            },
+            default=str,
+        )
+
+
+def _log(level: int, event: str, **fields: Any) -> None:
+    logger.log(level, event, extra={"fields": fields})
+
+
+# close(): rounds of "yield, cancel what registered"; one is normal, more means a burst of
+# connections raced the shutdown.
+_SHUTDOWN_ROUNDS = 5
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    408: "Request Timeout",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+def _http_error(status: int, reason: str) -> bytes:
+    body = (reason + "\n").encode()
+    return (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+class _Resolver:
+    """Parent-side name resolution with pins, a TTL cache and invalidation on failure."""
+
+    def __init__(self, pins: Mapping[str, Pin], ttl: float) -> None:
+        self._pins = pins
+        self._ttl = ttl
+        self._cache: dict[HostPort, tuple[float, list[tuple[str, int]]]] = {}
+
+    def invalidate(self, target: HostPort) -> None:
+        self._cache.pop(target, None)
+
+    async def resolve(self, target: HostPort) -> tuple[list[tuple[str, int]], bool]:
+        """(addresses, from_cache)."""
+        pin = self._pins.get(str(target)) or self._pins.get(target.host)
+        if pin is not None:
+            return [(pin.ip, pin.port or target.port)], False
+        if is_ip_literal(target.host):
+            return [(target.host, target.port)], False
+        cached = self._cache.get(target)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1], True
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise _Reject(502, f"cannot resolve {target.host} on the parent: {exc}") from exc
+        addresses = list(dict.fromkeys((str(i[4][0]), int(i[4][1])) for i in infos))
+        self._cache[target] = (now + self._ttl, addresses)
+        return addresses, False
+
+
+class EgressProxy:
+    """`await proxy.start()`, then `await proxy.close()`; or `await proxy.serve_forever()`."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.active = 0
+        self.counters: dict[str, int] = {}
+        self._servers: list[asyncio.Server] = []
+        self._resolver = _Resolver(config.pins, config.limits.resolve_ttl)
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listening: list[Address] = []
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    async def start(self) -> None:
+        limits = self.config.limits
+        for route in self.config.routes:
+            await self._listen(route.listen, route)
+            _log(
+                logging.INFO,
+                "listening",
+                mode="route",
+                listen=str(route.listen),
+                upstream=str(route.upstream),
+            )
+        if self.config.connect is not None:
+            await self._listen(self.config.connect, None)
+            _log(
+                logging.INFO,
+                "listening",
+                mode="connect",
+                listen=str(self.config.connect),
+                allow=sorted(str(a) for a in self.config.allow),
+            )
+        del limits
+
+    async def _listen(self, address: Address, route: ProxyRoute | None) -> None:
+        try:
+            sock = bind_socket(address, backlog=self.config.limits.backlog)
+        except OSError as exc:
+            raise ProxyConfigError(f"cannot listen on {address}: {exc.strerror}") from exc
+        sock.setblocking(False)
+        self._listening.append(address)
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.add(task)
+            try:
+                await self._client(reader, writer, route)
+            finally:
+                if task is not None:
+                    self._tasks.discard(task)
+
+        server = await asyncio.start_server(
+            handler,
+            sock=sock,
+            limit=self.config.limits.buffer_bytes,
+            backlog=self.config.limits.backlog,
+        )
+        self._servers.append(server)
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.gather(*(s.serve_forever() for s in self._servers))
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        # A connection accepted just before close() has a handler task that has not run (and
+        # registered) yet: yield until no new ones appear, so that every one is cancelled.
+        for _ in range(_SHUTDOWN_ROUNDS):
+            await asyncio.sleep(0)
+            tasks = [t for t in self._tasks if not t.done()]
+            if not tasks:
+                break
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        # Transports close their sockets in a call_soon callback: let those run before the
+        # caller stops the loop.
+        await asyncio.sleep(0)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        self._servers.clear()
+        for address in self._listening:
+            if isinstance(address, UnixAddress):
+                with contextlib.suppress(OSError):
+                    Path(address.path).unlink()
+        self._listening.clear()
+
+    async def _client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, route: ProxyRoute | None
+    ) -> None:
+        conn = next(self._ids)
+        mode = "route" if route else "connect"
+        limits = self.config.limits
+        if self.active >= limits.max_connections:
+            self._count("over_capacity")
+            _log(
+                logging.WARNING,
+                "refused",
+                conn=conn,
+                mode=mode,
+                status=503,
+                reason=f"{self.active} connections open, cap is {limits.max_connections}",
+            )
+            try:
+                if route is None:
+                    await _answer_and_close(reader, writer, 503, "too many tunnels; retry later")
+            finally:
+                await _close(writer)
+            return
+        self.active += 1
+        self._count("accepted")
+        upstream_writer: asyncio.StreamWriter | None = None
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(limits.total_timeout):
+                if route is not None:
+                    target, early = route.upstream, b""
+                else:
+                    target, early = await self._read_connect(reader, conn)
+                up_reader, upstream_writer = await self._open_upstream(target, conn, mode)
+                if route is None:
+                    writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                if early:
+                    upstream_writer.write(early)
+                _log(
+                    logging.INFO,
+                    "tunnel_open",
+                    conn=conn,
+                    mode=mode,
+                    target=str(target),
+                    upstream=str(upstream_writer.get_extra_info("peername")),
+                )
+                sent, received, why = await self._relay(reader, writer, up_reader, upstream_writer)
+                _log(
+                    logging.INFO,
+                    "tunnel_closed",
+                    conn=conn,
+                    target=str(target),
+                    why=why,
+                    bytes_out=sent,
+                    bytes_in=received,
+                    seconds=round(time.monotonic() - started, 3),
+                )
+        except _Reject as exc:
+            self._count(f"status_{exc.status}")
+            _log(
+                logging.WARNING,
+                "refused",
+                conn=conn,
+                mode=mode,
+                status=exc.status,
+                reason=exc.reason,
+            )
+            if route is None:
+                await _answer_and_close(reader, writer, exc.status, exc.reason)
+        except TimeoutError:
+            self._count("total_timeout")
+            _log(logging.WARNING, "tunnel_closed", conn=conn, why="total_timeout")
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            _log(logging.INFO, "tunnel_closed", conn=conn, why=f"io error: {exc}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never let one client take the proxy down
+            self._count("internal_error")
+            _log(logging.ERROR, "internal_error", conn=conn, error=repr(exc))
+        finally:
+            self.active -= 1
+            await _close(writer, upstream_writer)
+
+    async def _read_connect(
+        self, reader: asyncio.StreamReader, conn: int
+    ) -> tuple[HostPort, bytes]:
+        limits = self.config.limits
+        parser = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
+        deadline = time.monotonic() + limits.head_timeout
+        request: h11.Request | None = None
+        while True:
+            try:
+                event = parser.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise _Reject(400, f"malformed request: {exc}") from exc
+            if event is h11.NEED_DATA:
+                remaining = deadline - time.monotonic()
+                try:
+                    data = await asyncio.wait_for(reader.read(limits.max_head_bytes), remaining)
+                except TimeoutError:
+                    raise _Reject(
+                        408, f"request head not complete after {limits.head_timeout:g}s"
+                    ) from None
+                if not data:
+                    raise _Reject(400, "client closed before a complete request")
+                parser.receive_data(data)
+            elif isinstance(event, h11.Request):
+                request = event
+                if event.method != b"CONNECT":
+                    raise _Reject(
+                        400,
+                        f"method {event.method.decode()} not supported; this "
+                        "proxy only tunnels CONNECT",
+                    )
+            elif event is h11.PAUSED:
+                # h11 pauses after a CONNECT's end of message: the rest of the stream is tunnel.
+                break
+            elif isinstance(event, h11.EndOfMessage | h11.Data):
+                continue
+            elif isinstance(event, h11.ConnectionClosed):
+                raise _Reject(400, "client closed before a complete request")
+        assert request is not None
+        authority = request.target.decode("ascii", "replace")
+        try:
+            target = parse_host_port(authority)
+        except AddressError as exc:
+            raise _Reject(400, f"CONNECT target must be HOST:PORT: {exc}") from exc
+        if target not in self.config.allow:
+            kind = "IP literal" if is_ip_literal(target.host) else "host"
+            raise _Reject(403, f"{kind} {target} is not on the allow list")
+        early, _ = parser.trailing_data
+        return target, bytes(early)
+
+    async def _open_upstream(
+        self, target: HostPort, conn: int, mode: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        limits = self.config.limits
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(limits.connect_timeout):
+                    addresses, cached = await self._resolver.resolve(target)
+            except TimeoutError:
+                raise _Reject(502, f"resolving {target.host} on the parent timed out") from None
+            allowed = []
+            refusals = []
+            for ip, port in addresses:
+                why = address_refusal(ip, allow_private=self.config.allow_private)
+                if why is None:
+                    allowed.append((ip, port))
+                else:
+                    refusals.append(why)
+            if not allowed:
+                raise _Reject(
+                    403, f"{target} resolves only to refused addresses: " + "; ".join(refusals)
+                )
+            errors = []
+            for ip, port in allowed:
+                try:
+                    async with asyncio.timeout(limits.connect_timeout):
+                        return await asyncio.open_connection(ip, port, limit=limits.buffer_bytes)
+                except TimeoutError:
+                    errors.append(f"{ip}:{port} timed out")
+                except OSError as exc:
+                    errors.append(f"{ip}:{port} {exc.strerror or exc}")
+            self._resolver.invalidate(target)
+            if not cached or attempt == 2:
+                raise _Reject(502, f"upstream {target} unreachable: " + "; ".join(errors))
+            _log(
+                logging.INFO, "re_resolve", conn=conn, mode=mode, target=str(target), errors=errors
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _relay(
+        self,
+        client_reader: asyncio.StreamReader,
+        client_writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> tuple[int, int, str]:
+        limits = self.config.limits
+        last = [time.monotonic()]
+        totals = [0, 0]
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, index: int) -> None:
+            while data := await src.read(limits.buffer_bytes):
+                last[0] = time.monotonic()
+                totals[index] += len(data)
+                dst.write(data)
+                await dst.drain()  # bounded memory: wait for the peer to take the bytes
+            if dst.can_write_eof():
+                with contextlib.suppress(OSError):
+                    dst.write_eof()
+
+        tasks = {
+            asyncio.create_task(pump(client_reader, up_writer, 0)),
+            asyncio.create_task(pump(up_reader, client_writer, 1)),
+        }
+        why = "closed"
+        check = min(max(limits.idle_timeout / 4, 0.05), 5.0)
+        try:
+            pending = tasks
+            while pending:
+                done, pending = await asyncio.wait(pending, timeout=check)
+                for task in done:
+                    if task.exception() is not None:
+                        why = f"io error: {task.exception()}"
+                        pending = set()
+                if pending and time.monotonic() - last[0] > limits.idle_timeout:
+                    why = "idle_timeout"
+                    self._count("idle_timeout")
+                    break
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return totals[0], totals[1], why
+
+
+# After an error answer, unread request bytes would make close() send a reset that can destroy
+# the answer in flight; read (and drop) a bounded amount for a bounded time first.
+_LINGER_BYTES = 64 * 1024
+_LINGER_SECONDS = 0.5
+# An orderly close waits this long for the peer before the transport is simply dropped.
+_CLOSE_SECONDS = 1.0
+
+
+async def _answer_and_close(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int, reason: str
+) -> None:
+    with contextlib.suppress(OSError, TimeoutError):
+        writer.write(_http_error(status, reason))
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(_LINGER_SECONDS):
+            drained = 0
+            while drained < _LINGER_BYTES and (chunk := await reader.read(_LINGER_BYTES)):
+                drained += len(chunk)
+
+
+async def _close(*writers: asyncio.StreamWriter | None) -> None:
+    # Close every transport before the first await: a cancellation (shutdown) arriving in
+    # wait_closed() must not leave the other socket open.
+    open_writers = [w for w in writers if w is not None]
+    for writer in open_writers:
+        writer.close()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(_CLOSE_SECONDS):
+            for writer in open_writers:
+                await writer.wait_closed()

@@ -1,0 +1,382 @@
+"""Test doubles for the outside world: a test CA, exchanges as local HTTPS servers, the parent
+proxy as a subprocess, and network namespaces standing in for the enclave."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class CertAuthority:
+    directory: Path
+    ca_pem: Path
+    _ca_key: ec.EllipticCurvePrivateKey
+    _ca_cert: x509.Certificate
+
+    @classmethod
+    def create(cls, directory: Path) -> CertAuthority:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nsm-attestation test CA")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .sign(key, hashes.SHA256())
+        )
+        ca_pem = directory / "ca.pem"
+        ca_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cls(directory, ca_pem, key, cert)
+
+    def issue(self, hostname: str, *, expired: bool = False) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        start = now - datetime.timedelta(days=10 if expired else 1)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
+            .issuer_name(self._ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(
+                now - datetime.timedelta(days=1) if expired else now + datetime.timedelta(days=10)
+            )
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._ca_key.public_key()),
+                critical=False,
+            )
+            .sign(self._ca_key, hashes.SHA256())
+        )
+        tag = f"{hostname}{'-expired' if expired else ''}"
+        cert_path = self.directory / f"{tag}.pem"
+        key_path = self.directory / f"{tag}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        return cert_path, key_path
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        self.server.owner.paths.append(self.path)
+        if parts.path.startswith("/status/"):
+            status = int(parts.path.rsplit("/", 1)[1])
+            body = json.dumps({"code": status, "msg": f"test status {status}"}).encode()
+            extra = {"Retry-After": "120"} if status in (418, 429) else {}
+        elif parts.path == "/bytes":
+            status, extra = 200, {}
+            body = b"x" * int(parse_qs(parts.query)["n"][0])
+        else:
+            status, extra = 200, {"X-MBX-USED-WEIGHT-1M": "2"}
+            symbol = parse_qs(parts.query).get("symbol", ["BTCUSDT"])[0]
+            body = json.dumps(
+                {"symbol": symbol, "price": "64000.01000000", "host": self.server.owner.hostname}
+            ).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in extra.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: HttpsExchange
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = self.socket.accept()
+        # Headers and body go out in two writes; with Nagle on, the second waits for the
+        # client's delayed ACK (40 ms) and every keep-alive latency measures that instead.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return self.owner.context.wrap_socket(
+            sock, server_side=True, do_handshake_on_connect=False
+        ), addr
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            request.settimeout(10)
+            request.do_handshake()
+        except (OSError, ssl.SSLError) as exc:
+            self.owner.handshake_errors.append(repr(exc))
+            return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
+@dataclass
+class HttpsExchange:
+    """A stand-in for one exchange: HTTPS on 127.0.0.1, a test-CA certificate for `hostname`."""
+
+    hostname: str
+    cert: Path
+    key: Path
+    sni: list[str | None] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    handshake_errors: list[str] = field(default_factory=list)
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(self.cert, self.key)
+        self.context.sni_callback = lambda s, name, c: self.sni.append(name)
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.owner = self
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def short_tempdir() -> Path:
+    # sun_path is 108 bytes: pytest's tmp_path can be longer than that.
+    return Path(tempfile.mkdtemp(prefix="oe-", dir="/tmp"))
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "oracle_example._cli", *args]
+
+
+class ProxyProcess:
+    """`nitro-oracle egress ...` as a child process; waits for its "ready" log line."""
+
+    def __init__(self, args: Sequence[str], *, netns: str | None = None) -> None:
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        self.proc = subprocess.Popen(
+            [*prefix, *cli("egress", *args)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[dict[str, Any]] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(15):
+            self.stop()
+            raise RuntimeError(f"egress proxy did not start: {self.lines}")
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = {"event": "raw", "text": line.rstrip()}
+            self.lines.append(record)
+            if record.get("event") == "ready":
+                self._ready.set()
+        self._ready.set()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [r for r in self.lines if r.get("event") == name]
+
+    def wait_for(self, predicate: Any, timeout: float = 5.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [r for r in list(self.lines) if predicate(r)]
+            if found:
+                return found
+            time.sleep(0.02)
+        raise AssertionError(f"no matching log line; got {self.lines[-20:]}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(2)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+def namespaces_unavailable() -> str | None:
+    """A reason to skip, or None if root network namespaces work here."""
+    if os.geteuid() != 0:
+        return "needs root for network namespaces (CI runs as root)"
+    for tool in ("ip", "unshare"):
+        if shutil.which(tool) is None:
+            return f"needs {tool} (iproute2 / util-linux)"
+    probe = f"oe-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"ip netns add failed: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
+    return None
+
+
+class Enclave:
+    """A network namespace like an enclave's: only `lo`, DOWN; no routes, no DNS.
+
+    Unix sockets on the shared filesystem still connect across namespaces, standing in for
+    vsock to the parent.
+    """
+
+    def __init__(self) -> None:
+        self.name = f"oe-enc-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
+        self._children: list[subprocess.Popen[str]] = []
+
+    def run(
+        self, args: Sequence[str], *, timeout: float = 30, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", self.name, *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+
+    def spawn(self, args: Sequence[str]) -> subprocess.Popen[str]:
+        child = subprocess.Popen(
+            ["ip", "netns", "exec", self.name, *args],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._children.append(child)
+        return child
+
+    def lo_up(self) -> None:
+        self.run(["ip", "link", "set", "lo", "up"]).check_returncode()
+
+    def close(self) -> None:
+        for child in self._children:
+            if child.poll() is None:
+                child.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(5)
+            if child.stderr is not None:
+                child.stderr.close()
+        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
+
+
+def wait_for_path(path: Path, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} never appeared")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def closing_all(*things: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for thing in things:
+            thing.close()
+
+
+class ProxyThread:
+    """An in-process `EgressProxy` on its own event loop thread, for tests that inspect it."""
+
+    def __init__(self, config: Any) -> None:
+        import asyncio
+
+        from oracle_example.proxy import EgressProxy
+
+        self.loop = asyncio.new_event_loop()
+        self.proxy = EgressProxy(config)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.proxy.start(), self.loop).result(10)
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.proxy.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oracle_example._cli import main
+from tests.oracle_example._support import REPO, cli
+
+
+def test_egress_help_explains_both_modes() -> None:
+    done = subprocess.run(cli("egress", "--help"), cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0
+    text = done.stdout
+    for words in (
+        "route mode",
+        "CONNECT mode",
+        "169.254.169.254",
+        "--allow-private",
+        "--resolve",
+        "--config",
+    ):
+        assert words in text
+
+
+def test_egress_config_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["egress", "--connect", "unix:/tmp/x.sock"]) == 2
+    assert "would refuse everything" in capsys.readouterr().err
+    assert main(["egress", "--route", "unix:/tmp/x.sock=not a host:1"]) == 2
+    assert main(["egress", "--route", "unix:/nonexistent-dir/x.sock=a.test:443"]) == 2
+    assert "cannot listen" in capsys.readouterr().err
+
+
+def test_fetch_requires_a_mode() -> None:
+    done = subprocess.run(
+        cli("fetch", "https://api.binance.com/"), cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "one of the arguments --route --connect is required" in done.stderr
+
+
+def test_fetch_bad_route_is_a_clean_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["fetch", "https://api.binance.com/", "--route", "api.binance.com:443=vsock:x"]) == 1
+    )
+    assert "AddressError" in capsys.readouterr().err
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "egress" in capsys.readouterr().err
+
+
+def test_egress_will_not_steal_a_live_socket(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], sockdir: Path
+) -> None:
+    path = sockdir / "live.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(str(path))
+        live.listen(1)
+        assert main(["egress", "--route", f"unix:{path}=a.test:443"]) == 2
+    assert "cannot listen" in capsys.readouterr().err
+
+
+def test_bad_limits_exit_2(capsys: pytest.CaptureFixture[str], sockdir: Path) -> None:
+    assert (
+        main(["egress", "--route", f"unix:{sockdir}/x.sock=a.test:443", "--idle-timeout", "0"]) == 2
+    )
+    assert "idle_timeout must be positive" in capsys.readouterr().err

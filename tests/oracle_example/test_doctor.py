@@ -1,0 +1,397 @@
+"""The doctor names each failure, including the previous team's chain rebuilt in namespaces:
+`lo` down, resolv.conf -> 127.0.0.1, socat UDP:53 -> stream -> proxy -> a TCP DNS server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oracle_example._cli import main
+from oracle_example.address import UnixAddress, parse_host_port
+from oracle_example.proxy import Pin, ProxyConfig, ProxyRoute
+from tests.oracle_example._support import (
+    CertAuthority,
+    Enclave,
+    HttpsExchange,
+    ProxyProcess,
+    ProxyThread,
+    cli,
+)
+
+
+def _findings(output: str) -> dict[str, dict[str, str]]:
+    report = json.loads(output)
+    return {f["check"]: f for f in report["findings"]}
+
+
+class TcpDnsServer:
+    """An RFC 1035 §4.2.2 TCP DNS server that records what it was sent and never answers
+    an incomplete message (like a real one, until its idle timeout)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.seen: list[tuple[int, int]] = []  # (declared length, bytes that arrived)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            slot = len(self.seen)
+            try:
+                while len(data) < 2 or len(data) - 2 < int.from_bytes(data[:2], "big"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                    if len(data) >= 2:  # record as it arrives: the wait is the point
+                        entry = (int.from_bytes(data[:2], "big"), len(data) - 2)
+                        if slot < len(self.seen):
+                            self.seen[slot] = entry
+                        else:
+                            self.seen.append(entry)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def legacy_chain(
+    enclave: Enclave, sockdir: Path, start_proxy: Callable[..., ProxyProcess]
+) -> Iterator[tuple[Enclave, Path, TcpDnsServer]]:
+    if shutil.which("socat") is None:
+        pytest.skip("needs socat (Debian package socat) to rebuild the previous chain")
+    dns = TcpDnsServer()
+    relay = sockdir / "dns.sock"  # stands in for vsock 3:53
+    # Parent: "vsock-proxy 53 <dns> 53", TCP-only, like AWS's.
+    start_proxy(
+        "--route",
+        f"unix:{relay}=dns.test:{dns.port}",
+        "--resolve",
+        "dns.test=127.0.0.1",
+        "--allow-private",
+    )
+    # Enclave: `socat UDP4-LISTEN:53,fork,reuseaddr VSOCK-CONNECT:3:53 &`, Unix for vsock.
+    enclave.spawn(["socat", "UDP4-LISTEN:53,fork,reuseaddr", f"UNIX-CONNECT:{relay}"])
+    resolv = sockdir / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\n")
+    yield enclave, resolv, dns
+    dns.close()
+
+
+def _wait_udp_53(enclave: Enclave) -> None:
+    for _ in range(100):
+        if ":0035 " in enclave.run(["cat", "/proc/net/udp"]).stdout:
+            return
+        time.sleep(0.05)
+    raise AssertionError("socat never bound UDP 53")
+
+
+def _doctor(enclave: Enclave, *args: str) -> tuple[int, dict[str, dict[str, str]]]:
+    done = enclave.run(cli("doctor", "--json", "--timeout", "2", *args), timeout=60)
+    assert done.stdout, done.stderr
+    return done.returncode, _findings(done.stdout)
+
+
+@pytest.mark.root
+def test_previous_chain_with_lo_down(
+    legacy_chain: tuple[Enclave, Path, TcpDnsServer], sockdir: Path
+) -> None:
+    enclave, resolv, _ = legacy_chain
+    _wait_udp_53(enclave)  # binding 0.0.0.0:53 works with lo down: socat *looks* healthy
+    code, found = _doctor(
+        enclave,
+        "--resolv-conf",
+        str(resolv),
+        "--route",
+        f"api.binance.com:443=unix:{sockdir}/no-proxy.sock",
+    )
+    assert code == 1
+    assert found["lo"]["status"] == "warn"
+    assert "lo DOWN" in found["lo"]["message"] and "ENETUNREACH" in found["lo"]["message"]
+    assert found["resolv.conf"]["status"] == "fail"
+    assert "127.0.0.1 but lo is DOWN" in found["resolv.conf"]["message"]
+    assert found["dns-relay"]["status"] == "fail"
+    assert "socat UDP4-LISTEN:53" in found["dns-relay"]["message"]
+    assert "RFC 1035" in found["dns-relay"]["remedy"]
+    route = found["egress api.binance.com:443"]
+    assert route["status"] == "fail"
+    assert "no listener on parent" in route["message"]
+    assert "allowlist" in route["remedy"]
+
+
+@pytest.mark.root
+def test_previous_chain_with_lo_up(legacy_chain: tuple[Enclave, Path, TcpDnsServer]) -> None:
+    enclave, resolv, dns = legacy_chain
+    enclave.lo_up()
+    _wait_udp_53(enclave)
+    code, found = _doctor(enclave, "--resolv-conf", str(resolv))
+    assert code == 1
+    assert found["lo"]["status"] == "ok"
+    assert found["dns"]["status"] == "fail"
+    assert "UDP DNS forwarded into a TCP-only proxy" in found["dns"]["message"]
+    # And the TCP DNS server really did misread the datagram: the query ID became a length.
+    assert dns.seen, "the query never reached the TCP DNS server"
+    declared, arrived = dns.seen[0]
+    assert declared > arrived
+
+
+@pytest.mark.root
+def test_sealed_enclave_with_a_working_route_is_healthy(
+    enclave: Enclave,
+    pki: CertAuthority,
+    binance: HttpsExchange,
+    sockdir: Path,
+    start_proxy: Callable[..., ProxyProcess],
+) -> None:
+    listen = sockdir / "b.sock"
+    start_proxy(
+        "--route",
+        f"unix:{listen}=api.binance.com:{binance.port}",
+        "--resolve",
+        "api.binance.com=127.0.0.1",
+        "--allow-private",
+    )
+    missing = sockdir / "resolv.conf"  # dangling, as in a real enclave
+    missing.symlink_to("/run/resolvconf/resolv.conf-does-not-exist")
+    code, found = _doctor(
+        enclave,
+        "--resolv-conf",
+        str(missing),
+        "--lo-up",
+        "--route",
+        f"api.binance.com:443=unix:{listen}",
+        "--ca-bundle",
+        str(pki.ca_pem),
+    )
+    assert found["lo"]["status"] == "ok"  # --lo-up brought it up with the ioctl
+    assert "dangling" in found["resolv.conf"]["message"]
+    assert found["egress api.binance.com:443"]["status"] == "ok"
+    assert found["http api.binance.com"]["status"] == "ok"
+    assert "X-MBX-USED-WEIGHT-1M 2" in found["http api.binance.com"]["message"]
+    assert found["clock"]["status"] == "ok"
+    assert code == (1 if any(f["status"] == "fail" for f in found.values()) else 0)
+    assert not [f for f in found.values() if f["status"] == "fail"]
+
+
+@pytest.fixture
+def binance_route(binance: HttpsExchange, sockdir: Path) -> Iterator[UnixAddress]:
+    listen = UnixAddress(str(sockdir / "b.sock"))
+    proxy = ProxyThread(
+        ProxyConfig(
+            routes=(ProxyRoute(listen, parse_host_port(f"api.binance.com:{binance.port}")),),
+            pins={"api.binance.com": Pin("127.0.0.1")},
+            allow_private=True,
+        )
+    )
+    yield listen
+    proxy.close()
+
+
+def _run_doctor(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    code = main(["doctor", "--json", "--resolv-conf", "/nonexistent", *args])
+    return code, _findings(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict", "words"),
+    [
+        (451, "fail", "refuses this egress IP's jurisdiction"),
+        (429, "fail", "rate limited (Retry-After 120s)"),
+        (418, "fail", "banned"),
+        (403, "fail", "WAF"),
+        (503, "warn", "exchange is failing"),
+    ],
+)
+def test_http_status_is_explained(
+    status: int,
+    verdict: str,
+    words: str,
+    binance_route: UnixAddress,
+    pki: CertAuthority,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, found = _run_doctor(
+        capsys,
+        "--route",
+        f"api.binance.com:443={binance_route}",
+        "--ca-bundle",
+        str(pki.ca_pem),
+        "--probe",
+        f"https://api.binance.com/status/{status}",
+    )
+    finding = found["http api.binance.com"]
+    assert finding["status"] == verdict
+    assert words in finding["message"]
+    assert finding["remedy"]
+    assert code == (1 if verdict == "fail" else 0)
+
+
+def test_misrouted_port_is_named(
+    kraken: HttpsExchange, pki: CertAuthority, sockdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listen = UnixAddress(str(sockdir / "k.sock"))
+    proxy = ProxyThread(
+        ProxyConfig(
+            routes=(ProxyRoute(listen, parse_host_port(f"api.kraken.com:{kraken.port}")),),
+            pins={"api.kraken.com": Pin("127.0.0.1")},
+            allow_private=True,
+        )
+    )
+    try:
+        code, found = _run_doctor(
+            capsys, "--route", f"api.binance.com:443={listen}", "--ca-bundle", str(pki.ca_pem)
+        )
+    finally:
+        proxy.close()
+    assert code == 1
+    finding = found["egress api.binance.com:443"]
+    assert "proxied to a different host" in finding["message"]
+
+
+def test_connect_refusal_is_named(
+    pki: CertAuthority, sockdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listen = UnixAddress(str(sockdir / "c.sock"))
+    proxy = ProxyThread(
+        ProxyConfig(connect=listen, allow=frozenset({parse_host_port("api.kraken.com:443")}))
+    )
+    try:
+        code, found = _run_doctor(
+            capsys,
+            "--connect",
+            str(listen),
+            "--allow",
+            "api.binance.com:443",
+            "--ca-bundle",
+            str(pki.ca_pem),
+        )
+    finally:
+        proxy.close()
+    assert code == 1
+    finding = found["egress api.binance.com:443"]
+    assert "refused" in finding["message"] and "allow list" in finding["remedy"]
+
+
+def test_accept_then_close_is_named(
+    pki: CertAuthority, sockdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # vsock-proxy's worker panics when its upstream connect fails (#549): the enclave sees the
+    # stream close during the handshake. Our proxy in route mode does the same on a dead port.
+    listen = UnixAddress(str(sockdir / "d.sock"))
+    proxy = ProxyThread(
+        ProxyConfig(
+            routes=(ProxyRoute(listen, parse_host_port("api.binance.com:9")),),
+            pins={"api.binance.com": Pin("127.0.0.1")},
+            allow_private=True,
+        )
+    )
+    try:
+        code, found = _run_doctor(
+            capsys, "--route", f"api.binance.com:443={listen}", "--ca-bundle", str(pki.ca_pem)
+        )
+    finally:
+        proxy.close()
+    assert code == 1
+    assert "closed during the TLS handshake" in found["egress api.binance.com:443"]["message"]
+
+
+def test_proxy_variables_are_flagged(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://10.0.0.1:3128")
+    code, found = _run_doctor(capsys)
+    assert found["proxy-env"]["status"] == "warn"
+    assert "HTTPS_PROXY" in found["proxy-env"]["message"]
+    assert code == 0
+
+
+def test_text_output_has_status_and_remedy(
+    capsys: pytest.CaptureFixture[str], sockdir: Path
+) -> None:
+    code = main(
+        [
+            "doctor",
+            "--resolv-conf",
+            "/nonexistent",
+            "--route",
+            f"api.binance.com:443=unix:{sockdir}/none.sock",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "\nfail  egress api.binance.com:443: no listener on parent" in out
+    assert "      remedy: the proxy is not running" in out
+
+
+def test_parent_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "egress.toml"
+    config.write_text(
+        '[[route]]\nlisten = "unix:/nonexistent/egress.sock"\nupstream = "api.binance.com:443"\n'
+        '[resolve]\n"api.binance.com" = "169.254.169.254"\n'
+    )
+    yaml = tmp_path / "vsock-proxy.yaml"
+    yaml.write_text('allowlist:\n- {address: api.binance.com, port: "443"}\n')
+    # A process that looks like the previous team's `vsock-proxy 53 8.8.8.8 53`.
+    decoy = subprocess.Popen(
+        [
+            "bash",
+            "-c",
+            f'exec -a vsock-proxy {sys.executable} -c "$0" "$@"',
+            "import time; time.sleep(30)",
+            "53",
+            "8.8.8.8",
+            "53",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    cmdline = Path(f"/proc/{decoy.pid}/cmdline")
+    for _ in range(200):
+        if cmdline.read_bytes().startswith(b"vsock-proxy\0"):
+            break
+        time.sleep(0.01)
+    try:
+        code = main(
+            [
+                "doctor",
+                "--parent",
+                "--json",
+                "--config",
+                str(config),
+                "--vsock-proxy-config",
+                str(yaml),
+            ]
+        )
+    finally:
+        decoy.kill()
+        decoy.wait()
+    found = _findings(capsys.readouterr().out)
+    assert code == 1
+    assert "relays vsock to port 53 over TCP" in found["parent-dns-proxy"]["message"]
+    assert "non-integer port" in found["vsock-proxy allowlist"]["message"]
+    assert "metadata service" in found["parent dns api.binance.com"]["message"]
+    assert found["listener unix:/nonexistent/egress.sock"]["status"] == "fail"

@@ -34,7 +34,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from attestation import Verifier, load_pem_roots
+from cryptography import x509
+
+from attestation import AttestationDocument, Verifier, load_pem_roots
 from nsm._server import EmulatorServer, write_root_pem
 from nsm.emulator import Emulator
 from oracle_example._oracle_errors import ReportVerificationError
@@ -389,6 +391,27 @@ def _sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _attestation_lines(document: bytes) -> list[str]:
+    """The attestation behind the reports, as a person reads it (it was verified above)."""
+    parsed = AttestationDocument.parse(document)
+    lines = [
+        "",
+        f"attestation      {len(document)} bytes, module {parsed.module_id}, "
+        f"{datetime.fromtimestamp(parsed.timestamp_ms / 1000, UTC):%Y-%m-%d %H:%M:%S} UTC",
+        "certificate chain (root first, leaf last; the root is the emulator's, pinned by the "
+        "consumer)",
+    ]
+    for der in [*parsed.cabundle, parsed.certificate]:
+        cert = x509.load_der_x509_certificate(der)
+        common_name = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        name = str(common_name[0].value) if common_name else cert.subject.rfc4514_string()
+        lines.append(
+            f"  {name:<58} {cert.not_valid_before_utc:%Y-%m-%d %H:%M} -> "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        )
+    return lines
+
+
 def _print(line: str) -> None:
     print(line, flush=True)
 
@@ -477,6 +500,9 @@ def run_demo(
                     failures += 1
                 else:
                     verified.append(result)
+            if verified:
+                for line in _attestation_lines(verified[-1].document):
+                    write(line)
             (out / "summary.json").write_text(
                 json.dumps(
                     {

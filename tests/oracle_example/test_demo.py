@@ -69,6 +69,10 @@ def test_demo_verifies_both_feeds_and_leaves_nothing(tmp_path: Path) -> None:
     assert "network namespace with no interface up" in output
     assert output.count("  VERIFIED  ") == 2, output
     assert "RESULT: 2 feeds verified end to end (REPLAY)" in output
+    # The attestation behind the reports, for a person: module id and the chain with validity.
+    assert "attestation      " in output and ", module i-" in output
+    assert output.count(" UTC\n") >= 6  # the document's time, then five certificates
+    assert "emulator.nitro-enclaves" in output
     out = tmp_path / "out"
     for name in (
         "BTC-USD.report.json",

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # chain, libfaketime for peers that only verify at wall-clock time.
 DEB_PACKAGES := gcc libc6-dev iproute2 util-linux socat faketime
 
-.PHONY: demo test lint typecheck pytest bench deps clean
+.PHONY: demo demo-nsm test lint typecheck pytest bench deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ deps:
 
 demo: $(STAMP) deps
 	$(BIN)/nitro-oracle demo --out demo-out
+
+# The NSM alone: emulator -> client -> attestation document -> verified human summary.
+demo-nsm: $(STAMP)
+	$(BIN)/python -m nsm._demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from attestation.errors import (
+    DebugDocument,
     InsecurePolicy,
     ModuleIdMismatch,
     NonceMismatch,
@@ -305,7 +306,13 @@ class AllOf:
 
 @dataclass(frozen=True, slots=True, init=False)
 class AnyOf:
-    """At least one child must accept; each must check PCRs, or one branch could skip them."""
+    """At least one child must accept; each must check PCRs, or one branch could skip them.
+
+    A debug-mode document can only be accepted by an alternative that itself allows debug:
+    otherwise `AnyOf(AllOf(dev_pcrs, AllowDebug()), prod_pcrs)` would let a debug document
+    through the production branch. This holds even under an outer `AllOf(..., AllowDebug())`
+    (fail closed: put `AllowDebug()` in the alternative that should accept debug documents).
+    """
 
     children: tuple[VerificationPolicy, ...]
     checks_pcrs: bool
@@ -324,6 +331,9 @@ class AnyOf:
     def verify(self, doc: VerifiedDocument, at: _dt.datetime) -> None:
         errors: list[PolicyError] = []
         for child in self.children:
+            if doc.is_debug and not allows_debug(child):
+                errors.append(DebugDocument(f"{child!r} does not allow debug-mode documents"))
+                continue
             try:
                 child.verify(doc, at)
             except PolicyError as exc:

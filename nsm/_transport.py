@@ -77,11 +77,18 @@ class UnixTransport:
 
     def exchange(self, request: bytes) -> bytes:
         check_request_size(request)
+        if self._pid != os.getpid():
+            # After fork the parent's connection is not ours to share, and its lock may have
+            # been copied while held by another thread: start afresh with our own of both.
+            self._lock = threading.Lock()
+            if self._sock is not None:
+                # Closing our copy of the descriptor leaves the parent's connection open.
+                self._sock.close()
+                self._sock = None
+            self._pid = os.getpid()
         with self._lock:
-            if self._sock is None or self._pid != os.getpid():
-                # After fork the parent's connection is not ours to share: open our own.
+            if self._sock is None:
                 self._sock = self._connect()
-                self._pid = os.getpid()
             try:
                 _framing.write_frame(self._sock, request)
                 answer = _framing.read_frame(self._sock)

@@ -255,13 +255,9 @@ def verify_report(
     if not isinstance(obj, dict) or parse_address(obj.get("signer")) != address:
         raise _fail("report", "verify.signer_field", "the signer field is not the attested address")
     message = report.message
-    if isinstance(message, OracleError):
-        raise OracleReported(
-            f"the enclave signed OracleError code {message.code}: {report.detail}", error=message
-        )
     if feed is not None and report.feed != feed:
         raise _fail("report", "verify.feed", f"report is for {report.feed}, not {feed}")
-    if message.config_hash != binding.config_hash:
+    if isinstance(message, PriceReport) and message.config_hash != binding.config_hash:
         raise _fail("report", "verify.config_hash", "report configHash is not the attested one")
     # 8. freshness, both sides (oracle.md §2.6), and the price itself.
     now = int(at.timestamp())
@@ -276,6 +272,12 @@ def verify_report(
             "freshness",
             "verify.future_report",
             f"report is {message.timestamp - now} s in the future",
+        )
+    # A signed refusal is reported only once it is shown to be current and for this feed: an
+    # old OracleError from the same key must not pass for today's state.
+    if isinstance(message, OracleError):
+        raise OracleReported(
+            f"the enclave signed OracleError code {message.code}: {report.detail}", error=message
         )
     if message.price <= 0:
         raise _fail("report", "verify.price", f"price {message.price} is not positive")

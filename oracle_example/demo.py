@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import logging
 import os
 import shutil
 import signal
-import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+import certifi
 from cryptography import x509
 
 from attestation import AttestationDocument, Verifier, load_pem_roots
@@ -44,39 +46,67 @@ from oracle_example.address import HostPort, TcpAddress, UnixAddress
 from oracle_example.client import ClientError, GetResult, get_report, http_get, summary
 from oracle_example.config import OracleConfig
 from oracle_example.enclave import expected_pcr16
+from oracle_example.errors import OracleExampleError
 from oracle_example.gateway import Gateway
 from oracle_example.proxy import EgressProxy, Pin, ProxyConfig, ProxyRoute
 from oracle_example.replay import DemoCertificates, ReplayExchange
+from oracle_example.sources import Source, build_sources
 
 __all__ = ["OracleStack", "probe_live", "run_demo"]
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 #: Long enough for a cold Python start, boot and the first round on a slow 2-core machine.
 READY_TIMEOUT = 30.0
-#: Live probe: a TCP connect per exchange host through the parent's resolver.
+#: Live probe: one HTTPS GET per exchange through the parent's resolver, connect and read.
 PROBE_TIMEOUT = 3.0
+_PROBE_MAX_BODY = 64 * 1024
 _STOP_TIMEOUT = 5.0
 
 
-def probe_live(hosts: Sequence[str], *, timeout: float = PROBE_TIMEOUT) -> dict[str, str | None]:
-    """host -> None when a TCP connection to host:443 opened, else why not."""
+def probe_live(config: OracleConfig, *, timeout: float = PROBE_TIMEOUT) -> dict[str, str | None]:
+    """source id -> None when the exchange answered a real quote, else why not.
 
-    def one(host: str) -> str | None:
+    "Answers" means what the enclave needs: an HTTPS GET of the source's own endpoint for the
+    first feed, with certificate checks (certifi), returning a body its adapter parses into a
+    quote. A TCP connect alone would call a geo-blocked (451) or intercepted host live.
+    """
+    feed = config.feeds[0].symbol
+    context = ssl.create_default_context(cafile=certifi.where())
+
+    def one(source: Source) -> str | None:
+        request = source.request(feed)
+        connection = http.client.HTTPSConnection(
+            request.host, request.port, timeout=timeout, context=context
+        )
         try:
-            with socket.create_connection((host, 443), timeout=timeout):
-                return None
-        except OSError as exc:
+            connection.request("GET", request.path, headers=dict(request.headers))
+            response = connection.getresponse()
+            body = response.read(_PROBE_MAX_BODY + 1)
+            if len(body) > _PROBE_MAX_BODY:
+                return f"answer larger than {_PROBE_MAX_BODY} bytes"
+            source.parse(
+                feed,
+                status=response.status,
+                headers=dict(response.getheaders()),
+                body=body,
+                now=datetime.now(UTC),
+            )
+            return None
+        except (OSError, http.client.HTTPException, OracleExampleError) as exc:
             return f"{type(exc).__name__}: {exc}"
+        finally:
+            connection.close()
 
-    pool = ThreadPoolExecutor(max_workers=len(hosts) or 1)
+    sources = build_sources(config)
+    pool = ThreadPoolExecutor(max_workers=len(sources) or 1)
     try:
-        futures = {h: pool.submit(one, h) for h in hosts}
+        futures = {name: pool.submit(one, source) for name, source in sources.items()}
         out: dict[str, str | None] = {}
-        for host, future in futures.items():
+        for name, future in futures.items():
             try:
-                out[host] = future.result(timeout + 1)
+                out[name] = future.result(timeout * 3)
             except Exception as exc:
-                out[host] = f"probe failed: {exc!r}"
+                out[name] = f"probe failed: {exc!r}"
         return out
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -439,14 +469,14 @@ def run_demo(
         live = False
         write(_loud("REPLAY FORCED (--replay): NOT LIVE PRICES"))
     else:
-        probe = probe_live([s.host for s in config.sources])
+        probe = probe_live(config)
         answering = [h for h, why in probe.items() if why is None]
         live = len(answering) >= config.min_sources
         if not live:
             reasons = "; ".join(f"{h}: {why}" for h, why in probe.items() if why)
             write(
                 _loud(
-                    f"NO LIVE EXCHANGE ANSWERS ({len(answering)}/{len(probe)} reachable): USING "
+                    f"NO LIVE EXCHANGE ANSWERS ({len(answering)}/{len(probe)} gave a quote): USING "
                     "THE LOCAL HTTPS REPLAY OF HAND-WRITTEN RESPONSES IN EACH EXCHANGE'S SHAPE, "
                     "DEMO CA, TIMESTAMPS MOVED TO NOW: THESE ARE NOT LIVE PRICES"
                 )

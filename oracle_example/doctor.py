@@ -6,6 +6,12 @@ pointing at 127.0.0.1 while `lo` is down, UDP DNS pushed through socat into a TC
 parent port with no listener, and TLS or HTTP answers that mean the network works but the route
 or the region does not.
 
+Beyond the network, it checks what the network is for (§7.2 points 7, 8, 10-12): that each
+exchange answers in its documented JSON shape (a 200 from a captive portal or a port routed to
+another service is not an answer), the clock against Binance `serverTime`, that the parent serves
+as many streams at once as the client pool opens, that the NSM attests and the enclave is not in
+debug mode, and that each source's own timestamp is fresh.
+
 The enclave side never resolves a name for egress. The one DNS packet the doctor may send is
 the legacy probe: when resolv.conf names a loopback nameserver, it asks that server one question
 to show what the old chain does with it.
@@ -24,23 +30,30 @@ import re
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+import httpcore
+
 from oracle_example import netif
+from oracle_example._oracle_errors import SourceError, SourceMalformed
 from oracle_example.address import Address, HostPort, VsockAddress
 from oracle_example.address import connect_socket as _connect_socket
 from oracle_example.egress import (
+    DEFAULT_MAX_CONNECTIONS,
     X509_V_ERR_CERT_HAS_EXPIRED,
     X509_V_ERR_CERT_NOT_YET_VALID,
     X509_V_ERR_HOSTNAME_MISMATCH,
     EgressBackend,
     EgressClient,
     EgressConfig,
+    Response,
     Timeouts,
     forbid_dns,
     make_ssl_context,
@@ -55,6 +68,7 @@ from oracle_example.errors import (
     ProxyRefusedError,
     TLSVerificationError,
 )
+from oracle_example.sources import ADAPTERS, Source
 
 __all__ = ["Finding", "Status", "add_arguments", "enclave_checks", "parent_checks", "run"]
 
@@ -71,6 +85,20 @@ PROBE_PATHS = {
 # networking.md §7.2 point 8: warn above 2 s; fail above the oracle's freshness budget.
 CLOCK_WARN_SECONDS = 2.0
 DEFAULT_CLOCK_FAIL_SECONDS = 30.0
+# §7.2 point 12: the oracle's own defaults (OracleConfig.max_source_age / max_source_ahead).
+DEFAULT_MAX_SOURCE_AGE = 30.0
+MAX_SOURCE_AHEAD = 5.0
+# §7.2 point 12: the instrument each exchange's freshness probe asks for (BTC against USD(T)).
+_FRESHNESS_FEED = "BTC/USD"
+_FRESHNESS_INSTRUMENTS = {
+    "binance": "BTCUSDT",
+    "coinbase": "BTC-USD",
+    "kraken": "XBTUSD",
+    "okx": "BTC-USDT",
+}
+_EXTRA_HOSTS = {"data-api.binance.vision": "binance"}
+_EARLIEST = datetime(2009, 1, 3, tzinfo=UTC)
+_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 # IOCTL_VM_SOCKETS_GET_LOCAL_CID (linux/vm_sockets.h) on /dev/vsock.
 _IOCTL_VM_SOCKETS_GET_LOCAL_CID = 0x7B9
 _PARENT_CID = 3
@@ -498,36 +526,292 @@ def _http_finding(upstream: HostPort, url: str, status: int, headers: dict[str, 
     return _warn(name, f"GET {url} -> {status}", "unexpected status for a health probe")
 
 
-def _clock_finding(date_header: str | None, *, fail_after: float) -> Finding | None:
+# --- §7.2 point 7: the JSON each time probe must return; point 8: the server time in it -------
+
+
+@dataclass(frozen=True, slots=True)
+class _ServerTime:
+    when: datetime
+    label: str  # e.g. "api.binance.com serverTime"
+    resolution: float  # seconds
+
+
+class _Shape(ValueError):
+    """The answer is not the JSON shape documented for the endpoint."""
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        raise _Shape(what)
+
+
+def _ms(value: object, what: str) -> datetime:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    _require(isinstance(value, int) and not isinstance(value, bool), f"{what} is not ms")
+    assert isinstance(value, int)
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=value)
+
+
+def _binance_time(doc: object) -> tuple[datetime, float]:
+    _require(isinstance(doc, dict) and "serverTime" in doc, 'no "serverTime"')
+    assert isinstance(doc, dict)
+    return _ms(doc["serverTime"], "serverTime"), 0.001
+
+
+def _coinbase_time(doc: object) -> tuple[datetime, float]:
+    _require(isinstance(doc, dict) and "epoch" in doc and "iso" in doc, 'no "iso" / "epoch"')
+    assert isinstance(doc, dict)
+    epoch = doc["epoch"]
+    _require(isinstance(epoch, int | float) and not isinstance(epoch, bool), "epoch not a number")
+    return datetime.fromtimestamp(float(epoch), UTC), 0.001
+
+
+def _kraken_time(doc: object) -> tuple[datetime, float]:
+    _require(isinstance(doc, dict) and doc.get("error") == [], 'no empty "error" list')
+    assert isinstance(doc, dict)
+    result = doc.get("result")
+    _require(isinstance(result, dict) and isinstance(result.get("unixtime"), int), "no unixtime")
+    assert isinstance(result, dict)
+    return datetime.fromtimestamp(result["unixtime"], UTC), 1.0
+
+
+def _okx_time(doc: object) -> tuple[datetime, float]:
+    _require(isinstance(doc, dict) and doc.get("code") == "0", 'no "code": "0"')
+    assert isinstance(doc, dict)
+    data = doc.get("data")
+    _require(isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict), "no data")
+    assert isinstance(data, list)
+    return _ms(data[0].get("ts"), "data[0].ts"), 0.001
+
+
+# Path -> (the documented shape, for messages; its reader). networking.md §6.
+_TIME_SHAPES: dict[str, tuple[str, Callable[[object], tuple[datetime, float]]]] = {
+    "/api/v3/time": ('{"serverTime": <ms>}', _binance_time),
+    "/time": ('{"iso": ..., "epoch": <s>}', _coinbase_time),
+    "/0/public/Time": ('{"error": [], "result": {"unixtime": <s>, ...}}', _kraken_time),
+    "/api/v5/public/time": ('{"code": "0", "data": [{"ts": "<ms>"}]}', _okx_time),
+}
+
+
+def _snippet(body: bytes) -> str:
+    text = body[:80].decode("utf-8", "replace")
+    return re.sub(r"\s+", " ", text) + ("..." if len(body) > 80 else "")
+
+
+def _read_probe(url: str, response: Response) -> tuple[_ServerTime | None, str | None]:
+    """(the server's time if the answer carries one, why the answer is not the expected JSON)."""
+    parts = urlsplit(url)
+    try:
+        document = json.loads(response.body)
+    except (UnicodeDecodeError, ValueError):
+        content_type = (response.header("content-type") or "?").split(";")[0]
+        head = response.body[:512].lower()
+        kind = "an HTML page" if b"<html" in head or "html" in content_type else "not JSON"
+        return None, f"the body is {kind} ({content_type}): {_snippet(response.body)!r}"
+    shape = _TIME_SHAPES.get(parts.path)
+    if shape is None:
+        return None, None  # a custom probe: any JSON will do
+    expected, reader = shape
+    try:
+        when, resolution = reader(document)
+        _require(_EARLIEST <= when < _LATEST, f"time {when.isoformat()} is implausible")
+    except (_Shape, OverflowError, OSError, ValueError) as exc:
+        return None, f"expected {expected}, got {_snippet(response.body)!r} ({exc})"
+    field = "serverTime" if parts.path == "/api/v3/time" else "time"
+    return _ServerTime(when, f"{parts.hostname} {field}", resolution), None
+
+
+def _schema_finding(upstream: HostPort, url: str, status: int, mismatch: str) -> Finding:
+    return _fail(
+        f"http {upstream.host}",
+        f"GET {url} -> {status} but not the exchange's JSON (schema mismatch): {mismatch}",
+        "a captive portal, a proxy error page, or a parent port routed to another service "
+        "answered: check where the parent forwards this host (curl the URL on the parent)",
+    )
+
+
+def _clock_finding(
+    server: _ServerTime, *, local: datetime, rtt: float, fail_after: float
+) -> Finding:
+    skew = (local - server.when).total_seconds()
+    direction = "ahead of" if skew > 0 else "behind"
+    # The server stamped its time somewhere within the round trip, at its own resolution.
+    slack = server.resolution + rtt / 2
+    text = (
+        f"local clock {abs(skew):.3f}s {direction} {server.label} (round trip {rtt * 1000:.0f} ms)"
+    )
+    if abs(skew) > fail_after + slack:
+        return _fail(
+            "clock",
+            f"{text}: over the {fail_after:g}s budget",
+            "fix the enclave clock before trusting timestamps or certificates (it follows the "
+            "host's KVM clock; resync the parent with chrony/NTP)",
+        )
+    if abs(skew) > CLOCK_WARN_SECONDS + slack:
+        return _warn(
+            "clock",
+            f"{text}: over {CLOCK_WARN_SECONDS:g}s",
+            "the enclave clock drifts (up to 6 s a week reported); resync it",
+        )
+    return _ok("clock", text)
+
+
+def _date_header_time(headers: dict[str, str], host: str) -> _ServerTime | None:
+    date_header = headers.get("date")
     if not date_header:
         return None
     with contextlib.suppress(TypeError, ValueError):
-        remote = email.utils.parsedate_to_datetime(date_header)
-        skew = abs((datetime.now(UTC) - remote).total_seconds())
-        # HTTP Date has a resolution of one second.
-        if skew > fail_after:
-            return _fail(
-                "clock",
-                f"local clock differs from the server's Date by {skew:.0f}s",
-                "fix the enclave clock before trusting timestamps or certificates",
-            )
-        if skew > CLOCK_WARN_SECONDS + 1:
-            return _warn(
-                "clock",
-                f"local clock off by about {skew:.0f}s from the server's Date",
-                "the enclave clock drifts (up to 6 s a week reported); resync it",
-            )
-        return _ok("clock", f"within {CLOCK_WARN_SECONDS + 1:g}s of the server's Date header")
+        when = email.utils.parsedate_to_datetime(date_header)
+        if when.tzinfo is not None:
+            return _ServerTime(when, f"{host} Date header", 1.0)  # HTTP dates have 1 s steps
     return None
 
 
+# --- §7.2 point 10: concurrency ---------------------------------------------------------------
+
+
+def _concurrency_finding(
+    backend: EgressBackend,
+    config: EgressConfig,
+    upstream: HostPort,
+    address: Address,
+    label: str,
+    streams: int,
+) -> Finding:
+    """Open `streams` tunnels to one route at once and hold them until all finished TLS.
+
+    vsock-proxy serves one connection per worker (--num_workers, default 4): a pool that opens
+    more than that gets the extra ones accepted by the kernel and then never served, which shows
+    up here as a TLS handshake that times out while the others are held open."""
+    name = f"concurrency {upstream}"
+    context = make_ssl_context(config.ca_bundle)
+    timeout = config.timeouts.connect
+
+    def one(_: int) -> tuple[httpcore.NetworkStream, float]:
+        started = time.monotonic()
+        stream = backend.connect_tcp(upstream.host, upstream.port, timeout=timeout)
+        try:
+            stream = stream.start_tls(context, server_hostname=upstream.host, timeout=timeout)
+        except BaseException:
+            stream.close()
+            raise
+        return stream, time.monotonic() - started
+
+    opened: list[tuple[httpcore.NetworkStream, float]] = []
+    errors: list[EgressError] = []
+    with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="doctor") as pool:
+        for future in [pool.submit(one, i) for i in range(streams)]:
+            try:
+                opened.append(future.result())
+            except EgressError as exc:
+                errors.append(exc)
+    for stream, _ in opened:  # only now: every stream stayed open until all had finished
+        stream.close()
+    if not errors:
+        slowest = max(seconds for _, seconds in opened)
+        return _ok(
+            name,
+            f"{streams} streams at once through {label}: all completed TLS while held open "
+            f"(slowest {slowest * 1000:.0f} ms)",
+        )
+    stalled = [e for e in errors if isinstance(e, EgressTimeout)]
+    if stalled:
+        return _fail(
+            name,
+            f"{len(stalled)} of {streams} simultaneous streams stalled (no TLS answer within "
+            f"{timeout:g}s) while {len(opened)} were held open: the parent serves fewer than "
+            f"{streams} connections at once",
+            f"raise vsock-proxy --num_workers (default 4) above the client pool's "
+            f"max_connections ({streams}), or lower max_connections; for nitro-oracle egress "
+            "raise limits.max_connections",
+        )
+    first = _classify(errors[0], upstream, address)
+    return _fail(
+        name,
+        f"{len(errors)} of {streams} simultaneous streams failed: {first.message}",
+        first.remedy,
+    )
+
+
+# --- §7.2 point 12: freshness of each source's own data ------------------------------------
+
+
+def _source_for(upstream: HostPort) -> Source | None:
+    source_id = _EXTRA_HOSTS.get(upstream.host) or next(
+        (i for i, cls in ADAPTERS.items() if cls.default_host == upstream.host), None
+    )
+    if source_id is None or source_id not in _FRESHNESS_INSTRUMENTS:
+        return None
+    cls = ADAPTERS[source_id]
+    return cls(host=upstream.host, instruments={_FRESHNESS_FEED: _FRESHNESS_INSTRUMENTS[source_id]})
+
+
+def _freshness_finding(
+    client: EgressClient, source: Source, upstream: HostPort, *, max_age: float
+) -> Finding:
+    """Fetch the oracle's own ticker request and judge the source's own timestamp, as the
+    oracle's rounds do (sources.py): the network can be healthy and the data still stale."""
+    name = f"freshness {upstream.host}"
+    request = source.request(_FRESHNESS_FEED)
+    port = "" if upstream.port == 443 else f":{upstream.port}"
+    url = f"https://{upstream.host}{port}{request.path}"
+    try:
+        response = client.get(url, headers=dict(request.headers))
+    except EgressError as exc:
+        return _fail(name, f"GET {url} failed: {exc}", "see the egress and http checks above")
+    now = datetime.now(UTC)
+    try:
+        quote = source.parse(
+            _FRESHNESS_FEED,
+            status=response.status,
+            headers=response.headers,
+            body=response.body,
+            now=now,
+        )
+    except SourceMalformed as exc:
+        return _fail(
+            name,
+            f"GET {url} -> {response.status} but not {source.id}'s ticker JSON (schema "
+            f"mismatch): {exc}",
+            "a captive portal, an error page, a port routed to another service, or a changed "
+            "API: check the parent's route for this host",
+        )
+    except SourceError as exc:
+        return _fail(
+            name, f"no price from {source.id}: {exc}", "see the http check for this host above"
+        )
+    age = (now - quote.source_time).total_seconds()
+    what = f"{source.id} {quote.instrument} {quote.price}"
+    if age > max_age:
+        return _fail(
+            name,
+            f"{what}: last price is {age:.1f}s old, over the {max_age:g}s freshness budget",
+            "the oracle leaves this source out until it is fresh; a parent or middlebox that "
+            "delays or replays answers, or a stalled market, does this: compare with the "
+            "exchange directly from the parent",
+        )
+    if -age > MAX_SOURCE_AHEAD:
+        return _fail(
+            name,
+            f"{what}: the source's timestamp is {-age:.1f}s in the future",
+            "the enclave clock is behind: see the clock check",
+        )
+    return _ok(name, f"{what}: last good price age {max(age, 0.0):.1f}s (budget {max_age:g}s)")
+
+
 def check_egress(
-    config: EgressConfig, probes: dict[HostPort, str], *, clock_fail: float
+    config: EgressConfig,
+    probes: dict[HostPort, str],
+    *,
+    clock_fail: float,
+    concurrency: int = DEFAULT_MAX_CONNECTIONS,
+    max_source_age: float = DEFAULT_MAX_SOURCE_AGE,
 ) -> Iterator[Finding]:
     entries = [(u, a, "route") for u, a in config.routes.items()]
     if config.connect is not None:
         entries += [(u, config.connect, "connect") for u in sorted(config.allow)]
-    clock_done = False
+    best: tuple[_ServerTime, datetime, float] | None = None
     backend = EgressBackend(config)
     context = make_ssl_context(config.ca_bundle)
     t = config.timeouts
@@ -545,6 +829,8 @@ def check_egress(
                 yield _classify(exc, upstream, address)
                 continue
             yield _ok(f"egress {upstream}", f"{label}: connected, TLS verified for {upstream.host}")
+            if concurrency > 1:
+                yield _concurrency_finding(backend, config, upstream, address, label, concurrency)
             url = probes.get(upstream) or (
                 f"https://{upstream.host}{'' if upstream.port == 443 else f':{upstream.port}'}"
                 f"{PROBE_PATHS.get(upstream.host, '/')}"
@@ -554,13 +840,113 @@ def check_egress(
             except EgressError as exc:
                 yield _classify(exc, upstream, address)
                 continue
+            local = datetime.now(UTC) - timedelta(seconds=response.elapsed / 2)
             headers = {k.lower(): v for k, v in response.headers}
-            yield _http_finding(upstream, url, response.status, headers)
-            if not clock_done:
-                clock = _clock_finding(headers.get("date"), fail_after=clock_fail)
-                if clock is not None:
-                    clock_done = True
-                    yield clock
+            finding = _http_finding(upstream, url, response.status, headers)
+            server: _ServerTime | None = None
+            if finding.status == "ok":
+                server, mismatch = _read_probe(url, response)
+                if mismatch is not None:
+                    finding = _schema_finding(upstream, url, response.status, mismatch)
+            yield finding
+            # Prefer a JSON server time (ms) over an HTTP Date header (1 s steps).
+            server = server or _date_header_time(headers, upstream.host)
+            if server is not None and (best is None or server.resolution < best[0].resolution):
+                best = (server, local, response.elapsed)
+            if finding.status == "ok" and (source := _source_for(upstream)) is not None:
+                yield _freshness_finding(client, source, upstream, max_age=max_source_age)
+    if best is not None:
+        server, local, rtt = best
+        yield _clock_finding(server, local=local, rtt=rtt, fail_after=clock_fail)
+
+
+# --- §7.2 point 11: attestation -----------------------------------------------------------
+
+
+def check_attestation(*, production: bool) -> Iterator[Finding]:
+    """NSM reachable, DescribeNSM answers, a fresh document with our nonce parses, and its PCR0
+    is not all zero (debug mode). The same rules as the enclave's boot (enclave.py): production
+    refuses the emulator and a debug-mode enclave."""
+    from attestation.document import AttestationDocument
+    from attestation.errors import AttestationError
+    from nsm import Nsm, NsmError
+
+    emulator = os.environ.get("NSM_EMULATOR")
+    where = f"the emulator (NSM_EMULATOR={emulator})" if emulator else "/dev/nsm"
+    if not emulator and not Path("/dev/nsm").exists():
+        text = "no NSM (no /dev/nsm, NSM_EMULATOR unset): no attestation, nothing to verify"
+        if production:
+            yield _fail(
+                "attestation",
+                text,
+                "production runs inside a Nitro enclave, where the nsm driver provides /dev/nsm",
+            )
+        else:
+            yield _warn(
+                "attestation",
+                text,
+                "expected outside an enclave; to exercise attestation set "
+                "NSM_EMULATOR=unix:PATH to a running NSM emulator",
+            )
+        return
+    if emulator and production:
+        yield _fail(
+            "attestation",
+            f"NSM_EMULATOR={emulator} is set: an emulated NSM attests nothing",
+            "production refuses the emulator (as the enclave's boot does): unset NSM_EMULATOR "
+            "and run on /dev/nsm",
+        )
+        return
+    nonce = os.urandom(32)
+    try:
+        with Nsm.open() as nsm:
+            description = nsm.describe()
+            document = nsm.attestation(nonce=nonce)
+    except (NsmError, OSError) as exc:
+        yield _fail(
+            "attestation",
+            f"NSM via {where} unusable: {exc}",
+            "start the emulator at that path"
+            if emulator
+            else "check the nsm driver and that this process may open /dev/nsm",
+        )
+        return
+    try:
+        parsed = AttestationDocument.parse(document)
+    except AttestationError as exc:
+        yield _fail(
+            "attestation",
+            f"the NSM returned an unreadable attestation document: {exc}",
+            "the NSM or its driver is broken; restart the enclave",
+        )
+        return
+    if parsed.nonce != nonce:
+        yield _fail(
+            "attestation",
+            "the attestation document does not carry the nonce just sent (stale or foreign)",
+            "the NSM transport is not the enclave's own: check NSM_EMULATOR and /dev/nsm",
+        )
+        return
+    pcr0 = parsed.pcrs.get(0, b"")
+    module = f"module {description.module_id}"
+    if parsed.is_debug:
+        text = (
+            f"PCR0 is all zero ({module}): the enclave runs in debug mode, its memory is "
+            "readable from the parent and its attestations prove nothing"
+        )
+        remedy = (
+            "run it without --debug-mode (nitro-cli run-enclave); the oracle refuses to sign "
+            "in production mode"
+        )
+        yield (
+            _fail("attestation", text, remedy) if production else _warn("attestation", text, remedy)
+        )
+        return
+    yield _ok(
+        "attestation",
+        f"NSM via {where} ({module}): DescribeNSM works, a fresh document with our nonce "
+        f"parses, PCR0 {pcr0.hex()[:16]}... (not debug mode)",
+    )
 
 
 def check_entropy() -> Iterator[Finding]:
@@ -583,12 +969,16 @@ def enclave_checks(
     resolv_conf: Path,
     bring_lo_up: bool,
     clock_fail: float = DEFAULT_CLOCK_FAIL_SECONDS,
+    production: bool = False,
+    concurrency: int = DEFAULT_MAX_CONNECTIONS,
+    max_source_age: float = DEFAULT_MAX_SOURCE_AGE,
 ) -> Iterator[Finding]:
     yield from check_environment()
     yield from check_proxy_environment()
     yield from check_loopback(bring_up=bring_lo_up)
     yield from check_dns(resolv_conf)
     yield from check_entropy()
+    yield from check_attestation(production=production)
     if config is None:
         yield _warn(
             "routes",
@@ -598,7 +988,15 @@ def enclave_checks(
         return
     yield from check_routes(config)
     with forbid_dns() as lookups:
-        findings = list(check_egress(config, probes, clock_fail=clock_fail))
+        findings = list(
+            check_egress(
+                config,
+                probes,
+                clock_fail=clock_fail,
+                concurrency=concurrency,
+                max_source_age=max_source_age,
+            )
+        )
     yield from findings
     if lookups:
         yield _fail(
@@ -743,7 +1141,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolv-conf", type=Path, default=Path("/etc/resolv.conf"))
     p.add_argument("--lo-up", action="store_true", help="bring lo up before checking it")
     p.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
-    p.add_argument("--max-clock-skew", type=float, default=DEFAULT_CLOCK_FAIL_SECONDS)
+    p.add_argument(
+        "--max-clock-skew",
+        type=float,
+        default=DEFAULT_CLOCK_FAIL_SECONDS,
+        metavar="SECONDS",
+        help="fail when the clock is further than this from the exchange's serverTime / Date "
+        f"(warn above {CLOCK_WARN_SECONDS:g}s; default %(default)s)",
+    )
+    p.add_argument(
+        "--max-source-age",
+        type=float,
+        default=DEFAULT_MAX_SOURCE_AGE,
+        metavar="SECONDS",
+        help="fail when an exchange's own ticker timestamp is older than this "
+        "(the oracle's maxSourceAgeMs; default %(default)s)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="open N streams per route at once and fail if any stalls (the egress pool's "
+        "max_connections; default %(default)s; 0 or 1 skips)",
+    )
+    p.add_argument(
+        "--production",
+        action="store_true",
+        help="production rules for the attestation check: no NSM, the emulator or a "
+        "debug-mode enclave (PCR0 all zero) fail instead of warn",
+    )
     p.add_argument("--parent", action="store_true", help="run the parent-side checks instead")
     p.add_argument("--config", type=Path, help="parent: the egress proxy's TOML config")
     p.add_argument(
@@ -799,6 +1226,9 @@ def run(args: argparse.Namespace) -> int:
                     resolv_conf=args.resolv_conf,
                     bring_lo_up=args.lo_up,
                     clock_fail=args.max_clock_skew,
+                    production=args.production,
+                    concurrency=args.concurrency,
+                    max_source_age=args.max_source_age,
                 )
             )
     failed = any(f.status == "fail" for f in findings)

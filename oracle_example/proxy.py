@@ -74,7 +74,10 @@ class Limits:
     connect_timeout: float = 10.0  # DNS + TCP connect to the upstream
     idle_timeout: float = 300.0  # no byte in either direction for this long: close
     total_timeout: float = 3600.0  # hard cap on a tunnel's life
-    buffer_bytes: int = 64 * 1024  # per read, and the StreamReader bound per direction
+    # The StreamReader bound while a CONNECT head is read; in the tunnel, the write-buffer
+    # high-water mark per direction (reading pauses above it), so a direction holds at most this
+    # plus one transport read (256 KiB).
+    buffer_bytes: int = 64 * 1024
     # getaddrinfo returns no TTL; this is the re-resolution period instead (vsock-proxy uses the
     # record's TTL, #606). Failures re-resolve at once regardless.
     resolve_ttl: float = 60.0
@@ -579,43 +582,162 @@ class EgressProxy:
         up_reader: asyncio.StreamReader,
         up_writer: asyncio.StreamWriter,
     ) -> tuple[int, int, str]:
+        """Relay bytes both ways until both sides end, one fails, or the tunnel goes idle.
+
+        The head (if any) is parsed; from here on the streams are only in the way: each chunk
+        would be copied into a StreamReader buffer, copied out again, and cost two task wake-ups.
+        Instead both transports are handed to `_Side` protocols that write what they receive
+        straight into the other transport, with flow control (the far side's write buffer over
+        `buffer_bytes` pauses reading on the near side), so memory per direction stays bounded
+        by `buffer_bytes` plus one transport read.
+        """
         limits = self.config.limits
-        last = [time.monotonic()]
-        totals = [0, 0]
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, index: int) -> None:
-            while data := await src.read(limits.buffer_bytes):
-                last[0] = time.monotonic()
-                totals[index] += len(data)
-                dst.write(data)
-                await dst.drain()  # bounded memory: wait for the peer to take the bytes
-            if dst.can_write_eof():
-                with contextlib.suppress(OSError):
-                    dst.write_eof()
-
-        tasks = {
-            asyncio.create_task(pump(client_reader, up_writer, 0)),
-            asyncio.create_task(pump(up_reader, client_writer, 1)),
-        }
-        why = "closed"
+        # Nothing may sit paused in a write buffer when the protocols change hands: a paused
+        # transport would never tell the new protocol to pause its peer.
+        await client_writer.drain()
+        await up_writer.drain()
+        tunnel = _Tunnel(asyncio.get_running_loop())
+        sides = (
+            _Side.attach(tunnel, 0, client_writer.transport, up_writer.transport, limits),
+            _Side.attach(tunnel, 1, up_writer.transport, client_writer.transport, limits),
+        )
+        # Bytes the streams had already taken in (a ClientHello sent before the upstream
+        # connect finished, say) go first; then each transport reads for its new protocol.
+        for side, reader in zip(sides, (client_reader, up_reader), strict=True):
+            side.start(*_take_buffered(reader))
         check = min(max(limits.idle_timeout / 4, 0.05), 5.0)
+        why = "closed"
         try:
-            pending = tasks
-            while pending:
-                done, pending = await asyncio.wait(pending, timeout=check)
-                for task in done:
-                    if task.exception() is not None:
-                        why = f"io error: {task.exception()}"
-                        pending = set()
-                if pending and time.monotonic() - last[0] > limits.idle_timeout:
+            while not tunnel.done.done():
+                await asyncio.wait([tunnel.done], timeout=check)
+                if not tunnel.done.done() and time.monotonic() - tunnel.last > limits.idle_timeout:
                     why = "idle_timeout"
                     self._count("idle_timeout")
                     break
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return totals[0], totals[1], why
+            for side in sides:
+                side.detach()
+        if tunnel.error is not None:
+            why = f"io error: {tunnel.error}"
+        return tunnel.totals[0], tunnel.totals[1], why
+
+
+def _take_buffered(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """What `reader` holds but nobody has read yet, and whether it had seen EOF; empties it.
+
+    StreamReader has no public way to ask this without waiting; its buffer is a bytearray and
+    its EOF a bool in CPython 3.11 through 3.13. Checked, so a change fails loudly in tests.
+    """
+    state = vars(reader)
+    buffer, eof = state["_buffer"], state["_eof"]
+    if not isinstance(buffer, bytearray) or not isinstance(eof, bool):
+        raise RuntimeError("unexpected asyncio.StreamReader internals")
+    data = bytes(buffer)
+    buffer.clear()
+    return data, eof
+
+
+class _Tunnel:
+    """Shared state of one tunnel's two directions."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.last = time.monotonic()
+        self.totals = [0, 0]  # bytes client -> upstream, upstream -> client
+        self.ended = [False, False]  # EOF seen on the reading side of direction i
+        self.error: BaseException | None = None
+
+    def finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class _Side(asyncio.Protocol):
+    """The protocol of one transport during the tunnel: what it reads goes to `peer`."""
+
+    def __init__(
+        self,
+        tunnel: _Tunnel,
+        index: int,
+        own: asyncio.WriteTransport,
+        peer: asyncio.WriteTransport,
+        previous: asyncio.BaseProtocol,
+    ) -> None:
+        self.tunnel = tunnel
+        self.index = index
+        self.own = own
+        self.peer = peer
+        self.previous = previous
+        self.attached = True
+
+    @classmethod
+    def attach(
+        cls,
+        tunnel: _Tunnel,
+        index: int,
+        own: asyncio.WriteTransport,
+        peer: asyncio.WriteTransport,
+        limits: Limits,
+    ) -> _Side:
+        if not isinstance(own, asyncio.Transport):  # a socket transport: reads and writes
+            raise TypeError(f"cannot relay over {type(own).__name__}")
+        side = cls(tunnel, index, own, peer, own.get_protocol())
+        own.set_write_buffer_limits(high=limits.buffer_bytes)
+        own.set_protocol(side)
+        return side
+
+    def start(self, early: bytes, eof: bool) -> None:
+        if early:
+            self.data_received(early)
+        if eof:
+            self.eof_received()
+            return
+        own = self.own
+        assert isinstance(own, asyncio.Transport)
+        if not own.is_reading() and not own.is_closing():
+            own.resume_reading()  # the StreamReader had paused it at its limit
+
+    def detach(self) -> None:
+        # Closing happens in EgressProxy._client; from here on nothing is forwarded.
+        self.attached = False
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        tunnel.last = time.monotonic()
+        tunnel.totals[self.index] += len(data)
+        if self.attached:
+            self.peer.write(data)
+
+    def eof_received(self) -> bool:
+        tunnel = self.tunnel
+        if not tunnel.ended[self.index]:
+            tunnel.ended[self.index] = True
+            if self.attached and self.peer.can_write_eof() and not self.peer.is_closing():
+                with contextlib.suppress(OSError, RuntimeError):
+                    self.peer.write_eof()  # half-close: the other direction may go on
+            if all(tunnel.ended):
+                tunnel.finish()
+        return True  # keep the transport open for the other direction
+
+    def pause_writing(self) -> None:
+        # Our transport's write buffer is over buffer_bytes: stop reading what fills it.
+        peer = self.peer
+        assert isinstance(peer, asyncio.ReadTransport)
+        peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.peer
+        assert isinstance(peer, asyncio.ReadTransport)
+        if not self.tunnel.ended[1 - self.index] and not peer.is_closing():
+            peer.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        tunnel = self.tunnel
+        if exc is not None and tunnel.error is None:
+            tunnel.error = exc
+        tunnel.finish()
+        # The StreamWriter's wait_closed() waits on its own protocol: tell it too.
+        self.previous.connection_lost(exc)
 
 
 # After an error answer, unread request bytes would make close() send a reset that can destroy

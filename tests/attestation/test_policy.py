@@ -125,6 +125,20 @@ class TestComposition:
         mixed = AnyOf(PcrSet({0: P1}), AllOf(PcrSet({0: P0}), Nonce(b"x")))
         assert _code(mixed) == "policy.none-matched"
 
+    def test_debug_permission_does_not_leak_across_alternatives(self) -> None:
+        # A debug document (PCR0 all zero) whose PCR1 matches the production branch only.
+        debug = _doc(pcrs=MappingProxyType({0: bytes(48), 1: P1}))
+        dev = AllOf(PcrSet({0: bytes(48), 1: P0}), AllowDebug())
+        prod = PcrSet({1: P1})
+        policy = AnyOf(dev, prod)
+        assert allows_debug(policy)  # so the verifier lets it reach the alternatives...
+        assert _code(policy, debug) == "policy.none-matched"  # ...which refuse it
+        assert _code(AnyOf(prod, PcrSet({1: P0})), debug) == "policy.debug"
+        # The same document is accepted by the branch that allows debug when that one matches.
+        AnyOf(AllOf(PcrSet({1: P1}), AllowDebug()), PcrSet({1: P0})).verify(debug, AT)
+        # Non-debug documents are unaffected.
+        policy.verify(_doc(), AT)
+
     def test_empty_combinators_refused(self) -> None:
         with pytest.raises(InsecurePolicy):
             AllOf()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import subprocess
@@ -163,6 +164,32 @@ def test_transport_reconnects_in_a_forked_child(emulator_socket: Path) -> None:
     module.close()  # idempotent
 
 
+def test_cli_serves_a_debug_emulator(sock_dir: Path) -> None:
+    sock, root = sock_dir / "debug.sock", sock_dir / "root.pem"
+    nsm = [sys.executable, "-m", "nsm._cli"]
+    server = subprocess.Popen(
+        [*nsm, "emulator", "serve", "--socket", str(sock), "--root-out", str(root), "--debug"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        assert "serving on unix:" in server.stderr.readline()
+        got = subprocess.run(
+            [*nsm, "--emulator", f"unix:{sock}", "pcr", "get", "0", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert got.returncode == 0, got.stderr
+        assert f'"data": "{"00" * 48}"' in got.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        assert server.stderr is not None
+        server.stderr.close()
+
+
 def test_cli_against_a_served_emulator(tmp_path: Path) -> None:
     """`nsm emulator serve` in a real subprocess, driven by the `nsm` command line."""
     sock, root = tmp_path / "nsm.sock", tmp_path / "root.pem"
@@ -192,6 +219,10 @@ def test_cli_against_a_served_emulator(tmp_path: Path) -> None:
         assert refused.returncode == 1
         assert "ReadOnlyIndex" in refused.stderr
         assert len(bytes.fromhex(run("random", "300").stdout.strip())) == 300
+        b64 = run("attest", "--user-data", "0102")
+        assert b64.returncode == 0, b64.stderr
+        payload = cbor2.loads(cbor2.loads(base64.b64decode(b64.stdout))[2])
+        assert payload["user_data"] == b"\x01\x02"
         out = tmp_path / "doc.cbor"
         assert run("attest", "--nonce", "abcd", "--out", str(out)).returncode == 0
         assert cbor2.loads(cbor2.loads(out.read_bytes())[2])["nonce"] == b"\xab\xcd"

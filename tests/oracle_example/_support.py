@@ -131,6 +131,26 @@ class _Handler(BaseHTTPRequestHandler):
         elif parts.path == "/bytes":
             status, extra = 200, {}
             body = b"x" * int(parse_qs(parts.query)["n"][0])
+        elif parts.path == "/api/v3/time":
+            status, extra = 200, {"X-MBX-USED-WEIGHT-1M": "2"}  # used so far, this minute
+            now_ms = int((time.time() + self.server.owner.clock_offset) * 1000)
+            body = json.dumps({"serverTime": now_ms}).encode()
+        elif parts.path == "/api/v3/ticker/24hr":  # Binance MINI ticker: closeTime in ms
+            status, extra = 200, {"X-MBX-USED-WEIGHT-1M": "3"}
+            owner = self.server.owner
+            close_ms = int((time.time() + owner.clock_offset - owner.data_age) * 1000)
+            symbol = parse_qs(parts.query).get("symbol", ["BTCUSDT"])[0]
+            body = json.dumps(
+                {"symbol": symbol, "lastPrice": "64000.01000000", "closeTime": close_ms}
+            ).encode()
+        elif parts.path == "/portal":  # a captive portal / wrong route: 200, not the API
+            self.send_response(200)
+            page = b"<html><body>Please sign in to the network</body></html>"
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
         else:
             status, extra = 200, {"X-MBX-USED-WEIGHT-1M": "2"}
             symbol = parse_qs(parts.query).get("symbol", ["BTCUSDT"])[0]
@@ -183,6 +203,10 @@ class HttpsExchange:
     paths: list[str] = field(default_factory=list)
     handshake_errors: list[str] = field(default_factory=list)
     port: int = 0
+    clock_offset: float = 0.0
+    """Seconds added to the time this exchange states (serverTime, closeTime)."""
+    data_age: float = 0.0
+    """How old the ticker's closeTime is, in seconds (a stale market or a delaying parent)."""
 
     def __post_init__(self) -> None:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

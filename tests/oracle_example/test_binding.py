@@ -508,6 +508,17 @@ def test_signed_oracle_error_is_reported_not_priced(factory, verifier) -> None: 
     assert getattr(info.value.error, "code", None) == 1
 
 
+def test_old_or_foreign_oracle_error_is_not_reported_as_current(factory, verifier) -> None:  # type: ignore[no-untyped-def]
+    # A refusal signed long ago by the same key is a stale report, not today's state.
+    old = make_report(factory.timestamp - timedelta(hours=1), prices=("100.1",))
+    assert old["typedData"]["primaryType"] == "OracleError"  # type: ignore[index]
+    expect("freshness", "verify.stale_report", check, factory, verifier, old, document(factory))
+    thin = make_report(factory.timestamp, prices=("100.1",))
+    expect(
+        "report", "verify.feed", check, factory, verifier, thin, document(factory), feed="ETH/USD"
+    )
+
+
 def test_wrong_feed_and_foreign_domain_list_fail(factory, verifier) -> None:  # type: ignore[no-untyped-def]
     report = make_report(factory.timestamp)
     expect(

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
 import shutil
 import socket
 import subprocess
@@ -16,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from nsm._server import EmulatorServer
+from nsm.emulator import Emulator
 from oracle_example._cli import main
 from oracle_example.address import UnixAddress, parse_host_port
 from oracle_example.proxy import Pin, ProxyConfig, ProxyRoute
@@ -193,6 +197,11 @@ def test_sealed_enclave_with_a_working_route_is_healthy(
     assert found["http api.binance.com"]["status"] == "ok"
     assert "X-MBX-USED-WEIGHT-1M 2" in found["http api.binance.com"]["message"]
     assert found["clock"]["status"] == "ok"
+    assert "api.binance.com serverTime" in found["clock"]["message"]
+    assert found["concurrency api.binance.com:443"]["status"] == "ok"
+    assert found["freshness api.binance.com"]["status"] == "ok"
+    assert "last good price age" in found["freshness api.binance.com"]["message"]
+    assert found["attestation"]["status"] == "warn"  # no NSM here: development mode
     assert code == (1 if any(f["status"] == "fail" for f in found.values()) else 0)
     assert not [f for f in found.values() if f["status"] == "fail"]
 
@@ -395,3 +404,310 @@ def test_parent_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "non-integer port" in found["vsock-proxy allowlist"]["message"]
     assert "metadata service" in found["parent dns api.binance.com"]["message"]
     assert found["listener unix:/nonexistent/egress.sock"]["status"] == "fail"
+
+
+# --- §7.2 point 7: an HTTP 200 that is not the exchange's JSON ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("/portal", "the body is an HTML page"),  # a captive portal / proxy error page
+        ("/api/v5/public/time", 'expected {"code": "0"'),  # JSON, but another API's shape
+    ],
+)
+def test_http_200_with_the_wrong_body_is_a_schema_mismatch(
+    path: str,
+    words: str,
+    binance_route: UnixAddress,
+    pki: CertAuthority,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, found = _run_doctor(
+        capsys,
+        "--route",
+        f"api.binance.com:443={binance_route}",
+        "--ca-bundle",
+        str(pki.ca_pem),
+        "--probe",
+        f"https://api.binance.com{path}",
+    )
+    finding = found["http api.binance.com"]
+    assert finding["status"] == "fail"
+    assert "-> 200 but not the exchange's JSON (schema mismatch)" in finding["message"]
+    assert words in finding["message"]
+    assert "captive portal" in finding["remedy"]
+    assert code == 1
+
+
+def test_ticker_in_the_wrong_shape_is_a_schema_mismatch(
+    kraken: HttpsExchange, pki: CertAuthority, sockdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The health probe (a custom path, any JSON) passes; the oracle's own Kraken ticker request
+    # then gets a Binance-like body: the freshness check names the shape, not a price.
+    listen = UnixAddress(str(sockdir / "k.sock"))
+    proxy = ProxyThread(
+        ProxyConfig(
+            routes=(ProxyRoute(listen, parse_host_port(f"api.kraken.com:{kraken.port}")),),
+            pins={"api.kraken.com": Pin("127.0.0.1")},
+            allow_private=True,
+        )
+    )
+    try:
+        code, found = _run_doctor(
+            capsys,
+            "--route",
+            f"api.kraken.com:443={listen}",
+            "--ca-bundle",
+            str(pki.ca_pem),
+            "--probe",
+            "https://api.kraken.com/custom-health",
+        )
+    finally:
+        proxy.close()
+    assert found["http api.kraken.com"]["status"] == "ok"
+    finding = found["freshness api.kraken.com"]
+    assert finding["status"] == "fail"
+    assert "not kraken's ticker JSON (schema mismatch)" in finding["message"]
+    assert code == 1
+
+
+# --- §7.2 points 8 and 12: the clock against serverTime, and each source's own timestamp ------
+
+
+@pytest.fixture
+def binance_at(pki: CertAuthority, sockdir: Path) -> Iterator[Callable[..., UnixAddress]]:
+    """A Binance stand-in whose clock or data is off, behind its own route."""
+    made: list[Any] = []
+
+    def make(*, clock_offset: float = 0.0, data_age: float = 0.0) -> UnixAddress:
+        server = HttpsExchange("api.binance.com", *pki.issue("api.binance.com"))
+        server.clock_offset, server.data_age = clock_offset, data_age
+        listen = UnixAddress(str(sockdir / f"b{len(made)}.sock"))
+        proxy = ProxyThread(
+            ProxyConfig(
+                routes=(ProxyRoute(listen, parse_host_port(f"api.binance.com:{server.port}")),),
+                pins={"api.binance.com": Pin("127.0.0.1")},
+                allow_private=True,
+            )
+        )
+        made.extend([proxy, server])
+        return listen
+
+    yield make
+    for thing in made:
+        thing.close()
+
+
+@pytest.mark.parametrize(
+    ("offset", "verdict", "words"),
+    [
+        (-10.0, "warn", "s ahead of api.binance.com serverTime (round trip"),
+        (120.0, "fail", "s behind api.binance.com serverTime (round trip"),
+    ],
+)
+def test_clock_is_compared_with_binance_server_time(
+    offset: float,
+    verdict: str,
+    words: str,
+    binance_at: Callable[..., UnixAddress],
+    pki: CertAuthority,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    route = binance_at(clock_offset=offset)
+    code, found = _run_doctor(
+        capsys, "--route", f"api.binance.com:443={route}", "--ca-bundle", str(pki.ca_pem)
+    )
+    assert found["clock"]["status"] == verdict
+    assert words in found["clock"]["message"]
+    assert ("over the 30s budget" if verdict == "fail" else "over 2s") in found["clock"]["message"]
+    assert found["clock"]["remedy"]
+    assert code == (1 if verdict == "fail" else 0)
+
+
+def test_stale_source_is_named_with_its_age(
+    binance_at: Callable[..., UnixAddress], pki: CertAuthority, capsys: pytest.CaptureFixture[str]
+) -> None:
+    route = binance_at(data_age=120.0)
+    code, found = _run_doctor(
+        capsys, "--route", f"api.binance.com:443={route}", "--ca-bundle", str(pki.ca_pem)
+    )
+    finding = found["freshness api.binance.com"]
+    assert finding["status"] == "fail"
+    assert "last price is 120." in finding["message"]
+    assert "over the 30s freshness budget" in finding["message"]
+    assert found["clock"]["status"] == "ok"  # the network and the clock are fine
+    assert code == 1
+    code, found = _run_doctor(
+        capsys,
+        "--route",
+        f"api.binance.com:443={route}",
+        "--ca-bundle",
+        str(pki.ca_pem),
+        "--max-source-age",
+        "300",
+    )
+    assert found["freshness api.binance.com"]["status"] == "ok"
+
+
+# --- §7.2 point 10: concurrency ---------------------------------------------------------------
+
+
+class WorkerPoolRelay:
+    """vsock-proxy's model: `workers` threads, each serving one connection at a time from a
+    shared listening socket; further connections wait in the backlog, accepted by the kernel."""
+
+    def __init__(self, listen: Path, upstream_port: int, workers: int) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(listen))
+        self.sock.listen(64)
+        self.upstream_port = upstream_port
+        for _ in range(workers):
+            threading.Thread(target=self._worker, daemon=True).start()
+
+    def _worker(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            # A plain connect to an IP: the doctor forbids name lookups in this process.
+            up = socket.socket()
+            with client, up:
+                up.connect(("127.0.0.1", self.upstream_port))
+                pair = {client: up, up: client}
+                done = False
+                while not done:
+                    ready, _, _ = select.select(list(pair), [], [], 10)
+                    if not ready:
+                        break
+                    for sock in ready:
+                        try:
+                            data = sock.recv(65536)
+                            if data:
+                                pair[sock].sendall(data)
+                        except OSError:
+                            data = b""
+                        if not data:
+                            done = True
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+def test_concurrency_stall_names_num_workers(
+    binance: HttpsExchange, pki: CertAuthority, sockdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listen = sockdir / "w.sock"
+    relay = WorkerPoolRelay(listen, binance.port, workers=2)
+    try:
+        code, found = _run_doctor(
+            capsys,
+            "--route",
+            f"api.binance.com:443=unix:{listen}",
+            "--ca-bundle",
+            str(pki.ca_pem),
+            "--concurrency",
+            "3",
+            "--timeout",
+            "1",
+        )
+    finally:
+        relay.close()
+    assert found["egress api.binance.com:443"]["status"] == "ok"  # one at a time works
+    finding = found["concurrency api.binance.com:443"]
+    assert finding["status"] == "fail"
+    assert "1 of 3 simultaneous streams stalled" in finding["message"]
+    assert "--num_workers" in finding["remedy"]
+    assert code == 1
+
+
+def test_concurrency_through_our_proxy_is_ok(
+    binance_route: UnixAddress, pki: CertAuthority, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, found = _run_doctor(
+        capsys,
+        "--route",
+        f"api.binance.com:443={binance_route}",
+        "--ca-bundle",
+        str(pki.ca_pem),
+        "--concurrency",
+        "16",
+    )
+    finding = found["concurrency api.binance.com:443"]
+    assert finding["status"] == "ok"
+    assert "16 streams at once" in finding["message"]
+    assert code == 0
+
+
+# --- §7.2 point 11: attestation ---------------------------------------------------------------
+
+
+@pytest.fixture
+def nsm_emulator(sockdir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Path]]:
+    servers: list[EmulatorServer] = []
+
+    def start(**options: Any) -> Path:
+        path = sockdir / f"nsm{len(servers)}.sock"
+        server = EmulatorServer(path, Emulator(**options))
+        server.serve_in_thread()
+        servers.append(server)
+        monkeypatch.setenv("NSM_EMULATOR", f"unix:{path}")
+        return path
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_attestation_ok_with_the_emulator(
+    nsm_emulator: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    nsm_emulator(seed=1)
+    code, found = _run_doctor(capsys)
+    finding = found["attestation"]
+    assert finding["status"] == "ok", finding
+    assert "DescribeNSM works, a fresh document with our nonce parses, PCR0 " in finding["message"]
+    assert "not debug mode" in finding["message"]
+    assert code == 0
+    # Production refuses the emulator, as the enclave's boot does.
+    code, found = _run_doctor(capsys, "--production")
+    assert found["attestation"]["status"] == "fail"
+    assert "emulated NSM attests nothing" in found["attestation"]["message"]
+    assert code == 1
+
+
+def test_attestation_debug_mode_warns(
+    nsm_emulator: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    nsm_emulator(seed=1, debug=True)
+    code, found = _run_doctor(capsys)
+    finding = found["attestation"]
+    assert finding["status"] == "warn"
+    assert "PCR0 is all zero" in finding["message"] and "debug mode" in finding["message"]
+    assert "--debug-mode" in finding["remedy"]
+    assert code == 0
+
+
+def test_attestation_without_nsm(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sockdir: Path
+) -> None:
+    if Path("/dev/nsm").exists():
+        pytest.skip("a real NSM is present")
+    monkeypatch.delenv("NSM_EMULATOR", raising=False)
+    code, found = _run_doctor(capsys)
+    assert found["attestation"]["status"] == "warn"
+    assert "no NSM" in found["attestation"]["message"]
+    assert code == 0
+    code, found = _run_doctor(capsys, "--production")
+    assert found["attestation"]["status"] == "fail"
+    assert code == 1
+    # An emulator named but not running: unreachable, with the path in the message.
+    monkeypatch.setenv("NSM_EMULATOR", f"unix:{sockdir}/absent.sock")
+    code, found = _run_doctor(capsys)
+    assert found["attestation"]["status"] == "fail"
+    assert "unusable" in found["attestation"]["message"]
+    assert code == 1

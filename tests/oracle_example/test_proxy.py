@@ -512,3 +512,66 @@ def test_slow_parent_dns_gets_502(monkeypatch: pytest.MonkeyPatch, sockdir: Path
         proxy.close()
     assert answer.startswith(b"HTTP/1.1 502 "), answer
     assert b"resolving slow.test on the parent timed out" in answer
+
+
+def _route_to_echo(listen: UnixAddress, echo: EchoServer) -> ProxyThread:
+    return ProxyThread(
+        ProxyConfig(
+            routes=(ProxyRoute(listen, parse_host_port(f"echo.test:{echo.port}")),),
+            pins={"echo.test": Pin("127.0.0.1")},
+            allow_private=True,
+        )
+    )
+
+
+def test_bulk_relay_is_exact_and_half_close_passes_through(sockdir: Path, echo: EchoServer) -> None:
+    # Route mode: the first bytes leave before the upstream connect is done (they sit in the
+    # accepted stream's buffer); 8 MiB then go both ways at once; our FIN reaches the echo
+    # server, whose FIN comes back after the last echoed byte.
+    listen = UnixAddress(str(sockdir / "r.sock"))
+    proxy = _route_to_echo(listen, echo)
+    payload = bytes(range(256)) * (8 * 4096)
+    received = bytearray()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(listen.path)
+
+            def send() -> None:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            while chunk := sock.recv(1 << 16):
+                received += chunk
+            sender.join(10)
+    finally:
+        proxy.close()
+    assert len(received) == len(payload)
+    assert received == payload
+
+
+def test_client_that_never_reads_is_bounded(sockdir: Path, echo: EchoServer) -> None:
+    # The echo comes back and the client does not read it: the proxy must stop reading from
+    # the client (flow control) instead of buffering without limit.
+    listen = UnixAddress(str(sockdir / "r.sock"))
+    proxy = _route_to_echo(listen, echo)
+    block = b"z" * (1 << 16)
+    sent = 0
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(listen.path)
+            sock.settimeout(1)
+            with contextlib.suppress(TimeoutError):
+                while sent < 256 * 1024 * 1024:
+                    sent += sock.send(block)
+            assert sent < 64 * 1024 * 1024, "the proxy kept reading from a client that never reads"
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(10)
+            back = 0
+            while chunk := sock.recv(1 << 16):
+                back += len(chunk)
+    finally:
+        proxy.close()
+    assert back == sent

@@ -1,15 +1,13 @@
 """`nitro-oracle enclave | gateway | get | demo`: the oracle's own subcommands.
 
-`register(subparsers)` adds them to the `nitro-oracle` parser in `_cli.py`; `main()` runs them
-alone (`python -m oracle_example._oracle_cli ...`), which is also how the demo starts the
-enclave process.
+`register(subparsers)` adds them to the `nitro-oracle` parser in `_cli.py`, which runs them
+(`nitro-oracle ...` or `python -m oracle_example._cli ...`, as the demo starts the enclave).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -21,7 +19,7 @@ from pathlib import Path
 
 from oracle_example.errors import OracleExampleError
 
-__all__ = ["build_parser", "main", "register"]
+__all__ = ["register"]
 
 
 def _setup_logging(level: str) -> None:
@@ -320,28 +318,3 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_gateway(subparsers)
     _add_get(subparsers)
     _add_demo(subparsers)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nitro-oracle")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    try:
-        result: int = args.func(args)
-    except OracleExampleError as exc:
-        print(f"nitro-oracle {args.command}: {exc}", file=sys.stderr)
-        return 2
-    return result
-
-
-if __name__ == "__main__":  # pragma: no cover
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())

@@ -236,7 +236,7 @@ class OracleStack:
         args = [
             sys.executable,
             "-m",
-            "oracle_example._oracle_cli",
+            "oracle_example._cli",
             "enclave",
             "--dev",
             "--nsm",

@@ -24,10 +24,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from oracle_example.replay._pki import (
+    issue_server_certificate,
+    self_signed_ca,
+    write_certificate,
+    write_key,
+)
 
 __all__ = [
     "DATA_DIR",
@@ -83,74 +85,17 @@ class DemoCertificates:
     @classmethod
     def create(cls, directory: Path, hosts: Iterable[str] = EXCHANGE_HOSTS) -> DemoCertificates:
         now = _utcnow()
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name(
-            [x509.NameAttribute(NameOID.COMMON_NAME, "nitro-oracle DEMO CA (replay only)")]
-        )
-        ca = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _dt.timedelta(hours=1))
-            .not_valid_after(now + _CERT_LIFETIME)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        key = ec.generate_private_key(ec.SECP256R1())
-        names = list(hosts)
-        leaf = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _dt.timedelta(hours=1))
-            .not_valid_after(now + _CERT_LIFETIME)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
-            )
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                critical=False,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
+        window = {"not_before": now - _dt.timedelta(hours=1), "not_after": now + _CERT_LIFETIME}
+        ca_key, ca = self_signed_ca("nitro-oracle DEMO CA (replay only)", **window)
+        key, leaf = issue_server_certificate(ca_key, ca, list(hosts), **window)
         out = cls(
             ca_pem=directory / "demo-ca.pem",
             cert_pem=directory / "replay-server.pem",
             key_pem=directory / "replay-server.key",
         )
-        out.ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-        out.cert_pem.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-        out.key_pem.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        out.key_pem.chmod(0o600)
+        write_certificate(out.ca_pem, ca)
+        write_certificate(out.cert_pem, leaf)
+        write_key(out.key_pem, key)
         return out
 
 

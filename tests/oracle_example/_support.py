@@ -24,9 +24,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from oracle_example.replay._pki import (
+    issue_server_certificate,
+    self_signed_ca,
+    write_certificate,
+    write_key,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,77 +45,32 @@ class CertAuthority:
 
     @classmethod
     def create(cls, directory: Path) -> CertAuthority:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nsm-attestation test CA")])
         now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
-            .sign(key, hashes.SHA256())
+        key, cert = self_signed_ca(
+            "nsm-attestation test CA",
+            not_before=now - datetime.timedelta(days=1),
+            not_after=now + datetime.timedelta(days=30),
         )
         ca_pem = directory / "ca.pem"
-        ca_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_certificate(ca_pem, cert)
         return cls(directory, ca_pem, key, cert)
 
     def issue(self, hostname: str, *, expired: bool = False) -> tuple[Path, Path]:
-        key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
-        start = now - datetime.timedelta(days=10 if expired else 1)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
-            .issuer_name(self._ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(
-                now - datetime.timedelta(days=1) if expired else now + datetime.timedelta(days=10)
-            )
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._ca_key.public_key()),
-                critical=False,
-            )
-            .sign(self._ca_key, hashes.SHA256())
+        key, cert = issue_server_certificate(
+            self._ca_key,
+            self._ca_cert,
+            [hostname],
+            not_before=now - datetime.timedelta(days=10 if expired else 1),
+            not_after=now - datetime.timedelta(days=1)
+            if expired
+            else now + datetime.timedelta(days=10),
         )
         tag = f"{hostname}{'-expired' if expired else ''}"
         cert_path = self.directory / f"{tag}.pem"
         key_path = self.directory / f"{tag}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        write_certificate(cert_path, cert)
+        write_key(key_path, key)
         return cert_path, key_path
 
 

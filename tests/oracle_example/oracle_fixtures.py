@@ -1,43 +1,28 @@
-"""Shared helpers for the oracle core tests: the recorded responses and their instant."""
+"""The recorded exchange responses, as the tests use them.
+
+They live with the replay server that the demo serves them from (`oracle_example/replay/data`,
+see its README: hand-written in each exchange's documented format).
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 
+from oracle_example.replay.server import Recorded, recorded_responses
 from oracle_example.sources import Quote, Source
 
-# The recorded responses live with the replay server that the demo serves them from.
-DATA = Path(__file__).resolve().parents[2] / "oracle_example" / "replay" / "data"
-#: Every fixture is stamped around this instant (see data/README.md).
-RECORDED_AT = datetime(2025, 11, 26, 15, 30, tzinfo=UTC)
+#: Every fixture is stamped around this instant (the manifest's `recordedAt`).
+RECORDED_AT: datetime = recorded_responses()[0]
 
 
-@dataclass(frozen=True)
-class Recorded:
-    file: str
-    source: str
-    feed: str
-    host: str
-    path: str
-    status: int
-    headers: dict[str, str]
-
-    @property
-    def body(self) -> bytes:
-        return (DATA / self.file).read_bytes()
-
-    def parse(self, source: Source, *, now: datetime = RECORDED_AT) -> Quote:
-        return source.parse(
-            self.feed, status=self.status, headers=self.headers, body=self.body, now=now
-        )
+def parse(entry: Recorded, source: Source, *, now: datetime = RECORDED_AT) -> Quote:
+    return source.parse(
+        entry.feed, status=entry.status, headers=entry.headers, body=entry.body, now=now
+    )
 
 
 def recorded() -> list[Recorded]:
-    manifest = json.loads((DATA / "responses.json").read_text())
-    return [Recorded(**row) for row in manifest["responses"]]
+    return recorded_responses()[1]
 
 
 def recorded_ok(feed: str) -> list[Recorded]:

@@ -35,7 +35,7 @@ from oracle_example.aggregate import (
 from oracle_example.config import FeedConfig, Market, OracleConfig
 from oracle_example.report import OracleError, PriceReport, message_for
 from oracle_example.sources import Quote, build_sources
-from tests.oracle_example.oracle_fixtures import RECORDED_AT, recorded_ok
+from tests.oracle_example.oracle_fixtures import RECORDED_AT, parse, recorded_ok
 
 CONFIG = OracleConfig()
 SOURCES = build_sources(CONFIG)
@@ -43,7 +43,7 @@ NOW = RECORDED_AT
 
 
 def fixture_quotes(feed: str) -> list[Quote]:
-    return [r.parse(SOURCES[r.source]) for r in recorded_ok(feed)]
+    return [parse(r, SOURCES[r.source]) for r in recorded_ok(feed)]
 
 
 def quote(source: str, price: str | Decimal, *, age: float = 1.0, feed: str = "BTC/USD") -> Quote:

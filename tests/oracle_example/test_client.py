@@ -11,7 +11,7 @@ from typing import Any
 import coincurve
 import pytest
 
-from oracle_example import _oracle_cli
+from oracle_example import _cli
 from oracle_example._oracle_errors import ReportVerificationError
 from oracle_example.client import ClientError, get_report
 from oracle_example.demo import OracleStack
@@ -123,14 +123,14 @@ def _cli_get(stack: OracleStack, *extra: str) -> list[str]:
 
 
 def test_cli_get_human_and_json(stack: OracleStack, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _oracle_cli.main(_cli_get(stack)) == 0
+    assert _cli.main(_cli_get(stack)) == 0
     out = capsys.readouterr().out
     assert "BTC/USD  VERIFIED" in out and "median" in out and "signature" in out
-    assert _oracle_cli.main(_cli_get(stack, "--json", "--min-sources", "4")) == 0
+    assert _cli.main(_cli_get(stack, "--json", "--min-sources", "4")) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["verified"] is True and result["numSources"] == 4
     assert result["address"] == stack.health()["address"]
-    assert _oracle_cli.main(_cli_get(stack, "--json", "--min-sources", "5")) == 1
+    assert _cli.main(_cli_get(stack, "--json", "--min-sources", "5")) == 1
     failure = json.loads(capsys.readouterr().out)
     assert failure == {
         "feed": "BTC/USD",

@@ -39,7 +39,7 @@ def _processes_mentioning(marker: str) -> list[str]:
 
 def _demo(out: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "oracle_example._oracle_cli", "demo", "--out", str(out), "--replay"],
+        [sys.executable, "-m", "oracle_example._cli", "demo", "--out", str(out), "--replay"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

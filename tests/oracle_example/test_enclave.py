@@ -299,7 +299,7 @@ def test_no_dns_lookup_happens_in_the_enclave() -> None:
 
 def _enclave_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "oracle_example._oracle_cli", "enclave", *args],
+        [sys.executable, "-m", "oracle_example._cli", "enclave", *args],
         capture_output=True,
         text=True,
         timeout=30,

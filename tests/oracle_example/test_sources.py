@@ -38,7 +38,7 @@ from oracle_example.sources import (
     build_sources,
     parse_retry_after,
 )
-from tests.oracle_example.oracle_fixtures import RECORDED_AT, recorded, recorded_ok
+from tests.oracle_example.oracle_fixtures import RECORDED_AT, parse, recorded, recorded_ok
 
 SOURCES = build_sources(OracleConfig())
 FEEDS = ("BTC/USD", "ETH/USD")
@@ -70,7 +70,7 @@ def test_fixture_parses_to_exact_decimal_and_source_time(rec):  # type: ignore[n
     assert (req.host, req.path) == (rec.host, rec.path)
     assert req.url == f"https://{rec.host}{rec.path}"
     assert dict(req.headers)["user-agent"]
-    quote = rec.parse(source)
+    quote = parse(rec, source)
     price, when = EXPECTED[rec.file]
     assert quote.price == Decimal(price)
     assert str(quote.price) == price  # no re-rounding: the exchange's own digits
@@ -93,7 +93,7 @@ def _walk(value: object) -> list[object]:
 
 
 def test_decimal_only_no_float_anywhere_in_parsed_quotes() -> None:
-    quotes = [r.parse(SOURCES[r.source]) for f in FEEDS for r in recorded_ok(f)]
+    quotes = [parse(r, SOURCES[r.source]) for f in FEEDS for r in recorded_ok(f)]
     assert len(quotes) == 8
     for quote in quotes:
         assert type(quote.price) is Decimal
@@ -132,7 +132,7 @@ def _by_file(name: str):  # type: ignore[no-untyped-def]
 def test_451_blocks_and_disables_the_source_with_a_clear_log_line(caplog) -> None:  # type: ignore[no-untyped-def]
     rec = _by_file("binance_451_restricted.json")
     with pytest.raises(SourceBlocked) as info:
-        rec.parse(SOURCES["binance"])
+        parse(rec, SOURCES["binance"])
     assert info.value.code == "source.blocked" and info.value.status == 451
     assert "restricted location" in str(info.value)
     state = SourceState(source="binance")
@@ -150,7 +150,7 @@ def test_451_blocks_and_disables_the_source_with_a_clear_log_line(caplog) -> Non
 def test_429_honours_retry_after_seconds() -> None:
     rec = _by_file("binance_429_rate_limit.json")
     with pytest.raises(SourceRateLimited) as info:
-        rec.parse(SOURCES["binance"])
+        parse(rec, SOURCES["binance"])
     assert info.value.status == 429 and info.value.retry_after == timedelta(seconds=37)
     state = SourceState(source="binance").failed(info.value, now=RECORDED_AT)
     assert not state.ready(RECORDED_AT + timedelta(seconds=36))
@@ -162,7 +162,7 @@ def test_429_honours_retry_after_seconds() -> None:
 def test_418_ban_honours_retry_after() -> None:
     rec = _by_file("binance_418_ip_ban.json")
     with pytest.raises(SourceRateLimited) as info:
-        rec.parse(SOURCES["binance"])
+        parse(rec, SOURCES["binance"])
     assert info.value.status == 418 and info.value.retry_after == timedelta(seconds=120)
 
 
@@ -212,7 +212,7 @@ def test_headers_as_httpcore_byte_pairs() -> None:
 def test_error_fixtures(file: str, error: type[SourceError], code: str) -> None:
     rec = _by_file(file)
     with pytest.raises(error) as info:
-        rec.parse(SOURCES[rec.source])
+        parse(rec, SOURCES[rec.source])
     assert info.value.code == code and info.value.source == rec.source
 
 
@@ -220,7 +220,7 @@ def test_in_body_rate_limits_back_off_by_default() -> None:
     for name in ("kraken_rate_limit.json", "okx_429_rate_limit.json"):
         rec = _by_file(name)
         with pytest.raises(SourceRateLimited) as info:
-            rec.parse(SOURCES[rec.source])
+            parse(rec, SOURCES[rec.source])
         assert info.value.retry_after == DEFAULT_RATE_LIMIT_BACKOFF
 
 

@@ -232,11 +232,13 @@ def _add_get(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--root", type=Path, metavar="PEM", help="trust this root, not AWS's")
     p.add_argument("--config", type=Path, metavar="JSON", help="pin the enclave's config hash")
-    p.add_argument("--min-sources", type=int, default=1)
+    p.add_argument(
+        "--min-sources", type=int, default=1, metavar="N", help="fewest sources to accept"
+    )
     p.add_argument("--max-age", type=float, default=120.0, metavar="SECONDS", help="report age")
     p.add_argument("--allow-debug", action="store_true", help="accept debug documents (unsafe)")
-    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per HTTP request")
+    p.add_argument("--json", action="store_true", help="print the verified report as JSON")
     p.set_defaults(func=_guarded(_run_get))
 
 

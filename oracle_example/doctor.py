@@ -1121,8 +1121,14 @@ def parent_checks(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--route", action="append", default=[], metavar="HOST:PORT=ADDR")
-    p.add_argument("--connect", metavar="ADDR")
+    p.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="HOST:PORT=ADDR",
+        help="the enclave's route for an upstream, as in `fetch` (repeatable)",
+    )
+    p.add_argument("--connect", metavar="ADDR", help="the parent's CONNECT proxy address")
     p.add_argument(
         "--allow",
         action="append",
@@ -1130,7 +1136,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="hosts to check through --connect",
     )
-    p.add_argument("--ca-bundle", type=Path, metavar="PEM")
+    p.add_argument(
+        "--ca-bundle", type=Path, metavar="PEM", help="CA bundle for TLS (default: certifi)"
+    )
     p.add_argument(
         "--probe",
         action="append",
@@ -1138,9 +1146,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="health URL per host (default: each exchange's time endpoint)",
     )
-    p.add_argument("--resolv-conf", type=Path, default=Path("/etc/resolv.conf"))
+    p.add_argument(
+        "--resolv-conf",
+        type=Path,
+        default=Path("/etc/resolv.conf"),
+        help="resolver file to inspect (default /etc/resolv.conf)",
+    )
     p.add_argument("--lo-up", action="store_true", help="bring lo up before checking it")
-    p.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="per-probe connect/TLS/read timeout (default 3)",
+    )
     p.add_argument(
         "--max-clock-skew",
         type=float,
@@ -1174,9 +1193,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parent", action="store_true", help="run the parent-side checks instead")
     p.add_argument("--config", type=Path, help="parent: the egress proxy's TOML config")
     p.add_argument(
-        "--vsock-proxy-config", type=Path, default=Path("/etc/nitro_enclaves/vsock-proxy.yaml")
+        "--vsock-proxy-config",
+        type=Path,
+        default=Path("/etc/nitro_enclaves/vsock-proxy.yaml"),
+        help="parent: AWS vsock-proxy allowlist to check (default as installed by AWS)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
 
 
 def _render(findings: list[Finding], out: Callable[[str], None]) -> None:

@@ -206,16 +206,30 @@ def test_sealed_enclave_with_a_working_route_is_healthy(
     assert not [f for f in found.values() if f["status"] == "fail"]
 
 
-@pytest.fixture
-def binance_route(binance: HttpsExchange, sockdir: Path) -> Iterator[UnixAddress]:
-    listen = UnixAddress(str(sockdir / "b.sock"))
-    proxy = ProxyThread(
+def _route_to(host: str, exchange: HttpsExchange, listen: UnixAddress) -> ProxyThread:
+    """Our proxy relaying `listen` to the local server standing in for `host`."""
+    return ProxyThread(
         ProxyConfig(
-            routes=(ProxyRoute(listen, parse_host_port(f"api.binance.com:{binance.port}")),),
-            pins={"api.binance.com": Pin("127.0.0.1")},
+            routes=(ProxyRoute(listen, parse_host_port(f"{host}:{exchange.port}")),),
+            pins={host: Pin("127.0.0.1")},
             allow_private=True,
         )
     )
+
+
+@pytest.fixture
+def binance_route(binance: HttpsExchange, sockdir: Path) -> Iterator[UnixAddress]:
+    listen = UnixAddress(str(sockdir / "b.sock"))
+    proxy = _route_to("api.binance.com", binance, listen)
+    yield listen
+    proxy.close()
+
+
+@pytest.fixture
+def kraken_route(kraken: HttpsExchange, sockdir: Path) -> Iterator[UnixAddress]:
+    """A parent port wired to the Kraken stand-in (what a misrouted Binance port reaches)."""
+    listen = UnixAddress(str(sockdir / "k.sock"))
+    proxy = _route_to("api.kraken.com", kraken, listen)
     yield listen
     proxy.close()
 
@@ -260,22 +274,11 @@ def test_http_status_is_explained(
 
 
 def test_misrouted_port_is_named(
-    kraken: HttpsExchange, pki: CertAuthority, sockdir: Path, capsys: pytest.CaptureFixture[str]
+    kraken_route: UnixAddress, pki: CertAuthority, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    listen = UnixAddress(str(sockdir / "k.sock"))
-    proxy = ProxyThread(
-        ProxyConfig(
-            routes=(ProxyRoute(listen, parse_host_port(f"api.kraken.com:{kraken.port}")),),
-            pins={"api.kraken.com": Pin("127.0.0.1")},
-            allow_private=True,
-        )
+    code, found = _run_doctor(
+        capsys, "--route", f"api.binance.com:443={kraken_route}", "--ca-bundle", str(pki.ca_pem)
     )
-    try:
-        code, found = _run_doctor(
-            capsys, "--route", f"api.binance.com:443={listen}", "--ca-bundle", str(pki.ca_pem)
-        )
-    finally:
-        proxy.close()
     assert code == 1
     finding = found["egress api.binance.com:443"]
     assert "proxied to a different host" in finding["message"]
@@ -441,30 +444,19 @@ def test_http_200_with_the_wrong_body_is_a_schema_mismatch(
 
 
 def test_ticker_in_the_wrong_shape_is_a_schema_mismatch(
-    kraken: HttpsExchange, pki: CertAuthority, sockdir: Path, capsys: pytest.CaptureFixture[str]
+    kraken_route: UnixAddress, pki: CertAuthority, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The health probe (a custom path, any JSON) passes; the oracle's own Kraken ticker request
     # then gets a Binance-like body: the freshness check names the shape, not a price.
-    listen = UnixAddress(str(sockdir / "k.sock"))
-    proxy = ProxyThread(
-        ProxyConfig(
-            routes=(ProxyRoute(listen, parse_host_port(f"api.kraken.com:{kraken.port}")),),
-            pins={"api.kraken.com": Pin("127.0.0.1")},
-            allow_private=True,
-        )
+    code, found = _run_doctor(
+        capsys,
+        "--route",
+        f"api.kraken.com:443={kraken_route}",
+        "--ca-bundle",
+        str(pki.ca_pem),
+        "--probe",
+        "https://api.kraken.com/custom-health",
     )
-    try:
-        code, found = _run_doctor(
-            capsys,
-            "--route",
-            f"api.kraken.com:443={listen}",
-            "--ca-bundle",
-            str(pki.ca_pem),
-            "--probe",
-            "https://api.kraken.com/custom-health",
-        )
-    finally:
-        proxy.close()
     assert found["http api.kraken.com"]["status"] == "ok"
     finding = found["freshness api.kraken.com"]
     assert finding["status"] == "fail"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from attestation import errors, policy
 from attestation._chain import CacheInfo
-from attestation.document import AttestationDocument
+from attestation.document import AttestationDocument, VerifiedDocument
 from attestation.errors import (
     AttestationError,
     ChainError,
@@ -37,7 +37,7 @@ from attestation.policy import (
     VerificationPolicy,
 )
 from attestation.roots import AWS_NITRO_ROOT_G1_SHA256, aws_nitro_root, load_pem_roots
-from attestation.verifier import MAX_CLOCK_SKEW, VerifiedDocument, Verifier
+from attestation.verifier import MAX_CLOCK_SKEW, Verifier
 
 __all__ = [
     "AWS_NITRO_ROOT_G1_SHA256",

@@ -55,15 +55,14 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification as xv
-from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
+from cryptography.x509.oid import SignatureAlgorithmOID
 
+from attestation._chain_fast import VerifiedChain, anchor_of, fast_path
 from attestation.errors import CertificateExpired, CertificateNotYetValid, ChainError
 
 __all__ = ["DEFAULT_CACHE_SIZE", "CacheInfo", "ChainValidator", "VerifiedChain"]
@@ -72,16 +71,6 @@ __all__ = ["DEFAULT_CACHE_SIZE", "CacheInfo", "ChainValidator", "VerifiedChain"]
 DEFAULT_CACHE_SIZE = 1024
 # Parsed certificates are shared by many chains (one instance CA per parent, one zonal CA per AZ).
 _PARSED_CACHE_FACTOR = 4
-
-
-@dataclass(frozen=True, slots=True)
-class VerifiedChain:
-    """A validated path, leaf first and root last, and the window in which all of it is valid."""
-
-    certificates: tuple[x509.Certificate, ...]
-    not_before: _dt.datetime
-    not_after: _dt.datetime
-    leaf_key: ec.EllipticCurvePublicKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,198 +104,6 @@ def _store(roots: tuple[x509.Certificate, ...]) -> xv.Store:
     key; the chain cache (results) stays per instance.
     """
     return xv.Store(list(roots))
-
-
-# --- the fast path's view of a certificate ------------------------------------------------
-
-# Longest bundle the fast path models (AWS: 3 intermediates); longer ones go to the engine.
-_FAST_MAX_INTERMEDIATES = 6
-_ECDSA_SHA384 = ec.ECDSA(hashes.SHA384())
-# AlgorithmIdentifier ecdsa-with-SHA384, parameters absent (RFC 5758 §3.2), DER.
-_ECDSA_SHA384_DER = bytes.fromhex("300a06082a8648ce3d040303")
-# SubjectPublicKeyInfo algorithm: id-ecPublicKey, namedCurve secp384r1 (RFC 5480 §2.1.1), DER.
-_P384_SPKI_DER = bytes.fromhex("301006072a8648ce3d020106052b81040022")
-_NOT_A_CA = -1
-_BC = ExtensionOID.BASIC_CONSTRAINTS
-_KU = ExtensionOID.KEY_USAGE
-_AKI = ExtensionOID.AUTHORITY_KEY_IDENTIFIER
-_SKI = ExtensionOID.SUBJECT_KEY_IDENTIFIER
-_AIA = ExtensionOID.AUTHORITY_INFORMATION_ACCESS
-_SAN = ExtensionOID.SUBJECT_ALTERNATIVE_NAME
-_NC = ExtensionOID.NAME_CONSTRAINTS
-_EKU = ExtensionOID.EXTENDED_KEY_USAGE
-
-
-@dataclass(frozen=True, slots=True)
-class _Shape:
-    """DER fields compared as bytes: names, SPKI algorithm, signature algorithm."""
-
-    issuer: bytes
-    subject: bytes
-    spki_algorithm: bytes
-    signature_algorithm: bytes
-
-
-def _tlv(der: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, content start, end) of the DER element at `pos`; ValueError/IndexError if bad."""
-    tag = der[pos]
-    length = der[pos + 1]
-    pos += 2
-    if length & 0x80:
-        size = length & 0x7F
-        if not 1 <= size <= 3:
-            raise ValueError("unsupported DER length")
-        length = int.from_bytes(der[pos : pos + size], "big")
-        pos += size
-    end = pos + length
-    if end > len(der):
-        raise ValueError("DER element runs past its parent")
-    return tag, pos, end
-
-
-def _time_ok(der: bytes, pos: int) -> int:
-    """End of the Time at `pos`; webpki: GeneralizedTime only from 2050 (RFC 5280 §4.1.2.5)."""
-    tag, start, end = _tlv(der, pos)
-    if tag == 0x18 and 1950 <= int(der[start : start + 4]) <= 2049:
-        raise ValueError("GeneralizedTime before 2050")
-    if tag not in (0x17, 0x18):
-        raise ValueError("not a Time")
-    return end
-
-
-def _shape(der: bytes) -> _Shape | None:
-    """The fields above, or None if the certificate breaks a webpki basic rule.
-
-    Basic rules (cryptography's `permits_basic`): outer signature algorithm equal to the TBS
-    one; serial 1..21 bytes and not negative; issuer not empty; UTCTime before 2050.
-    """
-    _, start, _ = _tlv(der, 0)  # Certificate
-    _, tbs_start, tbs_end = _tlv(der, start)  # TBSCertificate
-    _, _, outer_end = _tlv(der, tbs_end)
-    outer_algorithm = der[tbs_end:outer_end]
-    tag, begin, pos = _tlv(der, tbs_start)
-    if tag == 0xA0:  # [0] version
-        tag, begin, pos = _tlv(der, pos)
-    if tag != 0x02 or not 1 <= pos - begin <= 21 or der[begin] & 0x80:
-        return None  # serial
-    algorithm_start = pos
-    _, _, pos = _tlv(der, pos)
-    if der[algorithm_start:pos] != outer_algorithm:
-        return None
-    issuer_start = pos
-    _, issuer_content, pos = _tlv(der, pos)
-    if pos == issuer_content:
-        return None  # empty issuer
-    issuer = der[issuer_start:pos]
-    _, validity, pos = _tlv(der, pos)
-    _time_ok(der, _time_ok(der, validity))
-    subject_start = pos
-    _, _, pos = _tlv(der, pos)
-    subject = der[subject_start:pos]
-    _, spki, _ = _tlv(der, pos)
-    _, _, spki_algorithm_end = _tlv(der, spki)
-    return _Shape(issuer, subject, der[spki:spki_algorithm_end], outer_algorithm)
-
-
-def _leaf_extensions_ok(leaf: x509.Certificate) -> bool:
-    """Our leaf rules and the engine's EE policy (webpki, with SAN/AKI/EKU relaxed)."""
-    digital_signature = False
-    for ext in leaf.extensions:
-        oid = ext.oid
-        value: Any = ext.value
-        if oid == _KU:
-            if value.key_cert_sign:
-                return False
-            digital_signature = value.digital_signature
-        elif oid == _BC:
-            if value.ca:
-                return False
-        elif oid == _AIA:
-            if ext.critical:
-                return False
-        elif oid == _NC:
-            return False
-        elif oid in (_AKI, _SKI, _SAN, _EKU):
-            continue
-        elif ext.critical:
-            return False  # unknown critical extension
-    return digital_signature
-
-
-def _ca_extensions(cert: x509.Certificate, *, intermediate: bool) -> int | None:
-    """pathLen (None: unlimited) if `cert` passes the CA policy, else `_NOT_A_CA`.
-
-    webpki CA policy: basicConstraints present, critical, cA; keyUsage present with
-    keyCertSign (critical too for a bundle CA: our AWS §3.2.3.2 rule); AKI, SKI, AIA not
-    critical, AKI with a keyIdentifier and nothing else; no unknown critical extension. Name
-    constraints and extendedKeyUsage are left to the engine.
-    """
-    path_length: int | None = _NOT_A_CA
-    key_cert_sign = False
-    for ext in cert.extensions:
-        oid = ext.oid
-        value: Any = ext.value
-        if oid == _BC:
-            if not ext.critical or not value.ca:
-                return _NOT_A_CA
-            path_length = value.path_length
-        elif oid == _KU:
-            if intermediate and not ext.critical:
-                return _NOT_A_CA
-            key_cert_sign = value.key_cert_sign
-        elif oid == _AKI:
-            if ext.critical or value.key_identifier is None:
-                return _NOT_A_CA
-            if value.authority_cert_issuer is not None:
-                return _NOT_A_CA
-            if value.authority_cert_serial_number is not None:
-                return _NOT_A_CA
-        elif oid in (_SKI, _AIA):
-            if ext.critical:
-                return _NOT_A_CA
-        elif oid == _SAN:
-            continue
-        elif oid in (_NC, _EKU) or ext.critical:
-            return _NOT_A_CA
-    return path_length if key_cert_sign else _NOT_A_CA
-
-
-@dataclass(frozen=True, slots=True)
-class _Anchor:
-    certificate: x509.Certificate
-    subject: bytes
-    key: ec.EllipticCurvePublicKey
-    path_length: int | None
-    not_before: _dt.datetime
-    not_after: _dt.datetime
-
-
-@functools.lru_cache(maxsize=16)
-def _anchor(root: x509.Certificate) -> _Anchor | None:
-    """A root as the fast path uses it, or None if the engine must judge it (not P-384, ...).
-
-    The checks that do not depend on the time are done once per root and process: the root is
-    configuration. Its validity is checked at every verification.
-    """
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    try:
-        shape = _shape(root.public_bytes(Encoding.DER))
-        key = root.public_key()
-        path_length = _ca_extensions(root, intermediate=False)
-    except (ValueError, TypeError, IndexError, UnsupportedAlgorithm, x509.DuplicateExtension):
-        return None
-    if (
-        shape is None
-        or root.version is not x509.Version.v3
-        or shape.spki_algorithm != _P384_SPKI_DER
-        or not isinstance(key, ec.EllipticCurvePublicKey)
-        or path_length == _NOT_A_CA
-    ):
-        return None
-    return _Anchor(
-        root, shape.subject, key, path_length, root.not_valid_before_utc, root.not_valid_after_utc
-    )
 
 
 def _chain_error(code: str, message: str) -> ChainError:
@@ -354,7 +151,7 @@ class ChainValidator:
             raise ValueError("cache_size must be >= 0")
         self._roots = tuple(roots)
         self._store = _store(self._roots)
-        self._anchors = tuple(a for a in map(_anchor, self._roots) if a is not None)
+        self._anchors = tuple(a for a in map(anchor_of, self._roots) if a is not None)
         self._maxsize = cache_size
         self._paths: OrderedDict[bytes, VerifiedChain] = OrderedDict()
         self._parsed: OrderedDict[bytes, x509.Certificate] = OrderedDict()
@@ -439,86 +236,7 @@ class ChainValidator:
         intermediates: list[x509.Certificate],
         at: _dt.datetime,
     ) -> VerifiedChain | None:
-        """The whole profile, checked explicitly for the chain shape AWS issues; else `None`.
-
-        Accepts only if every rule of `_validate_engine` (ours and the engine's webpki ones
-        for this shape) holds; declines (returns `None`) on anything else, including anything
-        it does not model, so that the engine path decides and names the error.
-        """
-        count = len(intermediates)
-        if not self._anchors or not 1 <= count <= _FAST_MAX_INTERMEDIATES:
-            return None
-        ders = [leaf_der, *reversed(intermediate_ders)]
-        if len(set(ders)) != len(ders):
-            return None
-        try:
-            return self._fast_checks(ders, [leaf, *reversed(intermediates)], at)
-        except (ValueError, TypeError, IndexError, InvalidSignature, UnsupportedAlgorithm):
-            return None
-
-    def _fast_checks(
-        self, ders: list[bytes], path: list[x509.Certificate], at: _dt.datetime
-    ) -> VerifiedChain | None:
-        shapes = [_shape(der) for der in ders]
-        windows = []
-        for cert, shape in zip(path, shapes, strict=True):
-            # RFC 5280 §4.1.2.5 at full precision; v3; webpki's serial/issuer/time encodings.
-            window = (cert.not_valid_before_utc, cert.not_valid_after_utc)
-            if shape is None or not window[0] <= at <= window[1]:
-                return None
-            if cert.version is not x509.Version.v3:
-                return None
-            windows.append(window)
-        leaf = path[0]
-        leaf_key = leaf.public_key()
-        if not (
-            isinstance(leaf_key, ec.EllipticCurvePublicKey)
-            and isinstance(leaf_key.curve, ec.SECP384R1)
-            and _leaf_extensions_ok(leaf)
-        ):
-            return None
-        # Links: child signed by parent with ecdsa-with-SHA384 (outer and TBS algorithm the
-        # same, no parameters), names chained byte for byte, parent a CA at this depth.
-        for depth in range(len(path) - 1):
-            child, parent = path[depth], path[depth + 1]
-            child_shape, parent_shape = shapes[depth], shapes[depth + 1]
-            assert child_shape is not None and parent_shape is not None  # checked above
-            if (
-                child_shape.issuer != parent_shape.subject
-                or parent_shape.issuer == parent_shape.subject  # self-issued: engine decides
-                or child_shape.signature_algorithm != _ECDSA_SHA384_DER
-                or parent_shape.spki_algorithm != _P384_SPKI_DER
-            ):
-                return None
-            path_length = _ca_extensions(parent, intermediate=True)
-            if path_length is _NOT_A_CA or (path_length is not None and path_length < depth):
-                return None
-            key = parent.public_key()
-            assert isinstance(key, ec.EllipticCurvePublicKey)  # P-384 SPKI, checked above
-            key.verify(child.signature, child.tbs_certificate_bytes, _ECDSA_SHA384)
-        top, top_shape = path[-1], shapes[-1]
-        assert top_shape is not None
-        if top_shape.signature_algorithm != _ECDSA_SHA384_DER:
-            return None
-        depth = len(path) - 1
-        for anchor in self._anchors:
-            if (
-                anchor.subject != top_shape.issuer
-                or not anchor.not_before <= at <= anchor.not_after
-                or (anchor.path_length is not None and anchor.path_length < depth)
-            ):
-                continue
-            try:
-                anchor.key.verify(top.signature, top.tbs_certificate_bytes, _ECDSA_SHA384)
-            except InvalidSignature:
-                continue
-            return VerifiedChain(
-                certificates=(*path, anchor.certificate),
-                not_before=max(anchor.not_before, *(w[0] for w in windows)),
-                not_after=min(anchor.not_after, *(w[1] for w in windows)),
-                leaf_key=leaf_key,
-            )
-        return None
+        return fast_path(self._anchors, leaf_der, leaf, intermediate_ders, intermediates, at)
 
     def _validate_engine(
         self, leaf: x509.Certificate, intermediates: list[x509.Certificate], at: _dt.datetime

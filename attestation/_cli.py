@@ -19,12 +19,12 @@ from typing import Any
 
 from cryptography import x509
 
-from attestation._serve import add_serve_parser
-from attestation.document import AttestationDocument
+from attestation.document import AttestationDocument, VerifiedDocument
 from attestation.errors import AttestationError
 from attestation.policy import Policy, UnsafeNoPcrCheck
 from attestation.roots import load_pem_roots
-from attestation.verifier import VerifiedDocument, Verifier
+from attestation.service._cli import add_serve_parser
+from attestation.verifier import Verifier
 
 __all__ = ["main"]
 

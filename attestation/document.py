@@ -1,7 +1,8 @@
 """Parse an attestation document (COSE_Sign1 over a CBOR map) without trusting any of it.
 
-`AttestationDocument.parse(data)` checks syntax only: nothing here is authenticated. Use
-`Verifier.verify` to get a `VerifiedDocument`.
+`AttestationDocument.parse(data)` checks syntax only: nothing here is authenticated.
+`Verifier.verify` turns one into a `VerifiedDocument` (defined here too, so that policies and the
+verifier both depend on this module and not on each other).
 
 Envelope (RFC 9052 COSE_Sign1; AWS `attestation_process.md` §3.1, User Guide "COSE and CBOR"):
 
@@ -39,6 +40,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
+from cryptography import x509
+
 from attestation._cbor import CborError, decode
 from attestation.errors import MalformedDocument
 
@@ -48,6 +51,7 @@ __all__ = [
     "MAX_PAYLOAD_SIZE",
     "AttestationDocument",
     "DocumentKind",
+    "VerifiedDocument",
 ]
 
 # AWS CDDL: `payload: bstr .size (1..16384)`.
@@ -314,3 +318,27 @@ def _optional(value: object, name: str) -> bytes | None:
     if len(value) > MAX_FIELD_SIZE:
         raise _malformed("payload.field-size", f"{name} is {len(value)} bytes (max 1024)")
     return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedDocument:
+    """An attestation document whose chain, signature and policy all passed."""
+
+    module_id: str
+    timestamp: _dt.datetime
+    """The document's own time (aware, UTC), millisecond precision."""
+    digest: str
+    pcrs: Mapping[int, bytes]
+    public_key: bytes | None
+    user_data: bytes | None
+    nonce: bytes | None
+    certificates: tuple[x509.Certificate, ...]
+    """The verified path, leaf first, pinned root last."""
+    raw: bytes
+    """The document bytes exactly as given to `verify`."""
+
+    @property
+    def is_debug(self) -> bool:
+        """PCR0 all zero (only possible if the policy allowed debug documents)."""
+        pcr0 = self.pcrs.get(0)
+        return pcr0 is not None and not any(pcr0)

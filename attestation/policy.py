@@ -26,8 +26,9 @@ import hmac
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
+from attestation.document import VerifiedDocument
 from attestation.errors import (
     DebugDocument,
     InsecurePolicy,
@@ -40,9 +41,6 @@ from attestation.errors import (
     StaleDocument,
     UserDataMismatch,
 )
-
-if TYPE_CHECKING:
-    from attestation.verifier import VerifiedDocument
 
 __all__ = [
     "AllOf",

@@ -21,8 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -31,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attestation._chain import DEFAULT_CACHE_SIZE, CacheInfo, ChainValidator
-from attestation.document import AttestationDocument
+from attestation.document import AttestationDocument, VerifiedDocument
 from attestation.errors import (
     DebugDocument,
     FutureDocument,
@@ -42,7 +41,7 @@ from attestation.errors import (
 from attestation.policy import VerificationPolicy, allows_debug, checks_pcrs
 from attestation.roots import aws_nitro_root
 
-__all__ = ["MAX_CLOCK_SKEW", "VerifiedDocument", "Verifier"]
+__all__ = ["MAX_CLOCK_SKEW", "Verifier"]
 
 _log = logging.getLogger("attestation.verifier")
 
@@ -52,30 +51,6 @@ _log = logging.getLogger("attestation.verifier")
 MAX_CLOCK_SKEW = _dt.timedelta(seconds=60)
 _ES384 = ec.ECDSA(hashes.SHA384())
 _P384_SCALAR_SIZE = 48
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VerifiedDocument:
-    """An attestation document whose chain, signature and policy all passed."""
-
-    module_id: str
-    timestamp: _dt.datetime
-    """The document's own time (aware, UTC), millisecond precision."""
-    digest: str
-    pcrs: Mapping[int, bytes]
-    public_key: bytes | None
-    user_data: bytes | None
-    nonce: bytes | None
-    certificates: tuple[x509.Certificate, ...]
-    """The verified path, leaf first, pinned root last."""
-    raw: bytes
-    """The document bytes exactly as given to `verify`."""
-
-    @property
-    def is_debug(self) -> bool:
-        """PCR0 all zero (only possible if the policy allowed debug documents)."""
-        pcr0 = self.pcrs.get(0)
-        return pcr0 is not None and not any(pcr0)
 
 
 @functools.cache

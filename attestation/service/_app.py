@@ -1,32 +1,7 @@
-"""The verifier service: attestation verification over HTTP (`nitro-attest serve`).
-
-A stateless Starlette app: any language can `POST /v1/verify` a document and get the verified
-fields back as JSON, under a policy *named* in the server's config (clients never choose PCRs or
-trust roots). Scale out by running more copies behind any load balancer; the only state is each
-process's chain cache (docs/deployment.md).
-
-```
-POST /v1/verify?policy=NAME[&nonce=HEX][&at=RFC3339]   Content-Type: application/cbor, raw bytes
-POST /v1/verify   Content-Type: application/json   {"document": base64, "policy": NAME,
-                                                    "nonce": hex?, "at": RFC3339?}
-  200 verified fields | 422 {"code", "reason"} the document fails verification
-  400 malformed request | 413 body over the limit | 415 other content type
-GET /healthz    GET /metrics (Prometheus text)    GET /openapi.json
-```
-
-`at` (a client-chosen verification time) is refused unless the config sets
-`allow_at_override = true`: it lets a caller verify an expired document at its own time, which
-is what audits and tests need and what production must not allow.
-
-```python
-from attestation.service import create_app, load_config
-app = create_app(load_config("service.toml"))      # any ASGI server; or `nitro-attest serve`
-```
-"""
+"""The verifier service's ASGI app: request parsing, verification, metrics, access log."""
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import datetime as _dt
@@ -37,7 +12,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -51,43 +26,26 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attestation._chain import DEFAULT_CACHE_SIZE
-from attestation._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from attestation._metrics import Registry
-from attestation._serve import add_serve_parser, run_serve
-from attestation._service_config import (
+from attestation.document import VerifiedDocument
+from attestation.errors import AttestationError
+from attestation.policy import Policy
+from attestation.service._config import (
+    CONFIG_ENV,
     ConfigError,
     PolicyConfig,
     ServiceConfig,
     load_config,
-    parse_config,
 )
-from attestation.errors import AttestationError
-from attestation.policy import Policy
-from attestation.verifier import VerifiedDocument, Verifier
+from attestation.service._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from attestation.service._metrics import Registry
+from attestation.service._openapi import openapi_schema
+from attestation.service._wire import CBOR, JSON, MAX_NONCE_BYTES
+from attestation.verifier import Verifier
 
-__all__ = [
-    "API_VERSION",
-    "CONFIG_ENV",
-    "ConfigError",
-    "ServiceConfig",
-    "add_serve_parser",
-    "app_from_environment",
-    "configure_logging",
-    "create_app",
-    "load_config",
-    "openapi_schema",
-    "parse_config",
-    "run_serve",
-    "serve_main",
-]
+__all__ = ["app_from_environment", "configure_logging", "create_app"]
 
-API_VERSION = "1.0.0"
-CBOR = "application/cbor"  # RFC 8949 §9.5
-JSON = "application/json"
 _CBOR_BYTES = CBOR.encode()
 _JSON_BYTES = JSON.encode()
-# AWS CDDL: `nonce = bytes .size (0..1024)`; an empty expected nonce would prove nothing.
-MAX_NONCE_BYTES = 1024
 _NONCE = re.compile(rf"(?:[0-9a-fA-F]{{2}}){{1,{MAX_NONCE_BYTES}}}")
 # RFC 3339 §5.6 date-time, which is what OpenAPI's `format: date-time` means; an offset is
 # required so that no verification time is ever read in the server's local zone.
@@ -566,193 +524,17 @@ def create_app(
     return _Observe(app, registry=registry, access_log=config.access_log)
 
 
-# --- OpenAPI --------------------------------------------------------------------------------------
-
-
-def openapi_schema(config: ServiceConfig) -> dict[str, Any]:
-    """The OpenAPI 3.0 description of the service, with the configured policy names."""
-    names = sorted(config.policies)
-    nonce = {
-        "type": "string",
-        "pattern": f"^(?:[0-9a-fA-F]{{2}}){{1,{MAX_NONCE_BYTES}}}$",
-        "description": "Expected nonce, hex; the document must carry exactly this nonce.",
-    }
-    policy = {
-        "type": "string",
-        "enum": names,
-        "description": "A policy named in the server config.",
-    }
-    parameters: list[dict[str, Any]] = [
-        {
-            "name": "policy",
-            "in": "query",
-            "required": False,
-            "schema": policy,
-            "description": "Required with application/cbor. With JSON, every field is in the "
-            "body and the query must be empty.",
-        },
-        {"name": "nonce", "in": "query", "required": False, "schema": nonce},
-    ]
-    properties: dict[str, Any] = {
-        "document": {"type": "string", "format": "byte"},
-        "policy": policy,
-        "nonce": nonce,
-    }
-    # `at` is only part of the API of a service configured for audits (allow_at_override);
-    # elsewhere it is an unknown field, refused with 400.
-    if config.allow_at_override:
-        at = {
-            "type": "string",
-            "format": "date-time",
-            "description": "Verification time (RFC 3339) instead of the server's clock.",
-        }
-        parameters.append({"name": "at", "in": "query", "required": False, "schema": at})
-        properties["at"] = at
-    error = {
-        "type": "object",
-        "required": ["code", "reason"],
-        "properties": {
-            "verified": {"type": "boolean", "enum": [False]},
-            "code": {"type": "string"},
-            "reason": {"type": "string"},
-            "policy": {"type": "string"},
-        },
-    }
-    hex_or_null = {"type": "string", "nullable": True, "pattern": "^(?:[0-9a-f]{2})*$"}
-    verified = {
-        "type": "object",
-        "required": [
-            "verified",
-            "policy",
-            "verified_at",
-            "module_id",
-            "timestamp",
-            "timestamp_ms",
-            "digest",
-            "debug",
-            "pcrs",
-            "public_key",
-            "user_data",
-            "nonce",
-            "certificates",
-        ],
-        "properties": {
-            "verified": {"type": "boolean", "enum": [True]},
-            "policy": {"type": "string"},
-            "verified_at": {"type": "string", "format": "date-time"},
-            "module_id": {"type": "string"},
-            "timestamp": {"type": "string", "format": "date-time"},
-            "timestamp_ms": {"type": "integer"},
-            "digest": {"type": "string"},
-            "debug": {"type": "boolean"},
-            "pcrs": {"type": "object", "additionalProperties": {"type": "string"}},
-            "public_key": hex_or_null,
-            "user_data": hex_or_null,
-            "nonce": hex_or_null,
-            "certificates": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": [
-                        "subject",
-                        "issuer",
-                        "serial",
-                        "not_before",
-                        "not_after",
-                        "sha256",
-                    ],
-                    "properties": {
-                        key: {"type": "string"}
-                        for key in (
-                            "subject",
-                            "issuer",
-                            "serial",
-                            "not_before",
-                            "not_after",
-                            "sha256",
-                        )
-                    },
-                },
-            },
-        },
-    }
-
-    def answer(description: str, schema: str) -> dict[str, Any]:
-        return {
-            "description": description,
-            "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-        }
-
-    return {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "Nitro attestation verifier",
-            "version": API_VERSION,
-            "description": "Verifies AWS Nitro Enclaves attestation documents against the "
-            "server's trust roots under policies named in the server's config.",
-        },
-        "paths": {
-            "/v1/verify": {
-                "post": {
-                    "operationId": "verify",
-                    "summary": "Verify an attestation document under a named policy.",
-                    "parameters": parameters,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            CBOR: {"schema": {"type": "string", "format": "binary"}},
-                            JSON: {
-                                "schema": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "required": ["document", "policy"],
-                                    "properties": properties,
-                                }
-                            },
-                        },
-                    },
-                    "responses": {
-                        "200": answer("The document verified; its fields.", "Verified"),
-                        "400": answer("Malformed request.", "Error"),
-                        "413": answer(
-                            f"Body over the limit ({config.max_body_bytes} bytes).", "Error"
-                        ),
-                        "415": answer("Content type other than CBOR or JSON.", "Error"),
-                        "422": answer("The document fails verification; stable code.", "Error"),
-                    },
-                }
-            },
-            "/healthz": {
-                "get": {
-                    "operationId": "healthz",
-                    "responses": {
-                        "200": {
-                            "description": "Serving.",
-                            "content": {JSON: {"schema": {"type": "object"}}},
-                        }
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "responses": {
-                        "200": {
-                            "description": "Prometheus text format 0.0.4.",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
-        },
-        "components": {"schemas": {"Verified": verified, "Error": error}},
-    }
-
-
-# --- `nitro-attest serve` -----------------------------------------------------------------------
-
-
-CONFIG_ENV = "NITRO_ATTEST_SERVICE_CONFIG"
+def configure_logging() -> None:
+    """Access log lines (already JSON) go to stderr as they are; other records get a prefix."""
+    if not _access_log.handlers:  # once per process, however many apps are made
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        _access_log.addHandler(handler)
+    _access_log.setLevel(logging.INFO)
+    _access_log.propagate = False
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def app_from_environment() -> ASGIApp:
@@ -769,28 +551,3 @@ def app_from_environment() -> ASGIApp:
     if config.access_log:
         configure_logging()
     return create_app(config)
-
-
-def serve_main(argv: Sequence[str] | None = None) -> int:
-    """`nitro-attest serve` as a standalone entry point (`python -m attestation.service`)."""
-    parser = argparse.ArgumentParser(prog="nitro-attest")
-    add_serve_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    return run_serve(args)
-
-
-def configure_logging() -> None:
-    """Access log lines (already JSON) go to stderr as they are; other records get a prefix."""
-    if not _access_log.handlers:  # once per process, however many apps are made
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        _access_log.addHandler(handler)
-    _access_log.setLevel(logging.INFO)
-    _access_log.propagate = False
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(serve_main())

@@ -37,6 +37,7 @@ from attestation.policy import Policy
 from attestation.roots import aws_nitro_root, load_pem_roots
 
 __all__ = [
+    "CONFIG_ENV",
     "DEFAULT_LISTEN",
     "DEFAULT_MAX_AGE",
     "DEFAULT_MAX_BODY_BYTES",
@@ -70,6 +71,10 @@ _SERVICE_KEYS = frozenset(
 )
 _POLICY_KEYS = frozenset({"pcrs", "pcr_sets", "max_age_seconds", "allow_debug"})
 _TOP_KEYS = frozenset({"service", "policies"})
+
+
+#: The environment variable `app_from_environment` reads the config file's path from.
+CONFIG_ENV = "NITRO_ATTEST_SERVICE_CONFIG"
 
 
 class ConfigError(ValueError):

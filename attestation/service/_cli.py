@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any
 
-from attestation._service_config import ConfigError, load_config
+from attestation.service._config import ConfigError, load_config
 
-__all__ = ["add_serve_parser", "run_serve"]
+__all__ = ["add_serve_parser", "run_serve", "serve_main"]
 
 _log = logging.getLogger("attestation.service")
 # Exit status for a usage or configuration error, as for the other nitro-attest subcommands.
@@ -59,7 +60,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from attestation.service import configure_logging, create_app
+        from attestation.service._app import configure_logging, create_app
     except ImportError as exc:
         print(
             f"nitro-attest serve: {exc.name} is not installed; "
@@ -81,3 +82,11 @@ def run_serve(args: argparse.Namespace) -> int:
         server_header=False,
     )
     return 0
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """`nitro-attest serve` as a standalone entry point (`python -m attestation.service`)."""
+    parser = argparse.ArgumentParser(prog="nitro-attest")
+    add_serve_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    return run_serve(args)

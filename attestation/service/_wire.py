@@ -1,0 +1,11 @@
+"""What the service's clients see on the wire, shared by the app and its OpenAPI description."""
+
+from __future__ import annotations
+
+__all__ = ["API_VERSION", "CBOR", "JSON", "MAX_NONCE_BYTES"]
+
+API_VERSION = "1.0.0"
+CBOR = "application/cbor"  # RFC 8949 §9.5
+JSON = "application/json"
+# AWS CDDL: `nonce = bytes .size (0..1024)`; an empty expected nonce would prove nothing.
+MAX_NONCE_BYTES = 1024

@@ -36,11 +36,12 @@ demo: $(STAMP) deps
 
 # The NSM alone: emulator -> client -> attestation document -> verified human summary.
 demo-nsm: $(STAMP)
-	$(BIN)/python -m nsm._demo
+	$(BIN)/python examples/nsm_demo.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -1,14 +1,17 @@
-"""`make demo` runs `python -m nsm._demo`: it must print a verified human summary."""
+"""`make demo-nsm` runs `python examples/nsm_demo.py`: it must print a verified human summary."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nsm_demo.py"
 
 
 def test_demo_prints_a_verified_summary() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "nsm._demo", "--seed", "3"],
+        [sys.executable, str(EXAMPLE), "--seed", "3"],
         capture_output=True,
         text=True,
         timeout=120,

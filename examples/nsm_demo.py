@@ -1,4 +1,4 @@
-"""`make demo` (until the oracle demo lands): the emulator end to end.
+"""`make demo-nsm`: the NSM emulator end to end (`python examples/nsm_demo.py`).
 
 Starts the NSM emulator on a Unix socket, talks to it through the client exactly as an enclave
 app would, asks for an attestation document bound to a fresh nonce, then decodes the document
@@ -25,7 +25,8 @@ __all__ = ["main"]
 
 
 def _summary(document: bytes, root_pem: bytes, nonce: bytes) -> list[str]:
-    # attestation does not depend on nsm; the demo may use both.
+    # An example, outside the packages: `nsm` itself uses attestation only for the emulator's
+    # documents (the layer rule in pyproject.toml), the demo may use both.
     from attestation import AttestationDocument, Policy, Verifier, load_pem_roots
 
     parsed = AttestationDocument.parse(document)  # structure only: nothing verified yet

@@ -32,6 +32,7 @@ from attestation._cose_writer import (
     Raw,
     Tag,
     cose_sign1,
+    curve_order,
     ecdsa_signature,
     encode,
     uint64,
@@ -77,6 +78,7 @@ __all__ = [
     "Tag",
     "build_document",
     "cose_sign1",
+    "curve_order",
     "derive_key",
     "ecdsa_signature",
     "encode",
@@ -184,9 +186,21 @@ def payload_entries(
     return list(zip(PAYLOAD_KEYS, values, strict=True))
 
 
-def sig_structure(payload: bytes, *, protected: bytes = PROTECTED_HEADER) -> bytes:
-    """The bytes ES384 signs: `["Signature1", protected, h'', payload]` (RFC 9052 §4.4)."""
-    return _cose_writer.sig_structure(payload, protected=protected)
+def sig_structure(
+    payload: bytes,
+    *,
+    protected: bytes = PROTECTED_HEADER,
+    context: str = _cose_writer.SIGNATURE1_CONTEXT,
+    external_aad: bytes = b"",
+) -> bytes:
+    """The bytes ES384 signs: `["Signature1", protected, h'', payload]` (RFC 9052 §4.4).
+
+    `context` and `external_aad` exist so that the conformance corpus can sign the wrong
+    structure on purpose; AWS signs with the defaults.
+    """
+    return _cose_writer.sig_structure(
+        payload, protected=protected, context=context, external_aad=external_aad
+    )
 
 
 def encode_sign1(

@@ -344,6 +344,7 @@ def test_corpus_like_cases_never_pass_or_crash(
 
 # --- the conformance corpus (vectors/corpus), through the service ------------------------------
 
+
 def _corpus_cases() -> list[corpus.Case]:
     # Service policies are PCR sets, max age and debug; a nonce comes with the request. Cases
     # that need a user_data/public_key matcher or no freshness bound are the library's to test,

@@ -20,7 +20,9 @@ import pytest
 
 from attestation.builder import build_document
 from vectors import corpus
-from vectors.generate import FAMILIES, check_corpus, make_world
+from vectors.cases import FAMILIES
+from vectors.cases._world import make_world
+from vectors.generate import check_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 VECTORS = REPO / "vectors"

@@ -22,6 +22,7 @@ field sizes, digest name), so that the conformance corpus can build invalid docu
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NotRequired, TypedDict, Unpack
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -73,6 +74,7 @@ __all__ = [
     "Array",
     "CertifiedKey",
     "Map",
+    "PayloadFields",
     "Pki",
     "Raw",
     "Tag",
@@ -123,65 +125,46 @@ PAYLOAD_KEYS = (
 # --- Documents ----------------------------------------------------------------------------------
 
 
-def encode_payload(
-    *,
-    module_id: str,
-    timestamp_ms: int,
-    pcrs: Mapping[int, bytes],
-    certificate: bytes,
-    cabundle: Sequence[bytes],
-    public_key: bytes | None = None,
-    user_data: bytes | None = None,
-    nonce: bytes | None = None,
-    digest: str = "SHA384",
-    indefinite: bool = False,
-) -> bytes:
+class PayloadFields(TypedDict):
+    """The payload's fields, by name (`encode_payload`, `payload_entries`)."""
+
+    module_id: str
+    timestamp_ms: int
+    pcrs: Mapping[int, bytes]
+    certificate: bytes
+    cabundle: Sequence[bytes]
+    public_key: NotRequired[bytes | None]
+    user_data: NotRequired[bytes | None]
+    nonce: NotRequired[bytes | None]
+    digest: NotRequired[str]
+    """`"SHA384"` unless given: the only value AWS defines."""
+
+
+def encode_payload(*, indefinite: bool = False, **fields: Unpack[PayloadFields]) -> bytes:
     """The attestation payload map, byte for byte as the NSM writes it (nsm.md §4.2).
 
     Keys in AWS's order; `None` optionals are null, never omitted; the timestamp in the 8-byte
     form; `pcrs` a definite map in ascending index order; `cabundle` a definite array; the
     top-level map definite (`0xa9`) or, like documents since mid-2025, indefinite (`0xbf ... 0xff`).
     """
-    entries = payload_entries(
-        module_id=module_id,
-        timestamp_ms=timestamp_ms,
-        pcrs=pcrs,
-        certificate=certificate,
-        cabundle=cabundle,
-        public_key=public_key,
-        user_data=user_data,
-        nonce=nonce,
-        digest=digest,
-    )
-    return encode(Map(tuple(entries), indefinite))
+    return encode(Map(tuple(payload_entries(**fields)), indefinite))
 
 
-def payload_entries(
-    *,
-    module_id: str,
-    timestamp_ms: int,
-    pcrs: Mapping[int, bytes],
-    certificate: bytes,
-    cabundle: Sequence[bytes],
-    public_key: bytes | None = None,
-    user_data: bytes | None = None,
-    nonce: bytes | None = None,
-    digest: str = "SHA384",
-) -> list[tuple[object, object]]:
+def payload_entries(**fields: Unpack[PayloadFields]) -> list[tuple[object, object]]:
     """The nine payload entries in the NSM's order, as values for `encode` (see `encode_payload`).
 
     The conformance corpus starts from these and changes one entry to build a broken payload.
     """
     values = (
-        module_id,
-        digest,
-        uint64(timestamp_ms),
-        Map(tuple(sorted(pcrs.items()))),
-        certificate,
-        list(cabundle),
-        public_key,
-        user_data,
-        nonce,
+        fields["module_id"],
+        fields.get("digest", "SHA384"),
+        uint64(fields["timestamp_ms"]),
+        Map(tuple(sorted(fields["pcrs"].items()))),
+        fields["certificate"],
+        list(fields["cabundle"]),
+        fields.get("public_key"),
+        fields.get("user_data"),
+        fields.get("nonce"),
     )
     return list(zip(PAYLOAD_KEYS, values, strict=True))
 

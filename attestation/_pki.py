@@ -510,36 +510,52 @@ def _build_pki(
     keys: tuple[ec.EllipticCurvePrivateKey, ec.EllipticCurvePrivateKey, ec.EllipticCurvePrivateKey],
 ) -> Pki:
     regional_key, zonal_key, instance_key = keys
-    regional = _issue_ca(
-        subject=_aws_name(f"{_key_id(regional_key)}.{region}.aws.nitro-enclaves"),
-        key=regional_key,
-        issuer=root,
-        not_before=not_before - _REGIONAL_HEAD_START,
-        lifetime=REGIONAL_LIFETIME,
-        path_length=2,
-        usage=CA_KEY_USAGE,
-        crl=True,
+    # The three intermediates, each issued by the one before (the root first): subject, key,
+    # head start before the instance CA, lifetime, pathLen, key usage, CRL distribution point.
+    levels = (
+        (
+            _aws_name(f"{_key_id(regional_key)}.{region}.aws.nitro-enclaves"),
+            regional_key,
+            _REGIONAL_HEAD_START,
+            REGIONAL_LIFETIME,
+            2,
+            CA_KEY_USAGE,
+            True,
+        ),
+        (
+            _zonal_name(f"{_key_id(zonal_key)}.zonal.{region}.aws.nitro-enclaves"),
+            zonal_key,
+            _ZONAL_HEAD_START,
+            ZONAL_LIFETIME,
+            1,
+            CA_KEY_USAGE,
+            True,
+        ),
+        (
+            _instance_name(f"{instance_id}.{region}.aws.nitro-enclaves"),
+            instance_key,
+            timedelta(0),
+            INSTANCE_LIFETIME,
+            0,
+            INSTANCE_KEY_USAGE,
+            False,
+        ),
     )
-    zonal = _issue_ca(
-        subject=_zonal_name(f"{_key_id(zonal_key)}.zonal.{region}.aws.nitro-enclaves"),
-        key=zonal_key,
-        issuer=regional,
-        not_before=not_before - _ZONAL_HEAD_START,
-        lifetime=ZONAL_LIFETIME,
-        path_length=1,
-        usage=CA_KEY_USAGE,
-        crl=True,
-    )
-    instance = _issue_ca(
-        subject=_instance_name(f"{instance_id}.{region}.aws.nitro-enclaves"),
-        key=instance_key,
-        issuer=zonal,
-        not_before=not_before,
-        lifetime=INSTANCE_LIFETIME,
-        path_length=0,
-        usage=INSTANCE_KEY_USAGE,
-        crl=False,
-    )
+    chain = [root]
+    for subject, key, head_start, lifetime, path_length, usage, crl in levels:
+        chain.append(
+            _issue_ca(
+                subject=subject,
+                key=key,
+                issuer=chain[-1],
+                not_before=not_before - head_start,
+                lifetime=lifetime,
+                path_length=path_length,
+                usage=usage,
+                crl=crl,
+            )
+        )
+    _, regional, zonal, instance = chain
     pki = Pki(
         root=root,
         regional=regional,

@@ -120,8 +120,9 @@ def test_check_mode_agrees() -> None:
 
 
 def test_baseline_is_the_builders_nsm_shape() -> None:
-    # The generator writes its CBOR by hand; its baseline must be byte for byte what the
-    # emulator's builder produces, so the corpus starts from the NSM's exact shape.
+    # The corpus assembles its documents from parts (`Doc`: payload entries, signature,
+    # envelope) so that cases can change one part; its baseline must be byte for byte what the
+    # emulator's `build_document` produces, so the corpus starts from the NSM's exact shape.
     world = make_world()
     expected = build_document(
         leaf=world.leaf,

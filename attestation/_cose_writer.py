@@ -37,6 +37,8 @@ __all__ = [
 COSE_TAG_SIGN1 = 18  # RFC 9052 §4.2
 SIGNATURE1_CONTEXT = "Signature1"  # RFC 9052 §4.4
 _NULL = b"\xf6"
+# array(4), text(10) "Signature1": how every Sig_structure AWS signs begins.
+_SIGNATURE1_PREFIX = b"\x84\x6aSignature1"
 _BREAK = b"\xff"
 
 # Orders of the NIST curves, for moving a signature between its low-S and high-S forms and for
@@ -93,10 +95,15 @@ def head(major: int, value: int) -> bytes:
         raise ValueError("CBOR argument must be non-negative")
     kind = major << 5
     if value < 24:
-        return bytes([kind | value])
-    for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
-        if value < 1 << (8 * size):
-            return bytes([kind | info]) + value.to_bytes(size, "big")
+        return bytes((kind | value,))
+    if value < 0x100:
+        return bytes((kind | 24, value))
+    if value < 0x10000:
+        return bytes((kind | 25,)) + value.to_bytes(2, "big")
+    if value < 1 << 32:
+        return bytes((kind | 26,)) + value.to_bytes(4, "big")
+    if value < 1 << 64:
+        return bytes((kind | 27,)) + value.to_bytes(8, "big")
     raise ValueError("CBOR argument must fit 64 bits")
 
 
@@ -157,7 +164,19 @@ def sig_structure(
     """The bytes a COSE_Sign1 signature covers: `[context, protected, external_aad, payload]`
     (RFC 9052 §4.4). Only `"Signature1"` and an empty `external_aad` are what AWS signs; the
     others exist so that the corpus can sign the wrong structure on purpose."""
-    return encode([context, protected, external_aad, payload])
+    # Written out rather than through `encode`: the verifier rebuilds this on every verification.
+    prefix = _SIGNATURE1_PREFIX if context == SIGNATURE1_CONTEXT else b"\x84" + encode(context)
+    return b"".join(
+        (
+            prefix,
+            head(2, len(protected)),
+            protected,
+            head(2, len(external_aad)),
+            external_aad,
+            head(2, len(payload)),
+            payload,
+        )
+    )
 
 
 def cose_sign1(

@@ -1,8 +1,8 @@
 """Shared by `bench/verify.py` and `bench/differential.py`: the inputs, our verifier, the peers.
 
-Inputs are the real AWS documents in `../shared/vectors/real/` (read in place, never copied) and,
-when present, the synthetic conformance corpus in `vectors/corpus/`. Both become `Case`s: bytes,
-a verification time, trust roots, a policy in the corpus's JSON form, and the expected outcome.
+Inputs are the real AWS documents in `vectors/real/` and, when present, the synthetic conformance
+corpus in `vectors/corpus/`, both read through `vectors.corpus`. Both become `Case`s: bytes, a
+verification time, trust roots, a policy (`PolicySpec`), and the expected outcome.
 
 Peers run in their own virtual environment (`bench/out/.venv-peers`, created from
 `bench/requirements-peers.txt` on first use; `bench/out/` is git-ignored) because their pins
@@ -19,23 +19,23 @@ import platform
 import subprocess
 import sys
 import venv
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from vectors import corpus
+from vectors.corpus import PolicySpec, RealDocument
+
 REPO = Path(__file__).resolve().parents[1]
-REAL_DIR = REPO.parent / "shared" / "vectors" / "real"
-CORPUS_DIR = REPO / "vectors" / "corpus"
 OUT_DIR = REPO / "bench" / "out"
 PEER_VENV = OUT_DIR / ".venv-peers"
 PEER_REQUIREMENTS = REPO / "bench" / "requirements-peers.txt"
 PEER_WORKER = REPO / "bench" / "_peers.py"
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
-AWS_ROOT_PEM = REAL_DIR / "aws_nitro_root_g1.pem"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+AWS_ROOT_PEM = corpus.REAL_DIR / "aws_nitro_root_g1.pem"
 # Default freshness bound for the real documents' own policy (verified at their own timestamp).
-REAL_MAX_AGE_MS = 300_000
+REAL_MAX_AGE = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Case:
     data: bytes
     at: datetime
     roots_pem: Path
-    policy: dict[str, Any]
+    policy: PolicySpec
     expected_valid: bool
     expected_code: str | None
     source: str  # "real" or "corpus"
@@ -61,64 +61,28 @@ class Case:
             "data": self.data.hex(),
             "at": self.at.timestamp(),
             "roots_pem": str(self.roots_pem),
-            "policy": self.policy,
+            "policy": self.policy.to_json(),
         }
 
 
-def _ms_to_datetime(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
-
-
-def real_manifest() -> list[dict[str, Any]]:
-    path = REAL_DIR / "MANIFEST.json"
-    if not path.exists():
-        raise SystemExit(f"real documents not found at {REAL_DIR}")
-    entries: list[dict[str, Any]] = json.loads(path.read_text())
-    return entries
-
-
-def _own_policy(
-    data: bytes, *, debug: bool, indices: tuple[int, ...] = (0, 1, 2)
-) -> dict[str, Any]:
+def own_policy(document: RealDocument, *, indices: tuple[int, ...] = (0, 1, 2)) -> PolicySpec:
+    """A real document's policy: its own PCRs (`indices`), 5 min freshness, debug if it is."""
     from attestation import AttestationDocument
 
-    pcrs = AttestationDocument.parse(data).pcrs
-    return {
-        "pcrs": {str(i): pcrs[i].hex() for i in indices if i in pcrs},
-        "nonce": None,
-        "max_age_ms": REAL_MAX_AGE_MS,
-        "allow_debug": debug,
-        "user_data": None,
-        "public_key": None,
-    }
-
-
-@dataclass(frozen=True)
-class RealDocument:
-    name: str
-    data: bytes
-    at: datetime
-    debug: bool
-    window: tuple[datetime, datetime]
+    pcrs = AttestationDocument.parse(document.data).pcrs
+    return PolicySpec(
+        pcrs={i: pcrs[i] for i in indices if i in pcrs},
+        max_age=REAL_MAX_AGE,
+        allow_debug=document.debug,
+    )
 
 
 def real_enclave_documents() -> list[RealDocument]:
-    """The 63 genuine enclave documents, each with its own timestamp."""
-    out = []
-    for entry in real_manifest():
-        if entry.get("doc_kind") != "nitro-enclave" or entry["file"].startswith("negative/"):
-            continue
-        start, end = entry["chain_valid_window_utc"]
-        out.append(
-            RealDocument(
-                name=entry["file"],
-                data=(REAL_DIR / entry["file"]).read_bytes(),
-                at=_ms_to_datetime(int(entry["known_timestamp_ms"])),
-                debug=str(entry.get("enclave_mode", "")).startswith("debug"),
-                window=(datetime.fromisoformat(start), datetime.fromisoformat(end)),
-            )
-        )
-    return out
+    """The 63 genuine enclave documents (each is verified at its own `timestamp`)."""
+    documents = corpus.real_documents(kind="nitro-enclave")
+    if not documents:
+        raise SystemExit(f"real documents not found at {corpus.REAL_DIR}")
+    return documents
 
 
 # Expected codes of the four published negatives, by the kind in their file name.
@@ -129,6 +93,12 @@ _NEGATIVE_CODES = {
     # signature and fails there: any cbor.* / envelope.* code is right (as the tests say).
     "malformed-as-published": "cbor.*",
 }
+# The NitroTPM documents and the negatives are refused before any policy applies.
+_ANY_POLICY = PolicySpec(pcrs={0: bytes(48)}, max_age=REAL_MAX_AGE)
+
+
+def _real_case(doc: RealDocument, **fields: Any) -> Case:
+    return Case(data=doc.data, roots_pem=AWS_ROOT_PEM, source="real", **fields)
 
 
 def real_cases() -> list[Case]:
@@ -136,115 +106,85 @@ def real_cases() -> list[Case]:
     cases: list[Case] = []
     for doc in real_enclave_documents():
         kind = "debug" if doc.debug else "production"
-        policy = _own_policy(doc.data, debug=doc.debug)
+        policy = own_policy(doc)
         cases.append(
-            Case(
+            _real_case(
+                doc,
                 id=f"real/valid/{doc.name}",
                 family="real: genuine, at own timestamp",
                 description=f"genuine {kind} document verified at its own timestamp",
-                data=doc.data,
-                at=doc.at,
-                roots_pem=AWS_ROOT_PEM,
+                at=doc.timestamp,
                 policy=policy,
                 expected_valid=True,
                 expected_code=None,
-                source="real",
                 tags=(kind, "indefinite" if _payload_is_indefinite(doc.data) else "definite"),
             )
         )
         cases.append(
-            Case(
+            _real_case(
+                doc,
                 id=f"real/expired/{doc.name}",
                 family="real: 1 s past the chain window",
                 description="genuine document verified one second after its chain expired",
-                data=doc.data,
                 at=doc.window[1] + timedelta(seconds=1),
-                roots_pem=AWS_ROOT_PEM,
-                policy={**policy, "max_age_ms": None},
+                policy=replace(policy, max_age=None),
                 expected_valid=False,
                 expected_code="chain.expired",
-                source="real",
             )
         )
-        wrong = dict(policy["pcrs"])
-        wrong["2"] = bytes(b ^ 1 for b in bytes.fromhex(wrong["2"])).hex()
+        wrong = dict(policy.pcrs)
+        wrong[2] = bytes(b ^ 1 for b in wrong[2])
         cases.append(
-            Case(
+            _real_case(
+                doc,
                 id=f"real/wrong-pcr2/{doc.name}",
                 family="real: expected PCR2 differs",
                 description="genuine document, the policy expects a different PCR2",
-                data=doc.data,
-                at=doc.at,
-                roots_pem=AWS_ROOT_PEM,
-                policy={**policy, "pcrs": wrong},
+                at=doc.timestamp,
+                policy=replace(policy, pcrs=wrong),
                 expected_valid=False,
                 expected_code="policy.pcr-mismatch",
-                source="real",
             )
         )
         if doc.debug:
             cases.append(
-                Case(
+                _real_case(
+                    doc,
                     id=f"real/debug-refused/{doc.name}",
                     family="real: debug document, debug not allowed",
                     description="genuine debug-mode document (PCR0 all zero), allow_debug false",
-                    data=doc.data,
-                    at=doc.at,
-                    roots_pem=AWS_ROOT_PEM,
-                    policy={**policy, "allow_debug": False},
+                    at=doc.timestamp,
+                    policy=replace(policy, allow_debug=False),
                     expected_valid=False,
                     expected_code="policy.debug",
-                    source="real",
                 )
             )
-    for entry in real_manifest():
-        name = entry["file"]
-        if entry.get("doc_kind") == "nitrotpm":
-            data = (REAL_DIR / name).read_bytes()
-            cases.append(
-                Case(
-                    id=f"real/nitrotpm/{name}",
-                    family="real: NitroTPM document",
-                    description="genuine NitroTPM (EC2 instance) document, not an enclave one",
-                    data=data,
-                    at=_ms_to_datetime(int(entry["known_timestamp_ms"])),
-                    roots_pem=AWS_ROOT_PEM,
-                    policy={
-                        "pcrs": {"0": "00" * 48},
-                        "nonce": None,
-                        "max_age_ms": REAL_MAX_AGE_MS,
-                        "allow_debug": False,
-                        "user_data": None,
-                        "public_key": None,
-                    },
-                    expected_valid=False,
-                    expected_code="document.nitrotpm",
-                    source="real",
-                )
+    for doc in corpus.real_documents(kind="nitrotpm"):
+        cases.append(
+            _real_case(
+                doc,
+                id=f"real/nitrotpm/{doc.name}",
+                family="real: NitroTPM document",
+                description="genuine NitroTPM (EC2 instance) document, not an enclave one",
+                at=doc.timestamp,
+                policy=_ANY_POLICY,
+                expected_valid=False,
+                expected_code="document.nitrotpm",
             )
-        elif name.startswith("negative/"):
-            kind = name.split("_")[2]
-            cases.append(
-                Case(
-                    id=f"real/negative/{name.removeprefix('negative/')}",
-                    family="real: published negative",
-                    description=str(entry["expected"]),
-                    data=(REAL_DIR / name).read_bytes(),
-                    at=_ms_to_datetime(int(entry["known_timestamp_ms"])),
-                    roots_pem=AWS_ROOT_PEM,
-                    policy={
-                        "pcrs": {"0": "00" * 48},
-                        "nonce": None,
-                        "max_age_ms": None,
-                        "allow_debug": True,
-                        "user_data": None,
-                        "public_key": None,
-                    },
-                    expected_valid=False,
-                    expected_code=_NEGATIVE_CODES[kind],
-                    source="real",
-                )
+        )
+    for doc in corpus.real_documents(negative=True):
+        cases.append(
+            _real_case(
+                doc,
+                id=f"real/negative/{doc.name.removeprefix('negative/')}",
+                family="real: published negative",
+                description=str(doc.entry["expected"]),
+                at=doc.timestamp,
+                policy=replace(_ANY_POLICY, max_age=None, allow_debug=True),
+                expected_valid=False,
+                expected_code=_NEGATIVE_CODES[doc.name.split("_")[2]],
             )
+        )
     return cases
 
 
@@ -256,43 +196,24 @@ def _payload_is_indefinite(data: bytes) -> bool:
 
 def corpus_cases() -> list[Case]:
     """The synthetic corpus, or nothing if it has not been generated."""
-    manifest = CORPUS_DIR / "manifest.json"
-    if not manifest.exists():
-        return []
     cases = []
-    for case in json.loads(manifest.read_text())["cases"]:
-        (root,) = case["roots"]
-        expected = case["expected"]
+    for case in corpus.cases():
+        (root,) = case.root_paths
         cases.append(
             Case(
-                id=case["id"],
-                family=case["family"],
-                description=case["description"],
-                data=(CORPUS_DIR / case["document"]).read_bytes(),
-                at=datetime.fromisoformat(case["at"]),
-                roots_pem=CORPUS_DIR / root,
-                policy=case["policy"],
-                expected_valid=bool(expected["valid"]),
-                expected_code=expected.get("error_code"),
+                id=case.id,
+                family=case.family,
+                description=case.description,
+                data=case.document(),
+                at=case.at,
+                roots_pem=root,
+                policy=case.policy_spec,
+                expected_valid=case.expected_valid,
+                expected_code=case.expected_code,
                 source="corpus",
             )
         )
     return cases
-
-
-def build_policy(policy: dict[str, Any]) -> Any:
-    """The corpus's JSON policy as an `attestation.Policy`."""
-    from attestation import Policy
-
-    max_age = policy.get("max_age_ms")
-    return Policy(
-        pcrs={int(i): v for i, v in policy["pcrs"].items()},
-        nonce=policy.get("nonce"),
-        max_age=None if max_age is None else timedelta(milliseconds=max_age),
-        allow_debug=bool(policy.get("allow_debug")),
-        user_data=policy.get("user_data"),
-        public_key=policy.get("public_key"),
-    )
 
 
 def code_matches(expected: str | None, actual: str | None) -> bool:
@@ -310,7 +231,7 @@ def run_ours(case: Case) -> tuple[bool, str | None]:
 
     verifier = Verifier(roots=load_pem_roots(case.roots_pem.read_bytes()))
     try:
-        verifier.verify(case.data, policy=build_policy(case.policy), at=case.at)
+        verifier.verify(case.data, policy=case.policy.build(), at=case.at)
     except AttestationError as exc:
         return False, exc.code
     return True, None

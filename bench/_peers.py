@@ -64,7 +64,7 @@ class Evervault:
         self.mod: Any = importlib.import_module("evervault_attestation_bindings")
         self.version = _version("evervault_attestation_bindings")
         self.aws_root_der = _root_der(
-            str(Path(__file__).resolve().parents[2] / "shared/vectors/real/aws_nitro_root_g1.pem")
+            str(Path(__file__).resolve().parents[1] / "vectors/real/aws_nitro_root_g1.pem")
         )
 
     def applicable(self, job: dict[str, Any]) -> str | None:

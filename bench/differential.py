@@ -201,7 +201,7 @@ def render(
         "",
         f"Run with {m['python']}, cryptography {m['cryptography']} ({m['openssl']}).",
         "",
-        "Cases: the real AWS documents of `../shared/vectors/real/` (each genuine enclave "
+        "Cases: the real AWS documents of `vectors/real/` (each genuine enclave "
         "document at its own timestamp, one second past its chain window, with a wrong expected "
         "PCR2 and, if debug, without `allow_debug`; the NitroTPM documents; the published "
         "negatives) and "

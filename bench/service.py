@@ -47,8 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from attestation import AttestationDocument, Policy, Verifier  # noqa: E402
+from vectors.corpus import REAL_DIR  # noqa: E402
 
-REAL_DIR = REPO.parent / "shared" / "vectors" / "real"
 # A production document (PCR0 not zero) from 2026: the newest chain shape AWS issues.
 DOCUMENT = "2026-02-06_ap-southeast-2_prod_epsilon-nitro-verify_1ad417fa.cbor"
 DOCS = REPO / "docs" / "benchmarks.md"

@@ -3,7 +3,7 @@
     .venv/bin/python bench/verify.py            # measure, print, write docs/benchmarks.md
     .venv/bin/python bench/verify.py --no-write --no-peers --rounds 10
 
-Inputs: the 63 real enclave documents in `../shared/vectors/real/`, each verified at its own
+Inputs: the 63 real enclave documents in `vectors/real/`, each verified at its own
 timestamp under a policy with its own PCR0-2 (debug ones with `allow_debug=True`).
 
 - cold: a new `Verifier.aws()` per document (empty chain cache): parse, 4 certificate
@@ -48,9 +48,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attestation import AttestationDocument, Verifier
 from bench._common import (
+    AWS_ROOT_PEM,
     REPO,
-    build_policy,
     machine,
+    own_policy,
     real_enclave_documents,
     replace_section,
     run_peer_worker,
@@ -142,24 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("attestation").setLevel(logging.ERROR)
 
     docs = real_enclave_documents()
-    inputs = [
-        (
-            doc.data,
-            build_policy(
-                {
-                    "pcrs": {
-                        str(i): v.hex()
-                        for i, v in AttestationDocument.parse(doc.data).pcrs.items()
-                        if i in (0, 1, 2)
-                    },
-                    "max_age_ms": 300_000,
-                    "allow_debug": doc.debug,
-                }
-            ),
-            doc.at,
-        )
-        for doc in docs
-    ]
+    inputs = [(doc.data, own_policy(doc).build(), doc.timestamp) for doc in docs]
     floors = [floor_items(doc.data) for doc in docs]
     warm = Verifier.aws()
     for data, policy, at in inputs:
@@ -243,8 +227,8 @@ def main(argv: list[str] | None = None) -> None:
             {
                 "id": doc.name,
                 "data": doc.data.hex(),
-                "at": doc.at.timestamp(),
-                "roots_pem": str(REPO.parent / "shared/vectors/real/aws_nitro_root_g1.pem"),
+                "at": doc.timestamp.timestamp(),
+                "roots_pem": str(AWS_ROOT_PEM),
                 "policy": {"pcrs": {}},
             }
             for doc in docs
@@ -344,7 +328,7 @@ def render(
         f"{m['cryptography']}, {m['openssl']}; {m['platform']}. Shared with other jobs "
         f"(1-minute load average {load[0]:.2f} before, {load[1]:.2f} after).",
         "",
-        f"Input: the {count} real enclave documents of `../shared/vectors/real/`, each at its own "
+        f"Input: the {count} real enclave documents of `vectors/real/`, each at its own "
         "timestamp, policy = its own PCR0-2 (debug documents with `allow_debug=True`). Cold = a "
         "new `Verifier.aws()` per document; warm = a verifier whose chain cache holds every "
         f"chain. {args.rounds} rounds: each document's four measurements back to back; figures "

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-#: The real documents live beside the repository (`../shared`), never inside it.
-REAL_VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "real"
+from vectors.corpus import REAL_DIR
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if os.environ.get("CI") and not (REAL_VECTORS / "MANIFEST.json").is_file():
+    if os.environ.get("CI") and not (REAL_DIR / "MANIFEST.json").is_file():
         raise pytest.UsageError(
-            f"CI run without the real vectors at {REAL_VECTORS}: the tests that use them "
+            f"CI run without the real vectors at {REAL_DIR}: the tests that use them "
             "would skip, so this run could not show that real AWS documents verify"
         )

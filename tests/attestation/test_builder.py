@@ -11,7 +11,6 @@ import io
 import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -28,8 +27,8 @@ from pycose.messages.sign1message import Sign1Message
 
 from attestation import builder
 from attestation.builder import CertifiedKey, Pki
+from vectors.corpus import REAL_DIR
 
-REAL_DIR = Path(__file__).parents[2] / ".." / "shared" / "vectors" / "real"
 # A 2026 production document: the newest chain profile, indefinite payload map.
 REAL_DOCUMENT = REAL_DIR / "2026-01-03_us-east-1_prod_base-nitro-validator_9e038c2d.cbor"
 P384_ORDER = int(

@@ -14,9 +14,7 @@ cases:
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +28,7 @@ from attestation.builder import CertifiedKey, issue_certificate, key_usage
 from attestation.roots import aws_nitro_root
 from attestation.testing import DocumentFactory
 from tests.attestation.conftest import RealVector, real_vectors, requires_real
-
-CORPUS = Path(__file__).resolve().parents[2] / "vectors" / "corpus"
+from vectors import corpus
 
 
 def _both(
@@ -70,15 +67,12 @@ def test_real_chains(vector: RealVector) -> None:
         assert isinstance(reference, ChainError)
 
 
-def _corpus_cases() -> list[dict[str, Any]]:
+def _corpus_cases() -> list[corpus.Case]:
     """Corpus cases whose document parses, so that there is a chain to compare."""
-    manifest = CORPUS / "manifest.json"
-    if not manifest.exists():
-        return []
     out = []
-    for case in json.loads(manifest.read_text())["cases"]:
+    for case in corpus.cases():
         try:
-            AttestationDocument.parse((CORPUS / case["document"]).read_bytes())
+            AttestationDocument.parse(case.document())
         except MalformedDocument:
             continue
         out.append(case)
@@ -86,20 +80,17 @@ def _corpus_cases() -> list[dict[str, Any]]:
 
 
 @pytest.mark.skipif(not _corpus_cases(), reason="vectors/corpus not generated")
-@pytest.mark.parametrize("case", _corpus_cases(), ids=lambda c: c["id"])
-def test_corpus_chains(case: dict[str, Any]) -> None:
-    doc = AttestationDocument.parse((CORPUS / case["document"]).read_bytes())
-    roots = [r for name in case["roots"] for r in load_pem_roots((CORPUS / name).read_bytes())]
-    validator = ChainValidator(roots, cache_size=0)
-    at = datetime.fromisoformat(case["at"])
+@pytest.mark.parametrize("case", _corpus_cases(), ids=lambda c: c.id)
+def test_corpus_chains(case: corpus.Case) -> None:
+    doc = AttestationDocument.parse(case.document())
+    validator = ChainValidator(case.trust_roots(), cache_size=0)
     try:
-        fast, reference = _both(validator, doc.certificate, doc.cabundle[1:], at)
+        fast, reference = _both(validator, doc.certificate, doc.cabundle[1:], case.at)
     except ChainError as exc:
         assert exc.code == "chain.certificate-malformed"
         return
     _agree(fast, reference)
-    expected = case["expected"]
-    if expected["valid"] or not expected["error_code"].startswith("chain."):
+    if case.expected_code is None or not case.expected_code.startswith("chain."):
         assert fast is not None, "the fast path must cover every valid corpus chain"
 
 

@@ -1,4 +1,4 @@
-"""The real AWS-signed documents in ../shared/vectors/real, verified end to end."""
+"""The real AWS-signed documents in vectors/real, verified end to end."""
 
 from __future__ import annotations
 

@@ -38,6 +38,7 @@ from attestation.testing import (
     valid_documents,
 )
 from tests.attestation.conftest import RealVector, real_vectors, requires_real
+from vectors import corpus
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO / "attestation" / "service.example.toml"
@@ -343,44 +344,40 @@ def test_corpus_like_cases_never_pass_or_crash(
 
 # --- the conformance corpus (vectors/corpus), through the service ------------------------------
 
-CORPUS = REPO / "vectors" / "corpus"
 
-
-def _corpus_cases() -> list[dict[str, Any]]:
-    manifest = CORPUS / "manifest.json"
-    if not manifest.exists():
-        return []
-    cases: list[dict[str, Any]] = json.loads(manifest.read_text())["cases"]
+def _corpus_cases() -> list[corpus.Case]:
     # Service policies are PCR sets, max age and debug; a nonce comes with the request. Cases
     # that need a user_data/public_key matcher or no freshness bound are the library's to test,
     # and so is an expected *empty* nonce, which the service refuses as a request (400: it
     # would prove nothing; see test_malformed_cbor_requests).
     return [
         case
-        for case in cases
-        if case["policy"]["user_data"] is None
-        and case["policy"]["public_key"] is None
-        and case["policy"]["max_age_ms"] is not None
-        and case["policy"]["nonce"] != ""
+        for case in corpus.cases()
+        if case.policy_spec.user_data is None
+        and case.policy_spec.public_key is None
+        and case.policy_spec.max_age is not None
+        and case.policy_spec.nonce != b""
     ]
 
 
 CORPUS_CASES = _corpus_cases()
 
 
-def _corpus_policy_name(case: dict[str, Any]) -> str:
-    return "corpus." + str(case["id"]).replace("/", ".")
+def _corpus_policy_name(case: corpus.Case) -> str:
+    return "corpus." + case.id.replace("/", ".")
 
 
 @pytest.fixture(scope="module")
-def corpus_clients() -> dict[tuple[str, ...], TestClient]:
-    groups: dict[tuple[str, ...], dict[str, Any]] = {}
+def corpus_clients() -> dict[tuple[Path, ...], TestClient]:
+    groups: dict[tuple[Path, ...], dict[str, Any]] = {}
     for case in CORPUS_CASES:
-        policies = groups.setdefault(tuple(case["roots"]), {})
+        policy = case.policy_spec
+        assert policy.max_age is not None  # _corpus_cases keeps only those
+        policies = groups.setdefault(case.root_paths, {})
         policies[_corpus_policy_name(case)] = {
-            "pcrs": case["policy"]["pcrs"],
-            "max_age_seconds": case["policy"]["max_age_ms"] / 1000,
-            "allow_debug": case["policy"]["allow_debug"],
+            "pcrs": {str(index): value.hex() for index, value in policy.pcrs.items()},
+            "max_age_seconds": policy.max_age.total_seconds(),
+            "allow_debug": policy.allow_debug,
         }
     return {
         roots: _client(
@@ -389,12 +386,12 @@ def corpus_clients() -> dict[tuple[str, ...], TestClient]:
                 # size checks instead of the service's 413.
                 "service": {
                     "allow_at_override": True,
-                    "trust_roots": list(roots),
+                    "trust_roots": [str(root) for root in roots],
                     "max_body_bytes": 64 * 1024,
                 },
                 "policies": policies,
             },
-            base_dir=CORPUS,
+            base_dir=corpus.CORPUS_DIR,
         )
         for roots, policies in groups.items()
     }
@@ -402,27 +399,25 @@ def corpus_clients() -> dict[tuple[str, ...], TestClient]:
 
 def test_corpus_is_mostly_expressible_as_service_policies() -> None:
     if not CORPUS_CASES:
-        pytest.skip(f"no corpus at {CORPUS}")
-    total = len(json.loads((CORPUS / "manifest.json").read_text())["cases"])
-    assert len(CORPUS_CASES) >= total - 10
+        pytest.skip(f"no corpus at {corpus.CORPUS_DIR}")
+    assert len(CORPUS_CASES) >= len(corpus.cases()) - 10
 
 
-@pytest.mark.parametrize("case", CORPUS_CASES, ids=lambda case: str(case["id"]))
+@pytest.mark.parametrize("case", CORPUS_CASES, ids=lambda case: case.id)
 def test_corpus_case_through_the_service(
-    case: dict[str, Any], corpus_clients: dict[tuple[str, ...], TestClient]
+    case: corpus.Case, corpus_clients: dict[tuple[Path, ...], TestClient]
 ) -> None:
-    client = corpus_clients[tuple(case["roots"])]
-    params = {"policy": _corpus_policy_name(case), "at": case["at"]}
-    if case["policy"]["nonce"] is not None:
-        params["nonce"] = case["policy"]["nonce"]
-    document = (CORPUS / case["document"]).read_bytes()
-    response = client.post("/v1/verify", params=params, content=document, headers=CBOR)
-    if case["expected"]["valid"]:
+    client = corpus_clients[case.root_paths]
+    params = {"policy": _corpus_policy_name(case), "at": case.at.isoformat()}
+    if case.policy_spec.nonce is not None:
+        params["nonce"] = case.policy_spec.nonce.hex()
+    response = client.post("/v1/verify", params=params, content=case.document(), headers=CBOR)
+    if case.expected_valid:
         assert response.status_code == 200, response.text
         assert response.json()["verified"] is True
     else:
         assert response.status_code == 422, response.text
-        assert response.json()["code"] == case["expected"]["error_code"]
+        assert response.json()["code"] == case.expected_code
 
 
 # --- malformed requests ---------------------------------------------------------------------------

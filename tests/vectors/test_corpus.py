@@ -12,72 +12,53 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the dev extra
 import pytest
 
-from attestation import AttestationError, Policy, Verifier, load_pem_roots
 from attestation.builder import build_document
-from vectors.generate import FAMILIES, check_corpus, make_world
+from vectors import corpus
+from vectors.cases import FAMILIES
+from vectors.cases._world import make_world
+from vectors.generate import check_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 VECTORS = REPO / "vectors"
-CORPUS = VECTORS / "corpus"
-MANIFEST: dict[str, Any] = json.loads((CORPUS / "manifest.json").read_text())
+CORPUS = corpus.CORPUS_DIR
+MANIFEST: dict[str, Any] = corpus.manifest()
 CASES: list[dict[str, Any]] = MANIFEST["cases"]
 #: The five families of invalid documents the issue lists.
 INVALID_FAMILIES = ("envelope", "payload", "chain", "signature", "policy")
 
-#: Cases where our verifier is known to give another answer than the corpus, which records
-#: what a correct verifier says. Strict xfail: fixing the verifier turns these into failures
-#: until the entry is removed.
 #: Corpus cases where our verifier is known to disagree with the expected result (strict
 #: xfail, so a fix shows up as a failure until the entry is removed). None at present.
 KNOWN_DISAGREEMENTS: dict[str, str] = {}
 
 
-def _policy(data: dict[str, Any]) -> Policy:
-    max_age = data["max_age_ms"]
-    return Policy(
-        pcrs={int(index): value for index, value in data["pcrs"].items()},
-        nonce=data["nonce"],
-        max_age=None if max_age is None else timedelta(milliseconds=max_age),
-        allow_debug=data["allow_debug"],
-        user_data=data["user_data"],
-        public_key=data["public_key"],
-    )
-
-
-def _outcome(case: dict[str, Any]) -> dict[str, Any]:
-    roots = [
-        root for name in case["roots"] for root in load_pem_roots((CORPUS / name).read_bytes())
-    ]
-    # A fresh verifier per case: its chain cache must not carry one case's result into another.
-    verifier = Verifier(roots=roots)
-    data = (CORPUS / case["document"]).read_bytes()
-    try:
-        verifier.verify(data, policy=_policy(case["policy"]), at=datetime.fromisoformat(case["at"]))
-    except AttestationError as exc:
-        return {"valid": False, "error_code": exc.code}
-    return {"valid": True}
-
-
 def _params() -> list[Any]:
     out = []
-    for case in CASES:
+    for case in corpus.cases():
         marks = []
-        if case["id"] in KNOWN_DISAGREEMENTS:
-            marks.append(pytest.mark.xfail(reason=KNOWN_DISAGREEMENTS[case["id"]], strict=True))
-        out.append(pytest.param(case, id=case["id"], marks=marks))
+        if case.id in KNOWN_DISAGREEMENTS:
+            marks.append(pytest.mark.xfail(reason=KNOWN_DISAGREEMENTS[case.id], strict=True))
+        out.append(pytest.param(case, id=case.id, marks=marks))
     return out
 
 
 @pytest.mark.parametrize("case", _params())
-def test_case(case: dict[str, Any]) -> None:
-    assert _outcome(case) == case["expected"], case["description"]
+def test_case(case: corpus.Case) -> None:
+    assert case.outcome() == case.expected, case.description
+
+
+def test_cases_read_back_as_written() -> None:
+    # The reading API and the manifest agree field by field, so consumers lose nothing.
+    for case, entry in zip(corpus.cases(), CASES, strict=True):
+        assert case.id == entry["id"]
+        assert case.expected == entry["expected"]
+        assert case.policy_spec.to_json() == entry["policy"]
+        assert [p.relative_to(CORPUS).as_posix() for p in case.root_paths] == entry["roots"]
 
 
 def test_manifest_matches_schema() -> None:
@@ -139,8 +120,9 @@ def test_check_mode_agrees() -> None:
 
 
 def test_baseline_is_the_builders_nsm_shape() -> None:
-    # The generator writes its CBOR by hand; its baseline must be byte for byte what the
-    # emulator's builder produces, so the corpus starts from the NSM's exact shape.
+    # The corpus assembles its documents from parts (`Doc`: payload entries, signature,
+    # envelope) so that cases can change one part; its baseline must be byte for byte what the
+    # emulator's `build_document` produces, so the corpus starts from the NSM's exact shape.
     world = make_world()
     expected = build_document(
         leaf=world.leaf,

@@ -43,6 +43,7 @@ from typing import Literal
 from cryptography import x509
 
 from attestation._cbor import CborError, decode
+from attestation._cose_writer import sig_structure
 from attestation.errors import MalformedDocument
 
 __all__ = [
@@ -86,22 +87,10 @@ _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 _MAX_TIMESTAMP_MS = (_dt.datetime.max.replace(tzinfo=_dt.UTC) - _EPOCH) // _dt.timedelta(
     milliseconds=1
 )
-_SIG1_CONTEXT = b"\x84\x6aSignature1"  # array(4), text(10) "Signature1"
 
 
 def _malformed(code: str, message: str) -> MalformedDocument:
     return MalformedDocument(message, code=code)
-
-
-def _bstr_head(length: int) -> bytes:
-    """Shortest CBOR head for a byte string (RFC 9052 §9: Sig_structure is deterministic)."""
-    if length < 24:
-        return bytes((0x40 | length,))
-    if length < 0x100:
-        return bytes((0x58, length))
-    if length < 0x10000:
-        return b"\x59" + length.to_bytes(2, "big")
-    return b"\x5a" + length.to_bytes(4, "big")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,16 +128,7 @@ class AttestationDocument:
 
     def sig_structure(self) -> bytes:
         """`Sig_structure` (RFC 9052 §4.4) over the protected header and payload as received."""
-        return b"".join(
-            (
-                _SIG1_CONTEXT,
-                _bstr_head(len(self.protected)),
-                self.protected,
-                b"\x40",  # external_aad: empty byte string
-                _bstr_head(len(self.payload)),
-                self.payload,
-            )
-        )
+        return sig_structure(self.payload, protected=self.protected)
 
     @classmethod
     def parse(cls, data: bytes) -> AttestationDocument:

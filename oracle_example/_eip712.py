@@ -15,7 +15,7 @@ from dataclasses import dataclass
 # is FIPS SHA-3 and gives different digests (reference/oracle.md §2.5, pitfall 2).
 from Crypto.Hash import keccak as _keccak
 
-from oracle_example._oracle_errors import ReportFormatError
+from oracle_example.errors import ReportFormatError
 
 __all__ = [
     "ADDRESS_LENGTH",

@@ -24,15 +24,15 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 from enum import IntEnum, StrEnum
 
 from oracle_example._eip712 import keccak256
-from oracle_example._oracle_errors import (
+from oracle_example.config import FeedConfig, OracleConfig
+from oracle_example.errors import (
     AggregationError,
     ReportFormatError,
     SourceBlocked,
     SourceError,
+    SourceMalformed,
     SourceRateLimited,
 )
-from oracle_example.config import FeedConfig, OracleConfig
-from oracle_example.sources import Quote
 
 __all__ = [
     "BPS",
@@ -40,6 +40,7 @@ __all__ = [
     "AggregationFailure",
     "OracleErrorCode",
     "Outcome",
+    "Quote",
     "SourceOutcome",
     "aggregate",
     "aggregate_feed",
@@ -55,6 +56,30 @@ __all__ = [
 BPS = 10_000
 # Enough digits for any price string the adapters accept (30 + 30) scaled by 10**36.
 _PRECISION = 100
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quote:
+    """One source's price for one feed, as the exchange stated it."""
+
+    source: str
+    feed: str
+    instrument: str
+    price: Decimal
+    source_time: datetime
+    """The exchange's own timestamp for the price (see the table in exchanges.py)."""
+    received_at: datetime
+    """The enclave clock when the response was parsed."""
+
+    def __post_init__(self) -> None:
+        price: object = self.price  # typed Decimal, but a float must not slip in at runtime
+        if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
+            raise SourceMalformed(
+                f"price must be a positive finite Decimal: {self.price!r}", source=self.source
+            )
+        for when in (self.source_time, self.received_at):
+            if when.tzinfo is None:
+                raise ValueError("quote times must be timezone-aware")
 
 
 class OracleErrorCode(IntEnum):

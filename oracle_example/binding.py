@@ -33,14 +33,14 @@ import coincurve
 
 from attestation.errors import AttestationError
 from oracle_example._eip712 import Eip712Domain, keccak256, parse_address
-from oracle_example._oracle_errors import (
+from oracle_example.aggregate import Outcome, dispersion_bps, median, scale_price, sources_hash
+from oracle_example.config import OracleConfig, domains_hash
+from oracle_example.errors import (
     BindingError,
     OracleReported,
     ReportFormatError,
     ReportVerificationError,
 )
-from oracle_example.aggregate import Outcome, dispersion_bps, median, scale_price, sources_hash
-from oracle_example.config import OracleConfig, domains_hash
 from oracle_example.report import OracleError, PriceReport, SignedReport
 
 __all__ = [

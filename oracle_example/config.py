@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from oracle_example._eip712 import Eip712Domain, keccak256
-from oracle_example._oracle_errors import ConfigError, ReportFormatError
+from oracle_example.errors import ConfigError, ReportFormatError
 
 __all__ = [
     "CONFIG_VERSION",

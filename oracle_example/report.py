@@ -38,7 +38,6 @@ from oracle_example._eip712 import (
     to_checksum_address,
     type_hash,
 )
-from oracle_example._oracle_errors import ReportFormatError, SignatureFormatError
 from oracle_example.aggregate import (
     Aggregate,
     AggregationFailure,
@@ -46,6 +45,7 @@ from oracle_example.aggregate import (
     SourceOutcome,
 )
 from oracle_example.config import feed_id
+from oracle_example.errors import ReportFormatError, SignatureFormatError
 
 __all__ = [
     "ORACLE_ERROR_TYPE",

@@ -10,18 +10,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from oracle_example._eip712 import keccak256
-from oracle_example._oracle_errors import (
-    AggregationError,
-    SourceBlocked,
-    SourceRateLimited,
-    SourceUnreachable,
-)
 from oracle_example.aggregate import (
     BPS,
     Aggregate,
     AggregationFailure,
     OracleErrorCode,
     Outcome,
+    Quote,
     SourceOutcome,
     aggregate,
     aggregate_feed,
@@ -33,8 +28,14 @@ from oracle_example.aggregate import (
     sources_hash,
 )
 from oracle_example.config import FeedConfig, Market, OracleConfig
+from oracle_example.errors import (
+    AggregationError,
+    SourceBlocked,
+    SourceRateLimited,
+    SourceUnreachable,
+)
+from oracle_example.exchanges import build_sources
 from oracle_example.report import OracleError, PriceReport, message_for
-from oracle_example.sources import Quote, build_sources
 from tests.oracle_example.oracle_fixtures import RECORDED_AT, parse, recorded_ok
 
 CONFIG = OracleConfig()

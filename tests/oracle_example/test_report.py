@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oracle_example._eip712 import Eip712Domain, encode_word, parse_address
-from oracle_example._oracle_errors import ReportFormatError, SignatureFormatError
 from oracle_example.aggregate import Outcome, SourceOutcome
 from oracle_example.config import OracleConfig, feed_id
+from oracle_example.errors import ReportFormatError, SignatureFormatError
 from oracle_example.report import (
     ORACLE_ERROR_TYPE,
     PRICE_REPORT_TYPE,

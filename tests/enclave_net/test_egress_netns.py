@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.oracle_example._support import CertAuthority, Enclave, HttpsExchange, ProxyProcess, cli
+from tests.enclave_net._support import CertAuthority, Enclave, HttpsExchange, ProxyProcess, cli
 
 pytestmark = pytest.mark.root
 
@@ -156,7 +156,7 @@ def test_unrouted_host_is_refused_inside_the_enclave(
 
 def test_lo_up_helper(enclave: Enclave) -> None:
     code = (
-        "from oracle_example import netif\n"
+        "from enclave_net import netif\n"
         "before = netif.interface_flags('lo')\n"
         "after = netif.bring_up('lo')\n"
         "print(hex(before), hex(after))\n"

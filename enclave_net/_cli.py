@@ -25,7 +25,7 @@ from enclave_net.errors import EnclaveNetError
 from enclave_net.gateway import Gateway, GatewayLimits
 from enclave_net.jsonlog import json_logging, log_event
 
-__all__ = ["build_parser", "main", "stop_on_signals"]
+__all__ = ["build_parser", "main", "run_command", "stop_on_signals"]
 
 _log = logging.getLogger("enclave_net.cli")
 _Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -289,18 +289,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def run_command(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    *,
+    errors: tuple[type[BaseException], ...] = (EnclaveNetError, OSError, ValueError),
+) -> int:
+    """Parse and run one subcommand (its `func`); `errors` become one line and exit status 2,
+    not a traceback. Shared by `enclave-net` and the apps' command lines."""
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
     try:
         result: int = args.func(args)
-    except (EnclaveNetError, OSError) as exc:
-        print(f"enclave-net {args.command}: {exc}", file=sys.stderr)
+    except errors as exc:
+        print(f"{parser.prog} {args.command}: {exc}", file=sys.stderr)
         return 2
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,33 +10,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from enclave_net._cli import stop_on_signals
+from enclave_net._cli import run_command, stop_on_signals
 from enclave_net.errors import EnclaveNetError
 from oracle_example.errors import OracleExampleError
 
 __all__ = ["build_parser", "main"]
-
-
-def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Our errors and unreadable files become one line and exit status 2, not a traceback."""
-
-    @functools.wraps(run)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except (OracleExampleError, EnclaveNetError, OSError, ValueError) as exc:
-            print(f"nitro-oracle {args.command}: {exc}", file=sys.stderr)
-            return 2
-
-    return wrapper
 
 
 # --- enclave --------------------------------------------------------------------------------------
@@ -80,7 +64,7 @@ def _add_enclave(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="(--dev only) shift the enclave clock, to exercise the clock check",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.set_defaults(func=_guarded(_run_enclave))
+    p.set_defaults(func=_run_enclave)
 
 
 def _run_enclave(args: argparse.Namespace) -> int:
@@ -190,7 +174,7 @@ def _add_get(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--allow-debug", action="store_true", help="accept debug documents (unsafe)")
     p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per HTTP request")
     p.add_argument("--json", action="store_true", help="print the verified report as JSON")
-    p.set_defaults(func=_guarded(_run_get))
+    p.set_defaults(func=_run_get)
 
 
 def _run_get(args: argparse.Namespace) -> int:
@@ -251,7 +235,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--no-netns", action="store_true", help="run the enclave as a plain process even as root"
     )
-    p.set_defaults(func=_guarded(_run_demo))
+    p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -289,7 +273,7 @@ def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="fail when an exchange's own ticker timestamp is older than this "
         "(default: the config's maxSourceAgeMs, 30)",
     )
-    p.set_defaults(func=_guarded(_run_doctor))
+    p.set_defaults(func=_run_doctor)
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
@@ -324,13 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    result: int = args.func(args)
-    return result
+    return run_command(
+        build_parser(), argv, errors=(OracleExampleError, EnclaveNetError, OSError, ValueError)
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

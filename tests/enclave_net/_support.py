@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -373,6 +373,28 @@ def doctor_findings(output: str) -> dict[str, dict[str, str]]:
     """The doctor's `--json` output, by check name."""
     report = json.loads(output)
     return {f["check"]: f for f in report["findings"]}
+
+
+def run_doctor(
+    main: Callable[[list[str]], int], capsys: Any, *args: str
+) -> tuple[int, dict[str, dict[str, str]]]:
+    """`main(["doctor", "--json", ...])` in process (enclave-net's or an app's), no resolv.conf."""
+    code = main(["doctor", "--json", "--resolv-conf", "/nonexistent", *args])
+    return code, doctor_findings(capsys.readouterr().out)
+
+
+def doctor_via(
+    main: Callable[[list[str]], int],
+    capsys: Any,
+    route: UnixAddress,
+    ca: CertAuthority,
+    *args: str,
+    upstream: str = "api.binance.com:443",
+) -> tuple[int, dict[str, dict[str, str]]]:
+    """The doctor with one route to `upstream` and the test CA."""
+    return run_doctor(
+        main, capsys, "--route", f"{upstream}={route}", "--ca-bundle", str(ca.ca_pem), *args
+    )
 
 
 def route_to(host: str, exchange: HttpsExchange, listen: UnixAddress) -> ProxyThread:

@@ -30,6 +30,8 @@ from tests.enclave_net._support import (
     ProxyThread,
     cli,
     doctor_findings,
+    doctor_via,
+    run_doctor,
 )
 
 
@@ -202,11 +204,6 @@ def test_sealed_enclave_with_a_working_route_is_healthy(
     assert not [f for f in found.values() if f["status"] == "fail"]
 
 
-def _run_doctor(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
-    code = main(["doctor", "--json", "--resolv-conf", "/nonexistent", *args])
-    return code, doctor_findings(capsys.readouterr().out)
-
-
 @pytest.mark.parametrize(
     ("status", "verdict", "words"),
     [
@@ -225,12 +222,11 @@ def test_http_status_is_explained(
     pki: CertAuthority,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, found = _run_doctor(
+    code, found = doctor_via(
+        main,
         capsys,
-        "--route",
-        f"api.binance.com:443={binance_route}",
-        "--ca-bundle",
-        str(pki.ca_pem),
+        binance_route,
+        pki,
         "--probe",
         f"https://api.binance.com/status/{status}",
     )
@@ -244,9 +240,7 @@ def test_http_status_is_explained(
 def test_misrouted_port_is_named(
     kraken_route: UnixAddress, pki: CertAuthority, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, found = _run_doctor(
-        capsys, "--route", f"api.binance.com:443={kraken_route}", "--ca-bundle", str(pki.ca_pem)
-    )
+    code, found = doctor_via(main, capsys, kraken_route, pki)
     assert code == 1
     finding = found["egress api.binance.com:443"]
     assert "proxied to a different host" in finding["message"]
@@ -260,7 +254,8 @@ def test_connect_refusal_is_named(
         ProxyConfig(connect=listen, allow=frozenset({parse_host_port("api.kraken.com:443")}))
     )
     try:
-        code, found = _run_doctor(
+        code, found = run_doctor(
+            main,
             capsys,
             "--connect",
             str(listen),
@@ -290,9 +285,7 @@ def test_accept_then_close_is_named(
         )
     )
     try:
-        code, found = _run_doctor(
-            capsys, "--route", f"api.binance.com:443={listen}", "--ca-bundle", str(pki.ca_pem)
-        )
+        code, found = doctor_via(main, capsys, listen, pki)
     finally:
         proxy.close()
     assert code == 1
@@ -303,7 +296,7 @@ def test_proxy_variables_are_flagged(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://10.0.0.1:3128")
-    code, found = _run_doctor(capsys)
+    code, found = run_doctor(main, capsys)
     assert found["proxy-env"]["status"] == "warn"
     assert "HTTPS_PROXY" in found["proxy-env"]["message"]
     assert code == 0
@@ -430,7 +423,8 @@ def test_concurrency_stall_names_num_workers(
     listen = sockdir / "w.sock"
     relay = WorkerPoolRelay(listen, binance.port, workers=2)
     try:
-        code, found = _run_doctor(
+        code, found = run_doctor(
+            main,
             capsys,
             "--route",
             f"api.binance.com:443=unix:{listen}",
@@ -454,12 +448,11 @@ def test_concurrency_stall_names_num_workers(
 def test_concurrency_through_our_proxy_is_ok(
     binance_route: UnixAddress, pki: CertAuthority, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, found = _run_doctor(
+    code, found = doctor_via(
+        main,
         capsys,
-        "--route",
-        f"api.binance.com:443={binance_route}",
-        "--ca-bundle",
-        str(pki.ca_pem),
+        binance_route,
+        pki,
         "--concurrency",
         "16",
     )
@@ -494,14 +487,14 @@ def test_attestation_ok_with_the_emulator(
     nsm_emulator: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     nsm_emulator(seed=1)
-    code, found = _run_doctor(capsys)
+    code, found = run_doctor(main, capsys)
     finding = found["attestation"]
     assert finding["status"] == "ok", finding
     assert "DescribeNSM works, a fresh document with our nonce parses, PCR0 " in finding["message"]
     assert "not debug mode" in finding["message"]
     assert code == 0
     # Production refuses the emulator, as the enclave's boot does.
-    code, found = _run_doctor(capsys, "--production")
+    code, found = run_doctor(main, capsys, "--production")
     assert found["attestation"]["status"] == "fail"
     assert "emulated NSM attests nothing" in found["attestation"]["message"]
     assert code == 1
@@ -511,7 +504,7 @@ def test_attestation_debug_mode_warns(
     nsm_emulator: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     nsm_emulator(seed=1, debug=True)
-    code, found = _run_doctor(capsys)
+    code, found = run_doctor(main, capsys)
     finding = found["attestation"]
     assert finding["status"] == "warn"
     assert "PCR0 is all zero" in finding["message"] and "debug mode" in finding["message"]
@@ -525,16 +518,16 @@ def test_attestation_without_nsm(
     if Path("/dev/nsm").exists():
         pytest.skip("a real NSM is present")
     monkeypatch.delenv("NSM_EMULATOR", raising=False)
-    code, found = _run_doctor(capsys)
+    code, found = run_doctor(main, capsys)
     assert found["attestation"]["status"] == "warn"
     assert "no NSM" in found["attestation"]["message"]
     assert code == 0
-    code, found = _run_doctor(capsys, "--production")
+    code, found = run_doctor(main, capsys, "--production")
     assert found["attestation"]["status"] == "fail"
     assert code == 1
     # An emulator named but not running: unreachable, with the path in the message.
     monkeypatch.setenv("NSM_EMULATOR", f"unix:{sockdir}/absent.sock")
-    code, found = _run_doctor(capsys)
+    code, found = run_doctor(main, capsys)
     assert found["attestation"]["status"] == "fail"
     assert "unusable" in found["attestation"]["message"]
     assert code == 1

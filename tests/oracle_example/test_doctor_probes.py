@@ -17,12 +17,12 @@ from enclave_net.address import UnixAddress
 from oracle_example._cli import main
 from oracle_example.config import OracleConfig
 from oracle_example.probes import oracle_probes
-from tests.enclave_net._support import CertAuthority, HttpsExchange, doctor_findings, route_to
-
-
-def _run_doctor(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
-    code = main(["doctor", "--json", "--resolv-conf", "/nonexistent", *args])
-    return code, doctor_findings(capsys.readouterr().out)
+from tests.enclave_net._support import (
+    CertAuthority,
+    HttpsExchange,
+    doctor_via,
+    route_to,
+)
 
 
 def test_one_probe_per_configured_source_with_its_time_endpoint() -> None:
@@ -53,12 +53,11 @@ def test_http_200_with_the_wrong_body_is_a_schema_mismatch(
     pki: CertAuthority,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, found = _run_doctor(
+    code, found = doctor_via(
+        main,
         capsys,
-        "--route",
-        f"api.binance.com:443={binance_route}",
-        "--ca-bundle",
-        str(pki.ca_pem),
+        binance_route,
+        pki,
         "--probe",
         f"https://api.binance.com{path}",
     )
@@ -75,14 +74,14 @@ def test_ticker_in_the_wrong_shape_is_a_schema_mismatch(
 ) -> None:
     # The health probe (a custom path, any JSON) passes; the oracle's own Kraken ticker request
     # then gets a Binance-like body: the freshness check names the shape, not a price.
-    code, found = _run_doctor(
+    code, found = doctor_via(
+        main,
         capsys,
-        "--route",
-        f"api.kraken.com:443={kraken_route}",
-        "--ca-bundle",
-        str(pki.ca_pem),
+        kraken_route,
+        pki,
         "--probe",
         "https://api.kraken.com/custom-health",
+        upstream="api.kraken.com:443",
     )
     assert found["http api.kraken.com"]["status"] == "ok"
     finding = found["freshness api.kraken.com"]
@@ -127,9 +126,7 @@ def test_clock_is_compared_with_binance_server_time(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     route = binance_at(clock_offset=offset)
-    code, found = _run_doctor(
-        capsys, "--route", f"api.binance.com:443={route}", "--ca-bundle", str(pki.ca_pem)
-    )
+    code, found = doctor_via(main, capsys, route, pki)
     assert found["clock"]["status"] == verdict
     assert words in found["clock"]["message"]
     assert ("over the 30s budget" if verdict == "fail" else "over 2s") in found["clock"]["message"]
@@ -141,21 +138,18 @@ def test_stale_source_is_named_with_its_age(
     binance_at: Callable[..., UnixAddress], pki: CertAuthority, capsys: pytest.CaptureFixture[str]
 ) -> None:
     route = binance_at(data_age=120.0)
-    code, found = _run_doctor(
-        capsys, "--route", f"api.binance.com:443={route}", "--ca-bundle", str(pki.ca_pem)
-    )
+    code, found = doctor_via(main, capsys, route, pki)
     finding = found["freshness api.binance.com"]
     assert finding["status"] == "fail"
     assert "last price is 120." in finding["message"]
     assert "over the 30s freshness budget" in finding["message"]
     assert found["clock"]["status"] == "ok"  # the network and the clock are fine
     assert code == 1
-    code, found = _run_doctor(
+    code, found = doctor_via(
+        main,
         capsys,
-        "--route",
-        f"api.binance.com:443={route}",
-        "--ca-bundle",
-        str(pki.ca_pem),
+        route,
+        pki,
         "--max-source-age",
         "300",
     )

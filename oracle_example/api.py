@@ -27,8 +27,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import h11
 
 from enclave_net.address import Address, UnixAddress, bind_socket
-from oracle_example._eip712 import to_checksum_address
 from oracle_example.errors import OracleExampleError
+from oracle_example.eth import to_checksum_address
 from oracle_example.oracle import Oracle
 
 __all__ = ["DEFAULT_LISTEN", "MAX_NONCE_BYTES", "MAX_REQUEST_HEAD", "serve"]

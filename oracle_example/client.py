@@ -22,7 +22,6 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from attestation import Policy
-from oracle_example._eip712 import to_checksum_address
 from oracle_example.binding import (
     DEFAULT_MAX_REPORT_AGE,
     DocumentVerifier,
@@ -30,6 +29,7 @@ from oracle_example.binding import (
     verify_report,
 )
 from oracle_example.errors import ClientError, OracleReported, ReportVerificationError
+from oracle_example.eth import to_checksum_address
 from oracle_example.report import OracleError
 
 __all__ = [

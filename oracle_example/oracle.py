@@ -42,11 +42,9 @@ from enclave_net.errors import EgressError, InterfaceError
 from enclave_net.netif import bring_up
 from nsm.client import Nsm
 from nsm.errors import NsmError
-from oracle_example._eip712 import to_checksum_address
 from oracle_example.aggregate import (
     Aggregate,
     AggregationFailure,
-    OracleErrorCode,
     Quote,
     aggregate_feed,
     clock_failure,
@@ -60,8 +58,17 @@ from oracle_example.errors import (
     SourceRateLimited,
     SourceUnreachable,
 )
+from oracle_example.eth import SECP256K1_N, to_checksum_address
 from oracle_example.exchanges import build_sources
-from oracle_example.report import SECP256K1_N, OracleError, SignedReport, message_for
+from oracle_example.report import (
+    Message,
+    OracleError,
+    OracleErrorCode,
+    PriceReport,
+    SignedReport,
+    detail_hash,
+    feed_id,
+)
 from oracle_example.sources import Source, SourceState
 
 __all__ = [
@@ -482,6 +489,45 @@ class Oracle:
                 for s, st in self._state.sources.items()
             },
         }
+
+
+def message_for(
+    result: Aggregate | AggregationFailure,
+    *,
+    round_id: int,
+    config_hash: bytes,
+    timestamp: int | None = None,
+) -> tuple[Message, str | None]:
+    """The message to sign for one aggregation round, and the detail text for an `OracleError`.
+
+    `timestamp` defaults to the round's observation time in whole seconds (floor).
+    """
+    when = int(result.observed_at.timestamp()) if timestamp is None else timestamp
+    if isinstance(result, Aggregate):
+        return (
+            PriceReport(
+                feed_id=feed_id(result.feed),
+                price=result.price,
+                decimals=result.decimals,
+                timestamp=when,
+                round_id=round_id,
+                num_sources=result.num_sources,
+                dispersion_bps=result.dispersion_bps,
+                sources_hash=result.sources_hash,
+                config_hash=config_hash,
+            ),
+            None,
+        )
+    return (
+        OracleError(
+            feed_id=feed_id(result.feed),
+            code=int(result.code),
+            timestamp=when,
+            round_id=round_id,
+            detail_hash=detail_hash(result.detail),
+        ),
+        result.detail,
+    )
 
 
 def _key_from_nsm(nsm: Nsm) -> coincurve.PrivateKey:

@@ -9,15 +9,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from oracle_example._eip712 import keccak256
 from oracle_example.aggregate import (
     BPS,
     Aggregate,
     AggregationFailure,
-    OracleErrorCode,
-    Outcome,
     Quote,
-    SourceOutcome,
     aggregate,
     aggregate_feed,
     clock_failure,
@@ -25,7 +21,6 @@ from oracle_example.aggregate import (
     median,
     scale_price,
     should_publish,
-    sources_hash,
 )
 from oracle_example.config import FeedConfig, Market, OracleConfig
 from oracle_example.errors import (
@@ -34,8 +29,17 @@ from oracle_example.errors import (
     SourceRateLimited,
     SourceUnreachable,
 )
+from oracle_example.eth import keccak256
 from oracle_example.exchanges import build_sources
-from oracle_example.report import OracleError, PriceReport, message_for
+from oracle_example.oracle import message_for
+from oracle_example.report import (
+    OracleError,
+    OracleErrorCode,
+    Outcome,
+    PriceReport,
+    SourceOutcome,
+    sources_hash,
+)
 from tests.oracle_example.oracle_fixtures import RECORDED_AT, parse, recorded_ok
 
 CONFIG = OracleConfig()

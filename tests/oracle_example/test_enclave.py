@@ -28,15 +28,15 @@ from nsm._server import EmulatorServer
 from nsm.client import Nsm
 from nsm.emulator import Emulator
 from oracle_example import _cli
-from oracle_example.aggregate import OracleErrorCode
 from oracle_example.binding import Binding
 from oracle_example.client import GetResult
 from oracle_example.config import OracleConfig
 from oracle_example.demo import OracleStack
 from oracle_example.errors import EnclaveBootError
+from oracle_example.eth import address_of, to_checksum_address
 from oracle_example.oracle import EnclaveOptions, Oracle, expected_pcr16
 from oracle_example.replay import Rule
-from oracle_example.report import OracleError, address_of, to_checksum_address
+from oracle_example.report import OracleError, OracleErrorCode
 from tests.enclave_net._support import REPO, short_tempdir
 from tests.oracle_example.oracle_stack import oracle_stack, outcomes, wait_until
 

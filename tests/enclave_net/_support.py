@@ -195,6 +195,14 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "enclave_net._cli", *args]
 
 
+def relay_args(listen: Path, host: str, port: int) -> tuple[str, ...]:
+    """`enclave-net egress` arguments that relay `unix:listen` to a local stand-in for `host`."""
+    return (
+        *("--route", f"unix:{listen}={host}:{port}"),
+        *("--resolve", f"{host}=127.0.0.1", "--allow-private"),
+    )
+
+
 class ProxyProcess:
     """`enclave-net egress ...` as a child process; waits for its "ready" log line."""
 

@@ -31,6 +31,7 @@ from tests.enclave_net._support import (
     cli,
     doctor_findings,
     doctor_via,
+    relay_args,
     run_doctor,
 )
 
@@ -88,13 +89,7 @@ def legacy_chain(
     dns = TcpDnsServer()
     relay = sockdir / "dns.sock"  # stands in for vsock 3:53
     # Parent: "vsock-proxy 53 <dns> 53", TCP-only, like AWS's.
-    start_proxy(
-        "--route",
-        f"unix:{relay}=dns.test:{dns.port}",
-        "--resolve",
-        "dns.test=127.0.0.1",
-        "--allow-private",
-    )
+    start_proxy(*relay_args(relay, "dns.test", dns.port))
     # Enclave: `socat UDP4-LISTEN:53,fork,reuseaddr VSOCK-CONNECT:3:53 &`, Unix for vsock.
     enclave.spawn(["socat", "UDP4-LISTEN:53,fork,reuseaddr", f"UNIX-CONNECT:{relay}"])
     resolv = sockdir / "resolv.conf"
@@ -169,13 +164,7 @@ def test_sealed_enclave_with_a_working_route_is_healthy(
     start_proxy: Callable[..., ProxyProcess],
 ) -> None:
     listen = sockdir / "b.sock"
-    start_proxy(
-        "--route",
-        f"unix:{listen}=api.binance.com:{binance.port}",
-        "--resolve",
-        "api.binance.com=127.0.0.1",
-        "--allow-private",
-    )
+    start_proxy(*relay_args(listen, "api.binance.com", binance.port))
     missing = sockdir / "resolv.conf"  # dangling, as in a real enclave
     missing.symlink_to("/run/resolvconf/resolv.conf-does-not-exist")
     code, found = _doctor(
@@ -448,14 +437,7 @@ def test_concurrency_stall_names_num_workers(
 def test_concurrency_through_our_proxy_is_ok(
     binance_route: UnixAddress, pki: CertAuthority, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, found = doctor_via(
-        main,
-        capsys,
-        binance_route,
-        pki,
-        "--concurrency",
-        "16",
-    )
+    code, found = doctor_via(main, capsys, binance_route, pki, "--concurrency", "16")
     finding = found["concurrency api.binance.com:443"]
     assert finding["status"] == "ok"
     assert "16 streams at once" in finding["message"]

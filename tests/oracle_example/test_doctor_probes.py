@@ -7,13 +7,17 @@ point 7), its clock is the doctor's reference (point 8), and its own ticker must
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from enclave_net.address import UnixAddress
+from enclave_net.address import HostPort, UnixAddress
+from enclave_net.doctor import check_egress
+from enclave_net.egress import EgressConfig
 from oracle_example._cli import main
 from oracle_example.config import OracleConfig
 from oracle_example.probes import oracle_probes
@@ -154,3 +158,27 @@ def test_stale_source_is_named_with_its_age(
         "300",
     )
     assert found["freshness api.binance.com"]["status"] == "ok"
+
+
+def test_the_doctor_judges_time_by_the_clock_it_is_given(
+    binance_route: UnixAddress, pki: CertAuthority
+) -> None:
+    # The same healthy server and route; only the doctor's clock moves. Freshness and the clock
+    # check both read it, so a clock two minutes fast fails both, naming the skew.
+    config = EgressConfig(
+        routes={HostPort("api.binance.com", 443): binance_route}, ca_bundle=pki.ca_pem
+    )
+    probes = {HostPort(p.host, 443): p for p in oracle_probes(OracleConfig())}
+
+    def findings(shift: timedelta) -> dict[str, Any]:
+        found = asyncio.run(
+            check_egress(config, probes, clock=lambda: datetime.now(UTC) + shift, concurrency=1)
+        )
+        return {f.check: f for f in found}
+
+    honest = findings(timedelta(0))
+    assert honest["clock"].status == "ok" and honest["freshness api.binance.com"].status == "ok"
+    fast = findings(timedelta(minutes=2))
+    assert fast["clock"].status == "fail"
+    assert "ahead of api.binance.com serverTime" in fast["clock"].message
+    assert fast["freshness api.binance.com"].status == "fail"

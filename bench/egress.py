@@ -5,7 +5,7 @@ throughput of the proxy vs socat, on loopback, in one run.
 
 Latency: the enclave-side client (`EgressClient`) fetches a small JSON document from a local
 HTTPS server (test CA, separate process), either straight over TCP ("direct") or through
-`nitro-oracle egress` in route mode over a Unix socket (the stand-in for vsock), separate
+`enclave-net egress` in route mode over a Unix socket (the stand-in for vsock), separate
 process. Measured both with a fresh connection per request (TCP + TLS handshake each time) and
 over one keep-alive connection. Added latency = p50(proxy) - p50(direct).
 
@@ -17,6 +17,7 @@ Targets (issue 4): at most 1 ms added at p50; at least 50% of socat's throughput
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing
 import os
@@ -35,9 +36,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from oracle_example.address import TcpAddress, UnixAddress, parse_host_port  # noqa: E402
-from oracle_example.egress import EgressClient, EgressConfig, Timeouts  # noqa: E402
-from tests.oracle_example._support import CertAuthority, HttpsExchange  # noqa: E402
+from enclave_net.address import TcpAddress, UnixAddress, parse_host_port  # noqa: E402
+from enclave_net.egress import EgressClient, EgressConfig, Timeouts  # noqa: E402
+from tests.enclave_net._support import CertAuthority, HttpsExchange  # noqa: E402
 
 URL = "https://api.binance.com/api/v3/ticker/price?symbol=BTCUSDT"
 CHUNK = 1 << 20
@@ -83,7 +84,7 @@ def _start_proxy(listen: Path, upstream_port: int) -> subprocess.Popen[bytes]:
         [
             sys.executable,
             "-m",
-            "oracle_example._cli",
+            "enclave_net._cli",
             "egress",
             "--log-level",
             "warning",
@@ -122,26 +123,33 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 def _latency(
     direct: EgressConfig, proxied: EgressConfig, requests: int, *, keepalive: bool
 ) -> tuple[list[float], list[float]]:
-    """Alternate direct and proxied requests so that drift on a busy machine hits both alike."""
-    configs = (direct, proxied)
+    """Alternate direct and proxied requests so that drift on a busy machine hits both alike.
+
+    The client is async (the one egress implementation); the whole run is one event loop."""
+    return asyncio.run(_alternate((direct, proxied), requests, keepalive=keepalive))
+
+
+async def _alternate(
+    configs: tuple[EgressConfig, EgressConfig], requests: int, *, keepalive: bool
+) -> tuple[list[float], list[float]]:
     clients = [EgressClient(c) for c in configs]
     samples: tuple[list[float], list[float]] = ([], [])
     try:
         for _ in range(20):  # warm-up: imports, first handshakes, caches
             for client in clients:
-                client.get(URL)
+                await client.get(URL)
         for _ in range(requests):
             for i, config in enumerate(configs):
                 if not keepalive:
-                    clients[i].close()
+                    await clients[i].aclose()
                     clients[i] = EgressClient(config)
                 started = time.perf_counter()
-                response = clients[i].get(URL)
+                response = await clients[i].get(URL)
                 samples[i].append(time.perf_counter() - started)
                 assert response.status == 200
     finally:
         for client in clients:
-            client.close()
+            await client.aclose()
     return samples
 
 

@@ -1,8 +1,8 @@
-"""`nitro-oracle`: the oracle's command line.
+"""`nitro-oracle`: the oracle's command line: `enclave`, `get`, `doctor`, `demo`.
 
-Subcommands: `egress` (parent-side proxy), `fetch` (one HTTPS request through the enclave's
-egress layer), `doctor` (name every broken link). The enclave, gateway and demo commands are
-added next to these by their own builders.
+`nitro-oracle ...` or `python -m oracle_example._cli ...` (as the demo starts the enclave). The
+networking tools (the parent's egress proxy, the gateway, fetch, the generic doctor) are
+`enclave-net`'s; `nitro-oracle doctor` is that doctor with the oracle's exchange probes.
 """
 
 from __future__ import annotations
@@ -12,251 +12,305 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from oracle_example._oracle_cli import register
+from enclave_net._cli import run_command, stop_on_signals
+from enclave_net.errors import EnclaveNetError
 from oracle_example.errors import OracleExampleError
 
 __all__ = ["build_parser", "main"]
 
-_EGRESS_HELP = """\
-Parent-side egress proxy for enclaves. Two modes, usable together:
 
-  route mode    --route LISTEN=HOST:PORT (repeatable). Every stream accepted on LISTEN is
-                relayed to HOST:PORT, resolved here on the parent and re-resolved on failure
-                and every --resolve-ttl seconds. Same semantics as AWS's vsock-proxy: the
-                enclave maps each upstream host name to one parent port.
-  CONNECT mode  --connect LISTEN with --allow HOST:PORT (repeatable). Clients send
-                "CONNECT host:port"; only allowed pairs are tunnelled (400 malformed,
-                403 refused, 502 upstream failure, 503 over capacity, 408 too slow).
-
-TLS is never terminated here: the enclave verifies certificates itself. Upstream addresses that
-are link-local (169.254.169.254), multicast or unspecified are always refused; private and
-loopback ones unless --allow-private. Logs are JSON lines on stderr.
-
-Addresses: vsock:CID:PORT (listen on vsock:4294967295:PORT for any CID), unix:PATH, tcp:HOST:PORT.
-"""
+# --- enclave --------------------------------------------------------------------------------------
 
 
-def _add_egress(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_enclave(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from oracle_example.api import DEFAULT_LISTEN
+    from oracle_example.config import OracleConfig
+    from oracle_example.oracle import DEFAULT_INTERVAL, default_routes
+
     p = sub.add_parser(
-        "egress",
-        help="run the parent-side egress proxy (routes and/or CONNECT)",
-        description=_EGRESS_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "enclave",
+        help="run the oracle inside the enclave (boot, fetch loop, API over vsock)",
+        description="Boots the oracle (lo up, NSM, key from NSM randomness, PCR16 := config "
+        "hash, locked; attestation binding the key), then fetches, signs and serves reports. "
+        "Production mode (the default) refuses the NSM emulator and debug-mode enclaves. "
+        f"Default routes (one per configured source): {', '.join(default_routes(OracleConfig()))}.",
     )
-    p.add_argument("--route", action="append", default=[], metavar="LISTEN=HOST:PORT")
-    p.add_argument("--connect", metavar="LISTEN", help="CONNECT-mode listener address")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="ADDR", help="API address")
     p.add_argument(
-        "--allow",
-        action="append",
-        default=[],
-        metavar="HOST:PORT",
-        help="CONNECT allow list entry (repeatable)",
+        "--nsm", default="device", metavar="device|unix:PATH", help="NSM (default /dev/nsm)"
     )
     p.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="TOML file with routes, connect, allow, resolve, limits "
-        "(see oracle_example/deploy/egress.toml)",
-    )
-    p.add_argument(
-        "--resolve",
-        action="append",
-        default=[],
-        metavar="HOST=IP",
-        help="pin a name on the parent, like curl's --resolve; HOST:PORT=IP:PORT "
-        "also remaps the port",
-    )
-    p.add_argument(
-        "--allow-private",
+        "--dev",
         action="store_true",
-        default=None,
-        help="permit private and loopback upstream addresses (tests, VPC services)",
+        help="development mode: permits the emulator and debug PCRs (never for real prices)",
     )
-    p.add_argument("--max-connections", type=int, metavar="N")
-    p.add_argument("--idle-timeout", type=float, metavar="SECONDS")
-    p.add_argument("--total-timeout", type=float, metavar="SECONDS")
-    p.add_argument("--head-timeout", type=float, metavar="SECONDS")
-    p.add_argument("--resolve-ttl", type=float, metavar="SECONDS")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.set_defaults(func=_run_egress)
-
-
-def _run_egress(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from oracle_example.proxy import EgressProxy, JsonLogFormatter, load_config
-
-    config = load_config(
-        args.config,
-        routes=args.route,
-        connect=args.connect,
-        allow=args.allow,
-        resolve=args.resolve,
-        allow_private=args.allow_private,
-    )
-    overrides = {
-        name: value
-        for name, value in (
-            ("max_connections", args.max_connections),
-            ("idle_timeout", args.idle_timeout),
-            ("total_timeout", args.total_timeout),
-            ("head_timeout", args.head_timeout),
-            ("resolve_ttl", args.resolve_ttl),
-        )
-        if value is not None
-    }
-    if overrides:
-        config = dataclasses.replace(config, limits=dataclasses.replace(config.limits, **overrides))
-
-    async def serve() -> None:
-        proxy = EgressProxy(config)
-        await proxy.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        log.info("ready", extra={"fields": {"pid": __import__("os").getpid()}})
-        await stop.wait()
-        await proxy.close()
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    log = logging.getLogger("oracle_example.proxy")
-    log.addHandler(handler)
-    log.setLevel(args.log_level.upper())
-    log.propagate = False
-    try:
-        asyncio.run(serve())
-    finally:
-        log.removeHandler(handler)
-        log.propagate = True
-    return 0
-
-
-def _add_fetch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "fetch",
-        help="one HTTPS request through the enclave's egress layer",
-        description="Fetch URL through the egress layer exactly as the oracle does: no DNS, TLS "
-        "verified here. Prints status, headers and body; exits 1 with the named "
-        "cause if the request fails.",
-    )
-    p.add_argument("url")
-    mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument(
-        "--route",
-        action="append",
-        metavar="HOST:PORT=ADDR",
-        help="route HOST:PORT to a parent address (repeatable)",
-    )
-    mode.add_argument("--connect", metavar="ADDR", help="parent CONNECT proxy address")
+    p.add_argument("--route", action="append", default=[], metavar="HOST:PORT=ADDR")
+    p.add_argument("--connect", metavar="ADDR", help="parent CONNECT proxy address")
+    p.add_argument("--allow", action="append", default=[], metavar="HOST:PORT")
+    p.add_argument("--ca-bundle", type=Path, metavar="PEM", help="default: certifi's bundle")
+    p.add_argument("--config", type=Path, metavar="JSON", help="OracleConfig JSON (to_json form)")
     p.add_argument(
-        "--ca-bundle",
-        type=Path,
-        metavar="PEM",
-        help="CA certificates to trust (default: certifi's bundle)",
+        "--interval", type=float, default=DEFAULT_INTERVAL.total_seconds(), metavar="SECONDS"
     )
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_run_fetch)
+    p.add_argument(
+        "--clock-offset",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="(--dev only) shift the enclave clock, to exercise the clock check",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_run_enclave)
 
 
-def _run_fetch(args: argparse.Namespace) -> int:
-    from oracle_example.egress import EgressClient, EgressConfig, Timeouts
+def _run_enclave(args: argparse.Namespace) -> int:
+    from enclave_net.jsonlog import json_logging
 
-    t = args.timeout
-    try:
-        allow = []
-        if args.connect:
-            parts = urlsplit(args.url)
-            allow = [f"{parts.hostname}:{parts.port or 443}"]
-        config = EgressConfig.from_strings(
-            routes=args.route or (),
-            connect=args.connect,
-            allow=allow,
-            ca_bundle=args.ca_bundle,
-            timeouts=Timeouts(connect=t, read=t, write=t, pool=t),
-        )
-        with EgressClient(config) as client:
-            response = client.get(args.url)
-    except OracleExampleError as exc:
-        if args.json:
-            print(
-                json.dumps(
-                    {"url": args.url, "error": {"type": type(exc).__name__, "message": str(exc)}}
-                )
-            )
-        else:
-            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "url": args.url,
-                    "status": response.status,
-                    "headers": [list(h) for h in response.headers],
-                    "body": response.text,
-                    "elapsed_ms": round(response.elapsed * 1000, 3),
-                }
-            )
-        )
-    else:
-        print(f"HTTP {response.status}")
-        for name, value in response.headers:
-            print(f"{name}: {value}")
-        print()
-        sys.stdout.write(response.text)
-        if not response.text.endswith("\n"):
-            print()
+    with json_logging(args.log_level, names=("enclave_net", "oracle_example")):
+        return _enclave(args)
+
+
+def _enclave(args: argparse.Namespace) -> int:
+    from enclave_net.address import parse_address
+    from enclave_net.egress import EgressConfig, forbid_dns
+    from nsm.client import Nsm
+    from nsm.errors import NsmError
+    from oracle_example.api import serve
+    from oracle_example.config import OracleConfig
+    from oracle_example.oracle import EnclaveOptions, Oracle, default_routes
+
+    log = logging.getLogger("oracle_example.cli")
+    if args.clock_offset and not args.dev:
+        print("nitro-oracle enclave: --clock-offset needs --dev", file=sys.stderr)
+        return 2
+    config = (
+        OracleConfig.from_json(json.loads(args.config.read_text()))
+        if args.config
+        else OracleConfig()
+    )
+    routes = args.route or ([] if args.connect else list(default_routes(config)))
+    egress = EgressConfig.from_strings(
+        routes=routes, connect=args.connect, allow=args.allow, ca_bundle=args.ca_bundle
+    )
+    offset = timedelta(seconds=args.clock_offset)
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + offset
+
+    options = EnclaveOptions(
+        config=config,
+        egress=egress,
+        listen=parse_address(args.listen),
+        production=not args.dev,
+        interval=timedelta(seconds=args.interval),
+        clock=clock,
+    )
+    emulated = args.nsm != "device"
+    if emulated and not args.dev:
+        log.error("production mode refuses the NSM emulator (%s); pass --dev", args.nsm)
+        return 2
+    nsm = Nsm.emulator(str(parse_address(args.nsm)).removeprefix("unix:")) if emulated else None
+    # The enclave has no resolver: any lookup is a bug, so make it fail at once, loudly.
+    with forbid_dns():
+        try:
+            module = nsm if nsm is not None else Nsm.device()
+        except (OracleExampleError, EnclaveNetError, NsmError) as exc:
+            log.error("cannot open the NSM: %s", exc)
+            return 2
+        with module:
+            oracle = Oracle(module, options, emulated=emulated)
+            try:
+                oracle.boot()
+            except OracleExampleError as exc:
+                log.error("boot refused: %s", exc)
+                return 2
+
+            async def main() -> None:
+                stop = asyncio.Event()
+                stop_on_signals(stop)
+                await serve(oracle, options.listen, stop)
+
+            asyncio.run(main())
     return 0
+
+
+# --- get ------------------------------------------------------------------------------------------
+
+
+def _pcr(text: str) -> tuple[int, bytes]:
+    index, sep, value = text.partition("=")
+    try:
+        if not sep or not index.isdigit() or len(value) != 96:
+            raise ValueError
+        return int(index), bytes.fromhex(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected INDEX=96 hex digits") from None
+
+
+def _add_get(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "get",
+        help="fetch a report and a nonce-bound attestation, verify root to price",
+        description="Verifies: root -> document -> policy (PCRs, nonce, age, no debug) -> "
+        "public_key -> address -> user_data layout -> EIP-712 signature -> freshness and "
+        "source count. Exit 0: verified price; 1: verification failed or the enclave signed "
+        "an OracleError; 2: gateway unreachable or bad arguments.",
+    )
+    p.add_argument("feed", help="e.g. BTC/USD")
+    p.add_argument("--gateway", required=True, metavar="URL", help="http://HOST:PORT")
+    p.add_argument(
+        "--pcr", action="append", type=_pcr, default=[], metavar="I=HEX", help="pin PCR I"
+    )
+    p.add_argument("--root", type=Path, metavar="PEM", help="trust this root, not AWS's")
+    p.add_argument("--config", type=Path, metavar="JSON", help="pin the enclave's config hash")
+    p.add_argument(
+        "--min-sources", type=int, default=1, metavar="N", help="fewest sources to accept"
+    )
+    p.add_argument("--max-age", type=float, default=120.0, metavar="SECONDS", help="report age")
+    p.add_argument("--allow-debug", action="store_true", help="accept debug documents (unsafe)")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per HTTP request")
+    p.add_argument("--json", action="store_true", help="print the verified report as JSON")
+    p.set_defaults(func=_run_get)
+
+
+def _run_get(args: argparse.Namespace) -> int:
+    from attestation import Verifier, load_pem_roots
+    from oracle_example.client import failure_json, get_report, result_json, summary
+    from oracle_example.config import OracleConfig
+    from oracle_example.errors import ClientError, ReportVerificationError
+
+    if not args.pcr:
+        print("nitro-oracle get: pin at least PCR0 with --pcr 0=HEX", file=sys.stderr)
+        return 2
+    verifier = Verifier(roots=load_pem_roots(args.root.read_bytes())) if args.root else None
+    config_hash = (
+        OracleConfig.from_json(json.loads(args.config.read_text())).config_hash
+        if args.config
+        else None
+    )
+    try:
+        result = get_report(
+            args.gateway,
+            args.feed,
+            verifier=verifier or Verifier.aws(),
+            pcrs=dict(args.pcr),
+            allow_debug=args.allow_debug,
+            max_report_age=timedelta(seconds=args.max_age),
+            min_sources=args.min_sources,
+            config_hash=config_hash,
+            timeout=args.timeout,
+        )
+    except (ReportVerificationError, ClientError) as exc:
+        if args.json:
+            print(json.dumps(failure_json(args.feed, exc)))
+        else:
+            print(f"{args.feed}  NOT VERIFIED: {exc} [{exc.code}]")
+        return 2 if isinstance(exc, ClientError) else 1
+    if args.json:
+        print(json.dumps(result_json(result), default=str))
+    else:
+        print("\n".join(summary(result)))
+    return 0 if result.verified is not None else 1
+
+
+# --- demo -----------------------------------------------------------------------------------------
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole oracle on one machine: emulator, egress, enclave, gateway, verify",
+        description="Starts the NSM emulator, the parent egress proxy, the enclave app (in a "
+        "network namespace with no interfaces when root) and the gateway; fetches and verifies "
+        "BTC/USD and ETH/USD; writes reports, the attestation and the emulator root to --out. "
+        "Uses live exchanges when they answer, else a local HTTPS replay (said loudly).",
+    )
+    p.add_argument("--out", type=Path, default=Path("oracle-demo"), metavar="DIR")
+    p.add_argument("--seed", type=int, default=None, help="deterministic emulator PKI and PCRs")
+    p.add_argument("--replay", action="store_true", help="skip the live probe, use the replay")
+    p.add_argument(
+        "--no-netns", action="store_true", help="run the enclave as a plain process even as root"
+    )
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from oracle_example.demo import run_demo
+
+    return run_demo(
+        args.out, seed=args.seed, force_replay=args.replay, netns=False if args.no_netns else None
+    )
+
+
+# --- doctor ---------------------------------------------------------------------------------------
 
 
 def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from oracle_example.doctor import add_arguments, run
+    from enclave_net.doctor import add_arguments
 
     p = sub.add_parser(
         "doctor",
-        help="check every link of the egress path and name what is broken",
-        description="Runs the enclave-side (and with --parent, parent-side) checks of the "
-        "egress path. Each line is ok / warn / fail with a cause and a remedy; "
-        "exit status 1 if anything failed.",
+        help="check every link of the egress path, with the oracle's exchange probes",
+        description="`enclave-net doctor` with the oracle's probes: each exchange's time "
+        "endpoint (documented JSON, server clock) and the freshness of its ticker. Each line "
+        "is ok / warn / fail with a cause and a remedy; exit status 1 if anything failed.",
     )
     add_arguments(p)
-    p.set_defaults(func=run)
+    p.add_argument(
+        "--oracle-config",
+        type=Path,
+        metavar="JSON",
+        help="the OracleConfig whose sources to probe (default: the built-in one)",
+    )
+    p.add_argument(
+        "--max-source-age",
+        type=float,
+        metavar="SECONDS",
+        help="fail when an exchange's own ticker timestamp is older than this "
+        "(default: the config's maxSourceAgeMs, 30)",
+    )
+    p.set_defaults(func=_run_doctor)
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    from enclave_net.doctor import run
+    from oracle_example.config import OracleConfig
+    from oracle_example.probes import oracle_probes
+
+    config = (
+        OracleConfig.from_json(json.loads(args.oracle_config.read_text()))
+        if args.oracle_config
+        else OracleConfig()
+    )
+    max_age = None if args.max_source_age is None else timedelta(seconds=args.max_source_age)
+    return run(args, probes=oracle_probes(config, max_age=max_age))
+
+
+# --- wiring ---------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nitro-oracle",
-        description="The reference Nitro enclave price oracle and its parent-side tools.",
+        description="The reference Nitro enclave price oracle. Networking tools (egress "
+        "proxy, gateway, fetch) are `enclave-net`'s.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_egress(sub)
-    _add_fetch(sub)
+    _add_enclave(sub)
+    _add_get(sub)
     _add_doctor(sub)
-    register(sub)  # enclave, gateway, get, demo
+    _add_demo(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    try:
-        result: int = args.func(args)
-    except OracleExampleError as exc:
-        print(f"nitro-oracle {args.command}: {exc}", file=sys.stderr)
-        return 2
-    return result
+    return run_command(
+        build_parser(), argv, errors=(OracleExampleError, EnclaveNetError, OSError, ValueError)
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,27 +20,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
-from enum import IntEnum, StrEnum
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
-from oracle_example._eip712 import keccak256
-from oracle_example._oracle_errors import (
+from oracle_example.config import FeedConfig, OracleConfig
+from oracle_example.errors import (
     AggregationError,
-    ReportFormatError,
     SourceBlocked,
     SourceError,
+    SourceMalformed,
     SourceRateLimited,
 )
-from oracle_example.config import FeedConfig, OracleConfig
-from oracle_example.sources import Quote
+from oracle_example.report import OracleErrorCode, Outcome, SourceOutcome, sources_hash
 
 __all__ = [
     "BPS",
     "Aggregate",
     "AggregationFailure",
-    "OracleErrorCode",
-    "Outcome",
-    "SourceOutcome",
+    "Quote",
     "aggregate",
     "aggregate_feed",
     "clock_failure",
@@ -48,7 +44,6 @@ __all__ = [
     "median",
     "scale_price",
     "should_publish",
-    "sources_hash",
 ]
 
 #: Basis points in one.
@@ -57,77 +52,28 @@ BPS = 10_000
 _PRECISION = 100
 
 
-class OracleErrorCode(IntEnum):
-    """`OracleError.code` values (reference/oracle.md §2.8)."""
-
-    TOO_FEW_SOURCES = 1
-    DISPERSION = 2
-    CLOCK_UNTRUSTED = 3
-    ALL_SOURCES_BLOCKED = 4
-    INTERNAL = 5
-
-
-class Outcome(StrEnum):
-    """What happened to each source this round (strings, so they read well in JSON)."""
-
-    USED = "used"
-    OUTLIER = "outlier"
-    STALE = "stale"
-    FUTURE = "future"
-    FAILED = "failed"
-    BLOCKED = "blocked"
-    RATE_LIMITED = "rate_limited"
-    MISSING = "missing"
-
-
 @dataclass(frozen=True, kw_only=True)
-class SourceOutcome:
-    """One source's line in the unsigned detail beside a report."""
+class Quote:
+    """One source's price for one feed, as the exchange stated it."""
 
     source: str
-    outcome: Outcome
-    price: Decimal | None = None
-    source_time: datetime | None = None
-    detail: str = ""
+    feed: str
+    instrument: str
+    price: Decimal
+    source_time: datetime
+    """The exchange's own timestamp for the price (see the table in exchanges.py)."""
+    received_at: datetime
+    """The enclave clock when the response was parsed."""
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "source": self.source,
-            "outcome": self.outcome.value,
-            # A string, as the exchange sent it: JSON numbers would invite float.
-            "price": None if self.price is None else str(self.price),
-            "sourceTime": None if self.source_time is None else self.source_time.isoformat(),
-            "detail": self.detail,
-        }
-
-    @classmethod
-    def from_json(cls, obj: object) -> SourceOutcome:
-        keys = {"source", "outcome", "price", "sourceTime", "detail"}
-        if not isinstance(obj, dict) or set(obj) != keys:
-            raise ReportFormatError(f"a source line needs exactly the keys {sorted(keys)}")
-        source, outcome, detail = obj["source"], obj["outcome"], obj["detail"]
-        known = {o.value for o in Outcome}
-        if not isinstance(source, str) or not isinstance(detail, str) or outcome not in known:
-            raise ReportFormatError(f"bad source line {obj!r}")
-        price_text, time_text = obj["price"], obj["sourceTime"]
-        try:
-            price = None if price_text is None else Decimal(_str(price_text))
-            when = None if time_text is None else datetime.fromisoformat(_str(time_text))
-        except (InvalidOperation, ValueError) as exc:
-            raise ReportFormatError(f"bad price or time in source line: {exc}") from exc
-        if price is not None and not price.is_finite():
-            raise ReportFormatError("source price must be finite")
-        if when is not None and when.tzinfo is None:
-            raise ReportFormatError("sourceTime must carry a UTC offset")
-        return cls(
-            source=source, outcome=Outcome(outcome), price=price, source_time=when, detail=detail
-        )
-
-
-def _str(value: object) -> str:
-    if not isinstance(value, str):
-        raise ReportFormatError(f"expected a string, got {value!r}")
-    return value
+    def __post_init__(self) -> None:
+        price: object = self.price  # typed Decimal, but a float must not slip in at runtime
+        if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
+            raise SourceMalformed(
+                f"price must be a positive finite Decimal: {self.price!r}", source=self.source
+            )
+        for when in (self.source_time, self.received_at):
+            if when.tzinfo is None:
+                raise ValueError("quote times must be timezone-aware")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,14 +129,6 @@ def dispersion_bps(values: Sequence[int], center: int) -> int:
     if center <= 0:
         raise AggregationError("dispersion needs a positive center")
     return -(-(max(values) - min(values)) * BPS // center)
-
-
-def sources_hash(source_ids: Iterable[str]) -> bytes:
-    """keccak256(keccak256(id_1) || ... || keccak256(id_n)), ids sorted and distinct."""
-    ids = sorted(source_ids)
-    if len(set(ids)) != len(ids):
-        raise AggregationError("duplicate source id")
-    return keccak256(b"".join(keccak256(i.encode("utf-8")) for i in ids))
 
 
 def _failure_outcome(error: SourceError) -> SourceOutcome:

@@ -32,16 +32,23 @@ from typing import Any, Protocol
 import coincurve
 
 from attestation.errors import AttestationError
-from oracle_example._eip712 import Eip712Domain, keccak256, parse_address
-from oracle_example._oracle_errors import (
+from oracle_example.aggregate import dispersion_bps, median, scale_price
+from oracle_example.config import OracleConfig
+from oracle_example.errors import (
     BindingError,
     OracleReported,
     ReportFormatError,
     ReportVerificationError,
 )
-from oracle_example.aggregate import Outcome, dispersion_bps, median, scale_price, sources_hash
-from oracle_example.config import OracleConfig, domains_hash
-from oracle_example.report import OracleError, PriceReport, SignedReport
+from oracle_example.eth import Eip712Domain, keccak256, parse_address
+from oracle_example.report import (
+    OracleError,
+    Outcome,
+    PriceReport,
+    SignedReport,
+    domains_hash,
+    sources_hash,
+)
 
 __all__ = [
     "DEFAULT_MAX_AHEAD",

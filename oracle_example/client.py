@@ -22,20 +22,19 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from attestation import Policy
-from oracle_example._eip712 import to_checksum_address
-from oracle_example._oracle_errors import OracleCoreError, OracleReported, ReportVerificationError
 from oracle_example.binding import (
     DEFAULT_MAX_REPORT_AGE,
     DocumentVerifier,
     VerifiedReport,
     verify_report,
 )
+from oracle_example.errors import ClientError, OracleReported, ReportVerificationError
+from oracle_example.eth import to_checksum_address
 from oracle_example.report import OracleError
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
     "NONCE_BYTES",
-    "ClientError",
     "GetResult",
     "get_report",
     "http_get",
@@ -49,12 +48,6 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 NONCE_BYTES = 32
 #: A nonce-bound document is made on request, so it is seconds old; a minute is generous.
 DEFAULT_MAX_DOCUMENT_AGE = _dt.timedelta(minutes=1)
-
-
-class ClientError(OracleCoreError):
-    """The gateway could not be reached, or answered something that is not the API."""
-
-    code = "client.transport"
 
 
 @dataclass(frozen=True, kw_only=True)

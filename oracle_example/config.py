@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from oracle_example._eip712 import Eip712Domain, keccak256
-from oracle_example._oracle_errors import ConfigError, ReportFormatError
+from oracle_example.errors import ConfigError, ReportFormatError
+from oracle_example.eth import Eip712Domain, keccak256
+from oracle_example.report import domains_hash, feed_id
 
 __all__ = [
     "CONFIG_VERSION",
@@ -30,8 +31,6 @@ __all__ = [
     "Market",
     "OracleConfig",
     "SourceConfig",
-    "domains_hash",
-    "feed_id",
 ]
 
 #: Bumped whenever the canonical form changes, so two versions never share a configHash.
@@ -47,22 +46,6 @@ _CURRENCY = re.compile(r"[A-Z0-9]{1,16}")
 _SOURCE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _INSTRUMENT = re.compile(r"[A-Za-z0-9._:-]{1,32}")
 _HOST = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
-
-
-def feed_id(symbol: str) -> bytes:
-    """`feedId = keccak256("BTC/USD")` (reference/oracle.md §2.3)."""
-    if not _SYMBOL.fullmatch(symbol):
-        raise ConfigError(f"feed symbol must be upper-case BASE/QUOTE, got {symbol!r}")
-    return keccak256(symbol.encode("ascii"))
-
-
-def domains_hash(domains: tuple[Eip712Domain, ...]) -> bytes:
-    """keccak256 of the domain separators, concatenated in config order.
-
-    A contract that knows its own separator and the list can check membership; the list travels
-    unsigned beside each report and is pinned by this hash in `user_data`.
-    """
-    return keccak256(b"".join(d.separator for d in domains))
 
 
 def _ms(value: timedelta, name: str) -> int:

@@ -39,20 +39,24 @@ import certifi
 from cryptography import x509
 
 from attestation import AttestationDocument, Verifier, load_pem_roots
+from enclave_net.address import HostPort, TcpAddress, UnixAddress
+from enclave_net.gateway import Gateway
+from enclave_net.jsonlog import json_logging
+from enclave_net.proxy import EgressProxy
+from enclave_net.proxy_config import Pin, ProxyConfig, ProxyRoute
 from nsm._server import EmulatorServer, write_root_pem
 from nsm.emulator import Emulator
-from oracle_example._oracle_errors import ReportVerificationError
-from oracle_example.address import HostPort, TcpAddress, UnixAddress
-from oracle_example.client import ClientError, GetResult, get_report, http_get, summary
+from oracle_example.client import GetResult, get_report, http_get, summary
 from oracle_example.config import OracleConfig
-from oracle_example.enclave import expected_pcr16
-from oracle_example.errors import OracleExampleError
-from oracle_example.gateway import Gateway
-from oracle_example.proxy import EgressProxy, Pin, ProxyConfig, ProxyRoute
+from oracle_example.errors import ClientError, OracleExampleError, ReportVerificationError
+from oracle_example.exchanges import build_sources
+from oracle_example.oracle import expected_pcr16
 from oracle_example.replay import DemoCertificates, ReplayExchange
-from oracle_example.sources import Source, build_sources
+from oracle_example.sources import Source
 
 __all__ = ["OracleStack", "probe_live", "run_demo"]
+
+_LOGGERS = ("enclave_net", "oracle_example")
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 #: Long enough for a cold Python start, boot and the first round on a slow 2-core machine.
@@ -387,26 +391,6 @@ class OracleStack:
 
 
 @contextlib.contextmanager
-def _parent_log(path: Path) -> Iterator[None]:
-    """Parent-side logs (proxy, gateway) go to a file, not over the demo's summary."""
-    from oracle_example.proxy import JsonLogFormatter
-
-    logger = logging.getLogger("oracle_example")
-    handler = logging.FileHandler(path)
-    handler.setFormatter(JsonLogFormatter())
-    saved = (logger.handlers[:], logger.propagate, logger.level)
-    logger.handlers[:] = [handler]
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.handlers[:], logger.propagate = saved[0], saved[1]
-        logger.setLevel(saved[2])
-        handler.close()
-
-
-@contextlib.contextmanager
 def _sigterm_as_exit() -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
@@ -485,7 +469,11 @@ def run_demo(
     stack = OracleStack(config=config, seed=seed, replay=not live, netns=netns)
     verified: list[GetResult] = []
     try:
-        with _sigterm_as_exit(), _parent_log(out / "parent.log"):
+        with (
+            _sigterm_as_exit(),
+            # Parent-side logs (proxy, gateway) go to a file, not over the demo's summary.
+            json_logging(logging.INFO, names=_LOGGERS, path=out / "parent.log"),
+        ):
             stack.start()
             write_root_pem(out / "emulator-root.pem", stack.root_pem)
             write(f"  NSM emulator   unix:{stack.nsm_socket} (software NSM; test PKI, not AWS)")

@@ -1,4 +1,9 @@
-"""Signed reports: EIP-712 `PriceReport` and `OracleError`, signing, recovery, and the JSON form.
+"""The oracle's wire format, in one place: what is signed and how it travels.
+
+The identifiers and hashes in the signed fields (`feedId`, `sourcesHash`, `domainsHash`), the
+`OracleError` codes, the two signed structs, their digests, and the report JSON with its
+unsigned per-source detail. Keys, signatures and the EIP-712 encoding itself (words,
+`encodeType`, the domain) are Ethereum's, not the oracle's: `eth.py`.
 
 ```
 PriceReport(bytes32 feedId,int256 price,uint8 decimals,uint64 timestamp,uint64 roundId,
@@ -8,9 +13,7 @@ digest = keccak256(0x1901 || domainSeparator || hashStruct(message))
 ```
 
 Errors are signed too, under their own typehash, so an error can never decode as a price
-(reference/oracle.md §2.8). Signatures are r || s || v with v = recid + 27, what OpenZeppelin's
-`ECDSA.recover` and `ecrecover` take; libsecp256k1 signs low-s, and we refuse high-s on recovery
-as OpenZeppelin does (oracle.md §2.5).
+(reference/oracle.md §2.8). Signatures: see `eth.py`.
 
 The report JSON carries `typedData` exactly as eth-account's
 `encode_typed_data(full_message=...)` takes it, the signature as 0x-hex of 65 bytes, and beside
@@ -21,68 +24,161 @@ attestation's user_data) and, for an `OracleError`, the detail text whose keccak
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from enum import IntEnum, StrEnum
 from typing import ClassVar
 
 import coincurve
 
-from oracle_example._eip712 import (
+from oracle_example.errors import AggregationError, ReportFormatError, SignatureFormatError
+from oracle_example.eth import (
     EIP712_DOMAIN_FIELDS,
+    SIGNATURE_LENGTH,
     Eip712Domain,
     encode_type,
     encode_word,
     keccak256,
     parse_address,
     parse_bytes32,
+    recover_address,
+    sign_digest,
     to_checksum_address,
     type_hash,
 )
-from oracle_example._oracle_errors import ReportFormatError, SignatureFormatError
-from oracle_example.aggregate import (
-    Aggregate,
-    AggregationFailure,
-    OracleErrorCode,
-    SourceOutcome,
-)
-from oracle_example.config import feed_id
 
 __all__ = [
     "ORACLE_ERROR_TYPE",
     "PRICE_REPORT_TYPE",
     "REPORT_VERSION",
-    "SECP256K1_N",
-    "SIGNATURE_LENGTH",
-    "Eip712Domain",
     "Message",
     "OracleError",
     "OracleErrorCode",
+    "Outcome",
     "PriceReport",
     "SignedReport",
-    "address_of",
+    "SourceOutcome",
     "detail_hash",
-    "keccak256",
-    "message_for",
+    "domains_hash",
+    "feed_id",
     "parse_typed_data",
-    "recover_address",
-    "recover_public_key",
-    "sign_digest",
     "sign_message",
-    "to_checksum_address",
+    "sources_hash",
     "typed_data",
     "typed_data_digest",
 ]
 
 #: The JSON envelope's version; bump it when a key changes meaning.
 REPORT_VERSION = 1
-#: r(32) || s(32) || v(1).
-SIGNATURE_LENGTH = 65
-#: Order of the secp256k1 group; s above N/2 is the malleable twin OpenZeppelin rejects.
-SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-_UNCOMPRESSED_KEY_LENGTH = 65
-_V_OFFSET = 27  # Ethereum's v = recid + 27 (yellow paper, ecrecover)
 _HEX_SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
 _MAX_DETAIL_CHARS = 4096
+
+
+# --- identifiers, hashes and codes in the signed fields ------------------------------------------
+
+_SYMBOL = re.compile(r"[A-Z0-9]{1,16}/[A-Z0-9]{1,16}")
+
+
+def feed_id(symbol: str) -> bytes:
+    """`feedId = keccak256("BTC/USD")` (reference/oracle.md §2.3)."""
+    if not _SYMBOL.fullmatch(symbol):
+        raise ReportFormatError(f"feed symbol must be upper-case BASE/QUOTE, got {symbol!r}")
+    return keccak256(symbol.encode("ascii"))
+
+
+def domains_hash(domains: tuple[Eip712Domain, ...]) -> bytes:
+    """keccak256 of the domain separators, concatenated in config order.
+
+    A contract that knows its own separator and the list can check membership; the list travels
+    unsigned beside each report and is pinned by this hash in `user_data`.
+    """
+    return keccak256(b"".join(d.separator for d in domains))
+
+
+def sources_hash(source_ids: Iterable[str]) -> bytes:
+    """keccak256(keccak256(id_1) || ... || keccak256(id_n)), ids sorted and distinct."""
+    ids = sorted(source_ids)
+    if len(set(ids)) != len(ids):
+        raise AggregationError("duplicate source id")
+    return keccak256(b"".join(keccak256(i.encode("utf-8")) for i in ids))
+
+
+class OracleErrorCode(IntEnum):
+    """`OracleError.code` values (reference/oracle.md §2.8)."""
+
+    TOO_FEW_SOURCES = 1
+    DISPERSION = 2
+    CLOCK_UNTRUSTED = 3
+    ALL_SOURCES_BLOCKED = 4
+    INTERNAL = 5
+
+
+class Outcome(StrEnum):
+    """What happened to each source this round (strings, so they read well in JSON)."""
+
+    USED = "used"
+    OUTLIER = "outlier"
+    STALE = "stale"
+    FUTURE = "future"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    RATE_LIMITED = "rate_limited"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceOutcome:
+    """One source's line in the unsigned detail beside a report."""
+
+    source: str
+    outcome: Outcome
+    price: Decimal | None = None
+    source_time: datetime | None = None
+    detail: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "outcome": self.outcome.value,
+            # A string, as the exchange sent it: JSON numbers would invite float.
+            "price": None if self.price is None else str(self.price),
+            "sourceTime": None if self.source_time is None else self.source_time.isoformat(),
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_json(cls, obj: object) -> SourceOutcome:
+        keys = {"source", "outcome", "price", "sourceTime", "detail"}
+        if not isinstance(obj, dict) or set(obj) != keys:
+            raise ReportFormatError(f"a source line needs exactly the keys {sorted(keys)}")
+        source, outcome, detail = obj["source"], obj["outcome"], obj["detail"]
+        known = {o.value for o in Outcome}
+        if not isinstance(source, str) or not isinstance(detail, str) or outcome not in known:
+            raise ReportFormatError(f"bad source line {obj!r}")
+        price_text, time_text = obj["price"], obj["sourceTime"]
+        try:
+            price = None if price_text is None else Decimal(_str(price_text))
+            when = None if time_text is None else datetime.fromisoformat(_str(time_text))
+        except (InvalidOperation, ValueError) as exc:
+            raise ReportFormatError(f"bad price or time in source line: {exc}") from exc
+        if price is not None and not price.is_finite():
+            raise ReportFormatError("source price must be finite")
+        if when is not None and when.tzinfo is None:
+            raise ReportFormatError("sourceTime must carry a UTC offset")
+        return cls(
+            source=source, outcome=Outcome(outcome), price=price, source_time=when, detail=detail
+        )
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ReportFormatError(f"expected a string, got {value!r}")
+    return value
+
+
+# --- the signed messages -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -257,101 +353,12 @@ def _placeholder(cls: type[PriceReport] | type[OracleError]) -> Message:
     return cls(**args)  # type: ignore[arg-type]
 
 
-# --- keys, signing, recovery ----------------------------------------------------------------------
-
-
-def address_of(public_key: bytes) -> bytes:
-    """keccak256(X || Y)[12:] of a 65-byte uncompressed secp256k1 key (oracle.md §2.1)."""
-    if len(public_key) != _UNCOMPRESSED_KEY_LENGTH or public_key[0] != 0x04:
-        raise SignatureFormatError("public key must be 65 bytes, uncompressed (0x04 || X || Y)")
-    return keccak256(public_key[1:])[12:]
-
-
-def sign_digest(digest: bytes, key: coincurve.PrivateKey) -> bytes:
-    """r || s || v over a 32-byte digest, v = recid + 27.
-
-    `hasher=None` signs the digest itself; coincurve's default would sign sha256(digest) and
-    the signature would recover to a stranger (oracle.md §2.5, pitfall 1).
-    """
-    if len(digest) != 32:
-        raise ReportFormatError("a digest is 32 bytes")
-    raw: bytes = key.sign_recoverable(digest, hasher=None)
-    return raw[:64] + bytes([raw[64] + _V_OFFSET])
-
-
-def recover_public_key(digest: bytes, signature: bytes) -> bytes:
-    """The 65-byte key that made `signature` over `digest`; refuses v, s or length out of form."""
-    if len(digest) != 32:
-        raise ReportFormatError("a digest is 32 bytes")
-    if len(signature) != SIGNATURE_LENGTH:
-        raise SignatureFormatError(f"signature must be {SIGNATURE_LENGTH} bytes")
-    v = signature[64]
-    if v not in (_V_OFFSET, _V_OFFSET + 1):
-        raise SignatureFormatError(f"v must be 27 or 28, got {v}")
-    r = int.from_bytes(signature[:32], "big")
-    s = int.from_bytes(signature[32:64], "big")
-    if not 0 < r < SECP256K1_N or not 0 < s <= SECP256K1_N // 2:
-        raise SignatureFormatError("r or s out of range (high s is refused, as OpenZeppelin does)")
-    try:
-        key = coincurve.PublicKey.from_signature_and_message(
-            signature[:64] + bytes([v - _V_OFFSET]), digest, hasher=None
-        )
-    except Exception as exc:  # coincurve raises bare Exception/ValueError for unrecoverable sigs
-        raise SignatureFormatError(f"signature recovers no key: {exc}") from exc
-    out: bytes = key.format(compressed=False)
-    return out
-
-
-def recover_address(digest: bytes, signature: bytes) -> bytes:
-    """The 20-byte address that signed `digest` (what `ecrecover` returns)."""
-    return address_of(recover_public_key(digest, signature))
-
-
 def sign_message(message: Message, domain: Eip712Domain, key: coincurve.PrivateKey) -> bytes:
     return sign_digest(typed_data_digest(message, domain), key)
 
 
 def detail_hash(detail: str) -> bytes:
     return keccak256(detail.encode("utf-8"))
-
-
-def message_for(
-    result: Aggregate | AggregationFailure,
-    *,
-    round_id: int,
-    config_hash: bytes,
-    timestamp: int | None = None,
-) -> tuple[Message, str | None]:
-    """The message to sign for one aggregation round, and the detail text for an `OracleError`.
-
-    `timestamp` defaults to the round's observation time in whole seconds (floor).
-    """
-    when = int(result.observed_at.timestamp()) if timestamp is None else timestamp
-    if isinstance(result, Aggregate):
-        return (
-            PriceReport(
-                feed_id=feed_id(result.feed),
-                price=result.price,
-                decimals=result.decimals,
-                timestamp=when,
-                round_id=round_id,
-                num_sources=result.num_sources,
-                dispersion_bps=result.dispersion_bps,
-                sources_hash=result.sources_hash,
-                config_hash=config_hash,
-            ),
-            None,
-        )
-    return (
-        OracleError(
-            feed_id=feed_id(result.feed),
-            code=int(result.code),
-            timestamp=when,
-            round_id=round_id,
-            detail_hash=detail_hash(result.detail),
-        ),
-        result.detail,
-    )
 
 
 # --- the report JSON ------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""Exchange adapters (Binance, Coinbase, Kraken, OKX): what to ask, and how to read the answer.
+"""What an exchange adapter is: what to ask, how to read the answer, when to ask again.
 
-Sans-I/O: an adapter builds a `SourceRequest` and parses `(status, headers, body)` into a
+The adapters themselves (Binance, Coinbase, Kraken, OKX) are in `exchanges.py`. Sans-I/O: an
+adapter builds a `SourceRequest` and parses `(status, headers, body)` into a
 `Quote`; the HTTP exchange itself goes through the egress layer. A fetcher is a thin loop:
 
 ```python
-sources = build_sources(config)
+sources = build_sources(config)  # exchanges.py
 quotes, failures = [], []
 for market in config.feed("BTC/USD").markets:
     source_id, source = market.source, sources[market.source]
@@ -24,18 +25,8 @@ result = aggregate_feed(config, "BTC/USD", quotes, now=now, failures=failures)
 
 Prices are parsed from their JSON strings with `Decimal`, never float (reference/oracle.md §2.3;
 a float-converted price is what Marlin's demo got wrong, §1.11). Each quote carries the source's
-own time, so staleness is judged by the exchange's clock, not by when bytes reached us:
-
-- Binance `/api/v3/ticker/24hr?symbol=..&type=MINI`: `lastPrice`; time `closeTime` (ms, the end
-  of the statistics window, which advances with trades).
-- Coinbase `/products/{id}/ticker`: `price`; time `time` (RFC 3339, the last trade).
-- Kraken `/0/public/Ticker?pair=..`: `c[0]` (last trade); the body has no time, so the HTTP
-  `Date` header (set when Kraken answers, 1 s resolution) stands in.
-- OKX `/api/v5/market/ticker?instId=..`: `last`; time `ts` (ms, as a string).
-
-Shapes: binance/binance-spot-api-docs rest-api.md; the dYdX v4 price daemon's recorded test data
-for Coinbase, Kraken and OKX (dydxprotocol/v4-chain protocol/daemons/pricefeed/client/
-price_function/*/testdata); summarised in reference/networking.md §6.
+own time, so staleness is judged by the exchange's clock, not by when bytes reached us.
+The table of what each exchange sends is in `exchanges.py`.
 """
 
 from __future__ import annotations
@@ -50,33 +41,27 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import ClassVar
-from urllib.parse import quote as _urlquote
 
-from oracle_example._oracle_errors import (
+from oracle_example.aggregate import Quote
+from oracle_example.errors import (
     SourceBlocked,
     SourceError,
     SourceHttpError,
     SourceMalformed,
     SourceRateLimited,
 )
-from oracle_example.config import OracleConfig
 
 __all__ = [
-    "ADAPTERS",
     "DEFAULT_BAN_BACKOFF",
     "DEFAULT_RATE_LIMIT_BACKOFF",
+    "EARLIEST",
+    "LATEST",
     "MAX_BODY_BYTES",
     "MAX_RETRY_AFTER",
-    "Binance",
-    "Coinbase",
     "Headers",
-    "Kraken",
-    "Okx",
-    "Quote",
     "Source",
     "SourceRequest",
     "SourceState",
-    "build_sources",
     "parse_retry_after",
 ]
 
@@ -103,15 +88,10 @@ BREAKER_CAP = timedelta(minutes=5)
 # Exchanges send prices as plain decimal strings; anything else (exponents, signs, spaces) means
 # the shape changed and we would rather drop the source than guess.
 _PRICE = re.compile(r"(0|[1-9][0-9]{0,29})(\.[0-9]{1,30})?")
-_MS_DIGITS = re.compile(r"[1-9][0-9]{0,15}")
-_RFC3339_UTC = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:Z|\+00:00)"
-)
 _DELTA_SECONDS = re.compile(r"[0-9]{1,10}")
 # Timestamps outside this window are garbage, not clock skew.
-_EARLIEST = datetime(2009, 1, 3, tzinfo=UTC)
-_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EARLIEST = datetime(2009, 1, 3, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _USER_AGENT = "nsm-attestation-oracle/1"
 
 Headers = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
@@ -129,30 +109,6 @@ class SourceRequest:
     @property
     def url(self) -> str:
         return f"https://{self.host}{self.path}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Quote:
-    """One source's price for one feed, as the exchange stated it."""
-
-    source: str
-    feed: str
-    instrument: str
-    price: Decimal
-    source_time: datetime
-    """The exchange's own timestamp for the price (see the module table)."""
-    received_at: datetime
-    """The enclave clock when the response was parsed."""
-
-    def __post_init__(self) -> None:
-        price: object = self.price  # typed Decimal, but a float must not slip in at runtime
-        if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
-            raise SourceMalformed(
-                f"price must be a positive finite Decimal: {self.price!r}", source=self.source
-            )
-        for when in (self.source_time, self.received_at):
-            if when.tzinfo is None:
-                raise ValueError("quote times must be timezone-aware")
 
 
 def _normalise_headers(headers: Headers) -> dict[str, str]:
@@ -207,19 +163,18 @@ def _snippet(body: bytes) -> str:
     return body[:160].decode("utf-8", "replace").replace("\n", " ")
 
 
-def _ms_to_datetime(ms: int, source: str) -> datetime:
-    when = _EPOCH + timedelta(milliseconds=ms)
-    if not _EARLIEST <= when < _LATEST:
-        raise SourceMalformed(f"timestamp {ms} ms is not plausible", source=source)
-    return when
-
-
 @dataclass(frozen=True, kw_only=True)
 class Source(ABC):
     """One exchange adapter, bound to the instruments its config assigns to each feed."""
 
     id: ClassVar[str]
     default_host: ClassVar[str]
+    time_path: ClassVar[str]
+    """A cheap, unauthenticated GET that states the exchange's clock (networking.md §6); the
+    doctor probes each host with it."""
+    time_shape: ClassVar[str]
+    """The documented JSON of `time_path`, for messages."""
+    time_field: ClassVar[str] = "time"
     host: str
     instruments: Mapping[str, str] = field(default_factory=dict)
     """feed symbol -> the exchange's instrument name (`"BTC/USD"` -> `"BTCUSDT"`)."""
@@ -310,6 +265,23 @@ class Source(ABC):
             raise SourceMalformed(f"missing field {key!r}", source=self.id)
         return obj[key]
 
+    def server_time(self, document: object) -> tuple[datetime, float]:
+        """(the exchange's clock, its resolution in seconds) from the decoded `time_path`
+        answer; `SourceMalformed` when it is not the documented shape or the time is absurd."""
+        try:
+            when, resolution = self._read_time(document)
+        except (KeyError, IndexError, TypeError, ValueError, OverflowError, OSError) as exc:
+            if isinstance(exc, SourceMalformed):
+                raise
+            raise SourceMalformed(f"expected {self.time_shape}: {exc!r}", source=self.id) from exc
+        if not EARLIEST <= when < LATEST:
+            raise SourceMalformed(f"time {when.isoformat()} is implausible", source=self.id)
+        return when, resolution
+
+    @abstractmethod
+    def _read_time(self, document: object) -> tuple[datetime, float]:
+        """Read `time_path`'s answer; a wrong shape raises KeyError/TypeError/ValueError."""
+
     @abstractmethod
     def _path(self, instrument: str) -> str: ...
 
@@ -318,194 +290,6 @@ class Source(ABC):
         self, document: object, instrument: str, headers: Mapping[str, str], now: datetime
     ) -> tuple[object, datetime]:
         """(price as sent, the source's timestamp) from a decoded 200 body."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Binance(Source):
-    """Binance Spot: `GET /api/v3/ticker/24hr?symbol=BTCUSDT&type=MINI` (weight 2).
-
-    `/api/v3/ticker/price` has no timestamp (the predecessor's blind spot, oracle.md §1.1); the
-    MINI 24 h ticker gives `lastPrice` with `closeTime` in ms. Errors: `{"code": -1121, "msg":
-    "Invalid symbol."}` with 400; 451 from restricted locations; 429/418 with Retry-After.
-    """
-
-    id: ClassVar[str] = "binance"
-    default_host: ClassVar[str] = "api.binance.com"
-    host: str = "api.binance.com"
-
-    def _path(self, instrument: str) -> str:
-        return f"/api/v3/ticker/24hr?symbol={_urlquote(instrument)}&type=MINI"
-
-    def _extract(
-        self, document: object, instrument: str, headers: Mapping[str, str], now: datetime
-    ) -> tuple[object, datetime]:
-        obj = self._object(document, "ticker")
-        if self._field(obj, "symbol") != instrument:
-            raise SourceMalformed(f"symbol {obj['symbol']!r} is not {instrument}", source=self.id)
-        close_time = self._field(obj, "closeTime")
-        if not isinstance(close_time, int) or isinstance(close_time, bool):
-            raise SourceMalformed(f"closeTime is not an integer: {close_time!r}", source=self.id)
-        return self._field(obj, "lastPrice"), _ms_to_datetime(close_time, self.id)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Coinbase(Source):
-    """Coinbase Exchange: `GET /products/BTC-USD/ticker`.
-
-    `{"ask","bid","volume","trade_id","price","size","time"}`; `time` is the last trade, RFC 3339
-    with up to 6 (sometimes fewer) fractional digits. Errors: `{"message": "NotFound"}` with 404.
-    Coinbase refuses requests without a User-Agent, which `request` always sets.
-    """
-
-    id: ClassVar[str] = "coinbase"
-    default_host: ClassVar[str] = "api.exchange.coinbase.com"
-    host: str = "api.exchange.coinbase.com"
-
-    def _path(self, instrument: str) -> str:
-        return f"/products/{_urlquote(instrument, safe='')}/ticker"
-
-    def _extract(
-        self, document: object, instrument: str, headers: Mapping[str, str], now: datetime
-    ) -> tuple[object, datetime]:
-        obj = self._object(document, "ticker")
-        text = self._field(obj, "time")
-        match = _RFC3339_UTC.fullmatch(text) if isinstance(text, str) else None
-        if match is None:
-            raise SourceMalformed(f"time is not RFC 3339 UTC: {text!r}", source=self.id)
-        year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-        fraction = (match.group(7) or "").ljust(6, "0")[:6]  # truncate ns to µs
-        try:
-            when = datetime(year, month, day, hour, minute, second, int(fraction), tzinfo=UTC)
-        except ValueError as exc:
-            raise SourceMalformed(f"time {text!r}: {exc}", source=self.id) from exc
-        if not _EARLIEST <= when < _LATEST:
-            raise SourceMalformed(f"time {text!r} is not plausible", source=self.id)
-        return self._field(obj, "price"), when
-
-
-# Kraken reports rate limits in the body with HTTP 200 (docs.kraken.com spot-rest-ratelimits).
-_KRAKEN_RATE_LIMIT = ("EAPI:Rate limit exceeded", "EGeneral:Too many requests")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Kraken(Source):
-    """Kraken: `GET /0/public/Ticker?pair=XBTUSD`.
-
-    `{"error": [], "result": {"XXBTZUSD": {"a": [...], "b": [...], "c": [last, lot], ...}}}`; the
-    result key is Kraken's own pair name, so exactly one entry is required, whatever its name.
-    Errors come in `error` with HTTP 200. The body has no timestamp: the response's `Date`
-    header (set by Kraken's edge when it answers, 1 s resolution) is the source time.
-    """
-
-    id: ClassVar[str] = "kraken"
-    default_host: ClassVar[str] = "api.kraken.com"
-    host: str = "api.kraken.com"
-
-    def _path(self, instrument: str) -> str:
-        return f"/0/public/Ticker?pair={_urlquote(instrument)}"
-
-    def _extract(
-        self, document: object, instrument: str, headers: Mapping[str, str], now: datetime
-    ) -> tuple[object, datetime]:
-        obj = self._object(document, "response")
-        errors = self._field(obj, "error")
-        if not isinstance(errors, list):
-            raise SourceMalformed("error is not a list", source=self.id)
-        if errors:
-            text = "; ".join(str(e) for e in errors)
-            if any(str(e).startswith(_KRAKEN_RATE_LIMIT) for e in errors):
-                raise SourceRateLimited(
-                    text, source=self.id, status=200, retry_after=DEFAULT_RATE_LIMIT_BACKOFF
-                )
-            raise SourceMalformed(f"API error: {text}", source=self.id, code="source.api_error")
-        result = self._object(self._field(obj, "result"), "result")
-        if len(result) != 1:
-            raise SourceMalformed(f"expected one pair in result, got {len(result)}", source=self.id)
-        (ticker,) = result.values()
-        last = self._field(self._object(ticker, "ticker"), "c")
-        if not isinstance(last, list) or len(last) != 2:
-            raise SourceMalformed(f"c is not [price, lot volume]: {last!r}", source=self.id)
-        date = headers.get("date")
-        try:
-            when = parsedate_to_datetime(date) if date else None
-        except (TypeError, ValueError):
-            when = None
-        if when is None or when.tzinfo is None:
-            raise SourceMalformed(f"no usable Date header ({date!r})", source=self.id)
-        return last[0], when.astimezone(UTC)
-
-
-# OKX error codes (OKX v5 REST "Error Code" table): 50011 "Rate limit reached" comes with HTTP 429
-# on the public endpoints, but also check the body in case a proxy rewrote the status.
-_OKX_RATE_LIMIT_CODES = frozenset({"50011", "50061"})
-
-
-@dataclass(frozen=True, kw_only=True)
-class Okx(Source):
-    """OKX v5: `GET /api/v5/market/ticker?instId=BTC-USDT`.
-
-    `{"code": "0", "msg": "", "data": [{"instId", "last", "ts", ...}]}`; `ts` is ms as a string.
-    Errors: non-"0" `code` with a message, e.g. `51001` "Instrument ID does not exist".
-    """
-
-    id: ClassVar[str] = "okx"
-    default_host: ClassVar[str] = "www.okx.com"
-    host: str = "www.okx.com"
-
-    def _path(self, instrument: str) -> str:
-        return f"/api/v5/market/ticker?instId={_urlquote(instrument)}"
-
-    def _extract(
-        self, document: object, instrument: str, headers: Mapping[str, str], now: datetime
-    ) -> tuple[object, datetime]:
-        obj = self._object(document, "response")
-        code = self._field(obj, "code")
-        if code != "0":
-            msg = obj.get("msg", "")
-            if isinstance(code, str) and code in _OKX_RATE_LIMIT_CODES:
-                raise SourceRateLimited(
-                    f"code {code}: {msg}",
-                    source=self.id,
-                    status=200,
-                    retry_after=DEFAULT_RATE_LIMIT_BACKOFF,
-                )
-            raise SourceMalformed(
-                f"API error code {code!r}: {msg}", source=self.id, code="source.api_error"
-            )
-        data = self._field(obj, "data")
-        if not isinstance(data, list) or len(data) != 1:
-            raise SourceMalformed("data is not a one-element list", source=self.id)
-        ticker = self._object(data[0], "ticker")
-        if self._field(ticker, "instId") != instrument:
-            raise SourceMalformed(
-                f"instId {ticker['instId']!r} is not {instrument}", source=self.id
-            )
-        ts = self._field(ticker, "ts")
-        if not isinstance(ts, str) or not _MS_DIGITS.fullmatch(ts):
-            raise SourceMalformed(f"ts is not a millisecond string: {ts!r}", source=self.id)
-        return self._field(ticker, "last"), _ms_to_datetime(int(ts), self.id)
-
-
-#: Adapter classes by source id (the ids `config.SourceConfig.id` may use).
-ADAPTERS: Mapping[str, type[Source]] = {cls.id: cls for cls in (Binance, Coinbase, Kraken, Okx)}
-
-
-def build_sources(config: OracleConfig) -> dict[str, Source]:
-    """One adapter per configured source, bound to its host and its instrument per feed."""
-    out: dict[str, Source] = {}
-    for sc in config.sources:
-        cls = ADAPTERS.get(sc.id)
-        if cls is None:
-            raise SourceError(
-                f"no adapter (known: {', '.join(sorted(ADAPTERS))})",
-                source=sc.id,
-                code="source.unknown",
-            )
-        instruments = {
-            f.symbol: m.instrument for f in config.feeds for m in f.markets if m.source == sc.id
-        }
-        out[sc.id] = cls(host=sc.host, instruments=instruments)
-    return out
 
 
 # --- scheduling -----------------------------------------------------------------------------------

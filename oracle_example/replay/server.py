@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from oracle_example.exchanges import ADAPTERS
 from oracle_example.replay._pki import (
     issue_server_certificate,
     self_signed_ca,
@@ -41,7 +42,8 @@ __all__ = [
 ]
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-EXCHANGE_HOSTS = ("api.binance.com", "api.exchange.coinbase.com", "api.kraken.com", "www.okx.com")
+#: Every adapter's host: a new exchange in exchanges.py is served (and certified) here too.
+EXCHANGE_HOSTS = tuple(cls.default_host for cls in ADAPTERS.values())
 # A TLS handshake or request head that takes longer than this is a stuck client: drop it.
 _SOCKET_TIMEOUT = 10.0
 # The demo certificates only need to outlive one demo or test run.

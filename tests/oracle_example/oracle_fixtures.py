@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from oracle_example.aggregate import Quote
 from oracle_example.replay.server import Recorded, recorded_responses
-from oracle_example.sources import Quote, Source
+from oracle_example.sources import Source
 
 #: Every fixture is stamped around this instant (the manifest's `recordedAt`).
 RECORDED_AT: datetime = recorded_responses()[0]

@@ -9,20 +9,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from oracle_example._eip712 import keccak256
-from oracle_example._oracle_errors import (
-    AggregationError,
-    SourceBlocked,
-    SourceRateLimited,
-    SourceUnreachable,
-)
 from oracle_example.aggregate import (
     BPS,
     Aggregate,
     AggregationFailure,
-    OracleErrorCode,
-    Outcome,
-    SourceOutcome,
+    Quote,
     aggregate,
     aggregate_feed,
     clock_failure,
@@ -30,11 +21,25 @@ from oracle_example.aggregate import (
     median,
     scale_price,
     should_publish,
-    sources_hash,
 )
 from oracle_example.config import FeedConfig, Market, OracleConfig
-from oracle_example.report import OracleError, PriceReport, message_for
-from oracle_example.sources import Quote, build_sources
+from oracle_example.errors import (
+    AggregationError,
+    SourceBlocked,
+    SourceRateLimited,
+    SourceUnreachable,
+)
+from oracle_example.eth import keccak256
+from oracle_example.exchanges import build_sources
+from oracle_example.oracle import message_for
+from oracle_example.report import (
+    OracleError,
+    OracleErrorCode,
+    Outcome,
+    PriceReport,
+    SourceOutcome,
+    sources_hash,
+)
 from tests.oracle_example.oracle_fixtures import RECORDED_AT, parse, recorded_ok
 
 CONFIG = OracleConfig()

@@ -15,14 +15,7 @@ from hypothesis import strategies as st
 
 from attestation import Policy, Verifier, load_pem_roots
 from attestation.testing import DocumentFactory, default_pcrs
-from oracle_example._eip712 import Eip712Domain
-from oracle_example._oracle_errors import (
-    BindingError,
-    ConfigError,
-    OracleReported,
-    ReportVerificationError,
-)
-from oracle_example.aggregate import Aggregate, aggregate_feed
+from oracle_example.aggregate import Aggregate, Quote, aggregate_feed
 from oracle_example.binding import (
     MAGIC,
     USER_DATA_LENGTH,
@@ -33,8 +26,15 @@ from oracle_example.binding import (
     verify_report,
 )
 from oracle_example.config import FeedConfig, Market, OracleConfig
-from oracle_example.report import SignedReport, message_for, to_checksum_address
-from oracle_example.sources import Quote
+from oracle_example.errors import (
+    BindingError,
+    ConfigError,
+    OracleReported,
+    ReportVerificationError,
+)
+from oracle_example.eth import Eip712Domain, to_checksum_address
+from oracle_example.oracle import message_for
+from oracle_example.report import SignedReport
 
 # --- user_data layout -------------------------------------------------------------------------
 

@@ -12,10 +12,11 @@ import coincurve
 import pytest
 
 from oracle_example import _cli
-from oracle_example._oracle_errors import ReportVerificationError
-from oracle_example.client import ClientError, get_report
+from oracle_example.client import get_report
 from oracle_example.demo import OracleStack
-from oracle_example.report import SignedReport, sign_message, to_checksum_address
+from oracle_example.errors import ClientError, ReportVerificationError
+from oracle_example.eth import to_checksum_address
+from oracle_example.report import SignedReport, sign_message
 from tests.oracle_example.oracle_stack import oracle_stack
 
 

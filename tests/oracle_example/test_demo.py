@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.oracle_example._support import REPO, namespaces_unavailable
+from tests.enclave_net._support import REPO, namespaces_unavailable
 
 pytestmark = pytest.mark.root
 

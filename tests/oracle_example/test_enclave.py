@@ -7,7 +7,6 @@ network namespace with no interface up; otherwise it is a plain process with DNS
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import socket
@@ -24,20 +23,21 @@ from eth_account.messages import encode_typed_data
 from eth_utils.crypto import keccak as eth_keccak
 
 from attestation import AttestationDocument
+from enclave_net.egress import EgressConfig
 from nsm._server import EmulatorServer
 from nsm.client import Nsm
 from nsm.emulator import Emulator
-from oracle_example import _oracle_cli
-from oracle_example.aggregate import OracleErrorCode
+from oracle_example import _cli
 from oracle_example.binding import Binding
 from oracle_example.client import GetResult
 from oracle_example.config import OracleConfig
 from oracle_example.demo import OracleStack
-from oracle_example.egress import EgressConfig
-from oracle_example.enclave import EnclaveBootError, EnclaveOptions, Oracle, expected_pcr16
+from oracle_example.errors import EnclaveBootError
+from oracle_example.eth import address_of, to_checksum_address
+from oracle_example.oracle import EnclaveOptions, Oracle, expected_pcr16
 from oracle_example.replay import Rule
-from oracle_example.report import OracleError, address_of, to_checksum_address
-from tests.oracle_example._support import REPO, short_tempdir
+from oracle_example.report import OracleError, OracleErrorCode
+from tests.enclave_net._support import REPO, short_tempdir
 from tests.oracle_example.oracle_stack import oracle_stack, outcomes, wait_until
 
 # --- boot, in process -----------------------------------------------------------------------------
@@ -61,7 +61,7 @@ def _options(production: bool) -> EnclaveOptions:
     return EnclaveOptions(
         config=OracleConfig(),
         egress=EgressConfig.from_strings(routes=["api.binance.com:443=unix:/nonexistent"]),
-        listen=__import__("oracle_example.address").address.parse_address("unix:/nonexistent"),
+        listen=__import__("enclave_net.address").address.parse_address("unix:/nonexistent"),
         production=production,
     )
 
@@ -317,16 +317,20 @@ def test_cli_production_refuses_the_emulator_and_a_missing_device() -> None:
         assert "/dev/nsm does not exist" in done.stderr
 
 
-def test_register_adds_the_four_subcommands() -> None:
-    parser = argparse.ArgumentParser(prog="nitro-oracle")
-    _oracle_cli.register(parser.add_subparsers(dest="command"))
-    for command in ("enclave", "gateway", "get", "demo"):
+def test_nitro_oracle_has_only_the_app_commands() -> None:
+    parser = _cli.build_parser()
+    for command in ("enclave", "get", "doctor", "demo"):
         args = parser.parse_args(
             {
                 "enclave": ["enclave", "--dev"],
-                "gateway": ["gateway", "--enclave", "vsock:16:5000"],
                 "get": ["get", "BTC/USD", "--gateway", "http://127.0.0.1:8080"],
+                "doctor": ["doctor", "--max-source-age", "60"],
                 "demo": ["demo"],
             }[command]
         )
         assert args.command == command and callable(args.func)
+    # The networking tools are enclave-net's, not the app's.
+    for command in ("egress", "fetch", "gateway"):
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args([command])
+        assert exited.value.code == 2

@@ -14,26 +14,32 @@ from eth_utils.crypto import keccak as eth_keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oracle_example._eip712 import Eip712Domain, encode_word, parse_address
-from oracle_example._oracle_errors import ReportFormatError, SignatureFormatError
-from oracle_example.aggregate import Outcome, SourceOutcome
-from oracle_example.config import OracleConfig, feed_id
+from oracle_example.config import OracleConfig
+from oracle_example.errors import ReportFormatError, SignatureFormatError
+from oracle_example.eth import (
+    SECP256K1_N,
+    Eip712Domain,
+    address_of,
+    encode_word,
+    keccak256,
+    parse_address,
+    recover_address,
+    sign_digest,
+    to_checksum_address,
+)
 from oracle_example.report import (
     ORACLE_ERROR_TYPE,
     PRICE_REPORT_TYPE,
-    SECP256K1_N,
     OracleError,
     OracleErrorCode,
+    Outcome,
     PriceReport,
     SignedReport,
-    address_of,
+    SourceOutcome,
     detail_hash,
-    keccak256,
+    feed_id,
     parse_typed_data,
-    recover_address,
-    sign_digest,
     sign_message,
-    to_checksum_address,
     typed_data,
     typed_data_digest,
 )

@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oracle_example._oracle_errors import (
+from oracle_example.aggregate import Quote
+from oracle_example.config import OracleConfig, SourceConfig
+from oracle_example.errors import (
     SourceBlocked,
     SourceError,
     SourceHttpError,
@@ -20,22 +22,15 @@ from oracle_example._oracle_errors import (
     SourceRateLimited,
     SourceUnreachable,
 )
-from oracle_example.config import OracleConfig, SourceConfig
+from oracle_example.exchanges import ADAPTERS, Binance, Coinbase, Kraken, Okx, build_sources
 from oracle_example.sources import (
-    ADAPTERS,
     BREAKER_THRESHOLD,
     DEFAULT_BAN_BACKOFF,
     DEFAULT_RATE_LIMIT_BACKOFF,
     MAX_BODY_BYTES,
     MAX_RETRY_AFTER,
-    Binance,
-    Coinbase,
-    Kraken,
-    Okx,
-    Quote,
     Source,
     SourceState,
-    build_sources,
     parse_retry_after,
 )
 from tests.oracle_example.oracle_fixtures import RECORDED_AT, parse, recorded, recorded_ok

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.oracle_example._support import CertAuthority, Enclave, HttpsExchange, ProxyProcess, cli
+from tests.enclave_net._support import (
+    CertAuthority,
+    Enclave,
+    HttpsExchange,
+    ProxyProcess,
+    cli,
+    relay_args,
+)
 
 pytestmark = pytest.mark.root
 
@@ -53,13 +60,7 @@ def test_route_mode(
     start_proxy: Callable[..., ProxyProcess],
 ) -> None:
     listen = sockdir / "binance.sock"
-    proxy = start_proxy(
-        "--route",
-        f"unix:{listen}=api.binance.com:{binance.port}",
-        "--resolve",
-        "api.binance.com=127.0.0.1",
-        "--allow-private",
-    )
+    proxy = start_proxy(*relay_args(listen, "api.binance.com", binance.port))
     before = len(binance.sni)
     result = _fetch(enclave, pki, "--route", f"api.binance.com:443=unix:{listen}")
     assert result["exit"] == 0, result
@@ -120,13 +121,7 @@ def test_route_to_another_host_fails_certificate_verification(
 ) -> None:
     # The parent wired the Binance port to Kraken (a typo in a unit file, or a hostile parent).
     listen = sockdir / "misrouted.sock"
-    start_proxy(
-        "--route",
-        f"unix:{listen}=api.kraken.com:{kraken.port}",
-        "--resolve",
-        "api.kraken.com=127.0.0.1",
-        "--allow-private",
-    )
+    start_proxy(*relay_args(listen, "api.kraken.com", kraken.port))
     result = _fetch(enclave, pki, "--route", f"api.binance.com:443=unix:{listen}")
     assert result["exit"] == 1
     error = result["error"]
@@ -156,7 +151,7 @@ def test_unrouted_host_is_refused_inside_the_enclave(
 
 def test_lo_up_helper(enclave: Enclave) -> None:
     code = (
-        "from oracle_example import netif\n"
+        "from enclave_net import netif\n"
         "before = netif.interface_flags('lo')\n"
         "after = netif.bring_up('lo')\n"
         "print(hex(before), hex(after))\n"

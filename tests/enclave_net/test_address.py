@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oracle_example.address import (
+from enclave_net.address import (
     HostPort,
     TcpAddress,
     UnixAddress,
@@ -13,7 +13,7 @@ from oracle_example.address import (
     parse_host_port,
     sockaddr,
 )
-from oracle_example.errors import AddressError, OracleExampleError
+from enclave_net.errors import AddressError, EnclaveNetError
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ def test_tcp_names_are_never_resolved() -> None:
 def test_only_typed_errors_escape(text: str) -> None:
     try:
         address = parse_address(text)
-    except OracleExampleError:
+    except EnclaveNetError:
         return
     assert parse_address(str(address)) == address
 

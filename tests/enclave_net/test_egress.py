@@ -12,16 +12,16 @@ from typing import Any
 
 import pytest
 
-from oracle_example.address import UnixAddress, parse_address, parse_host_port
-from oracle_example.egress import (
-    AsyncEgressClient,
+from enclave_net.address import UnixAddress, parse_address, parse_host_port
+from enclave_net.egress import (
     EgressClient,
     EgressConfig,
+    Response,
     Timeouts,
     connection_pool,
     parse_route,
 )
-from oracle_example.errors import (
+from enclave_net.errors import (
     EgressConfigError,
     EgressConnectError,
     EgressTimeout,
@@ -29,10 +29,22 @@ from oracle_example.errors import (
     ProxyRefusedError,
     TLSVerificationError,
 )
-from oracle_example.proxy import Pin, ProxyConfig, ProxyRoute
-from tests.oracle_example._support import CertAuthority, HttpsExchange, ProxyThread
+from enclave_net.proxy_config import Pin, ProxyConfig, ProxyRoute
+from tests.enclave_net._support import CertAuthority, HttpsExchange, ProxyThread
 
 URL = "https://api.binance.com/api/v3/ticker/price?symbol=BTCUSDT"
+
+
+def fetch(config: EgressConfig, *urls: str) -> list[Response]:
+    """GET each URL in turn on one client, from synchronous test code (the edge of asyncio)."""
+
+    async def main() -> list[Response]:
+        async with EgressClient(config) as client:
+            return [await client.get(url) for url in urls]
+
+    return asyncio.run(main())
+
+
 FAST = Timeouts(connect=2, read=2, write=2, pool=2)
 
 
@@ -42,9 +54,7 @@ def route_proxy(binance: HttpsExchange, sockdir: Path) -> Iterator[UnixAddress]:
     proxy = ProxyThread(
         ProxyConfig(
             routes=(ProxyRoute(listen, parse_host_port(f"api.binance.com:{binance.port}")),),
-            pins=dict(
-                [("api.binance.com", __import__("oracle_example.proxy").proxy.Pin("127.0.0.1"))]
-            ),
+            pins=dict([("api.binance.com", Pin("127.0.0.1"))]),
             allow_private=True,
         )
     )
@@ -92,14 +102,13 @@ def no_dns(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return calls
 
 
-def test_no_dns_sync(no_dns: list[Any], route_proxy: UnixAddress, pki: CertAuthority) -> None:
+def test_no_dns_route(no_dns: list[Any], route_proxy: UnixAddress, pki: CertAuthority) -> None:
     config = EgressConfig(
         routes={parse_host_port("api.binance.com:443"): route_proxy},
         ca_bundle=pki.ca_pem,
         timeouts=FAST,
     )
-    with EgressClient(config) as client:
-        response = client.get(URL)
+    (response,) = fetch(config, URL)
     assert response.status == 200
     assert response.json()["symbol"] == "BTCUSDT"
     assert response.header("x-mbx-used-weight-1m") == "2"
@@ -117,7 +126,7 @@ def test_no_dns_async_concurrent(
     )
 
     async def main() -> list[int]:
-        async with AsyncEgressClient(config) as client:
+        async with EgressClient(config) as client:
             responses = await asyncio.gather(*(client.get(URL) for _ in range(8)))
         return [r.status for r in responses]
 
@@ -135,8 +144,7 @@ def test_proxy_environment_variables_are_ignored(
         ca_bundle=pki.ca_pem,
         timeouts=FAST,
     )
-    with EgressClient(config) as client:
-        assert client.get(URL).status == 200
+    assert fetch(config, URL)[0].status == 200
 
 
 def test_unrouted_host_never_creates_a_socket(
@@ -154,12 +162,17 @@ def test_unrouted_host_never_creates_a_socket(
         routes={parse_host_port("api.binance.com:443"): UnixAddress("/nonexistent")},
         ca_bundle=pki.ca_pem,
     )
-    with EgressClient(config) as client:
+
+    async def main() -> None:
+        # Spy only once the event loop has its own self-pipe socket.
         monkeypatch.setattr(socket, "socket", Spy)
-        with pytest.raises(NoRouteError, match=r"evil\.example:443"):
-            client.get("https://evil.example/")
-        with pytest.raises(NoRouteError, match=r"api\.binance\.com:8443"):
-            client.get("https://api.binance.com:8443/")
+        async with EgressClient(config) as client:
+            with pytest.raises(NoRouteError, match=r"evil\.example:443"):
+                await client.get("https://evil.example/")
+            with pytest.raises(NoRouteError, match=r"api\.binance\.com:8443"):
+                await client.get("https://api.binance.com:8443/")
+
+    asyncio.run(main())
     assert created == []
 
 
@@ -177,11 +190,13 @@ def test_tcp_nodelay_is_never_set(
     config = EgressConfig(
         routes={parse_host_port("api.binance.com:443"): route_proxy}, ca_bundle=pki.ca_pem
     )
-    pool = connection_pool(config)
-    # httpcore passes socket options through; on vsock TCP options fail with ENOPROTOOPT.
-    response = pool.request("GET", URL)
-    pool.close()
-    assert response.status == 200
+
+    async def main() -> int:
+        # httpcore passes socket options through; on vsock TCP options fail with ENOPROTOOPT.
+        async with connection_pool(config) as pool:
+            return (await pool.request("GET", URL)).status
+
+    assert asyncio.run(main()) == 200
     # The in-process proxy's TCP upstream may set it; the enclave's stream (AF_UNIX here,
     # AF_VSOCK in production) must not.
     assert (socket.AF_UNIX, socket.IPPROTO_TCP, socket.TCP_NODELAY) not in options
@@ -193,11 +208,8 @@ def test_certifi_is_the_default_trust(route_proxy: UnixAddress) -> None:
     config = EgressConfig(
         routes={parse_host_port("api.binance.com:443"): route_proxy}, timeouts=FAST
     )
-    with (
-        EgressClient(config) as client,
-        pytest.raises(TLSVerificationError, match="CA in the bundle"),
-    ):
-        client.get(URL)
+    with pytest.raises(TLSVerificationError, match="CA in the bundle"):
+        fetch(config, URL)
 
 
 def test_expired_certificate_points_at_the_clock(pki: CertAuthority, sockdir: Path) -> None:
@@ -216,8 +228,8 @@ def test_expired_certificate_points_at_the_clock(pki: CertAuthority, sockdir: Pa
             ca_bundle=pki.ca_pem,
             timeouts=FAST,
         )
-        with EgressClient(config) as client, pytest.raises(TLSVerificationError) as info:
-            client.get(URL)
+        with pytest.raises(TLSVerificationError) as info:
+            fetch(config, URL)
         assert info.value.verify_code == 10
         assert "clock" in str(info.value)
     finally:
@@ -240,16 +252,15 @@ def test_connect_refusals_are_surfaced(
         ca_bundle=pki.ca_pem,
         timeouts=FAST,
     )
-    with EgressClient(config) as client:
-        with pytest.raises(ProxyRefusedError, match="metadata service") as info:
-            client.get("https://metadata.internal:80/latest/meta-data/")
-        assert info.value.status == 403
-        with pytest.raises(ProxyRefusedError, match="not on the allow list") as info:
-            client.get("https://api.kraken.com/0/public/Ticker")
-        assert info.value.status == 403
-        with pytest.raises(ProxyRefusedError, match="unreachable") as info:
-            client.get("https://down.example/")
-        assert info.value.status == 502
+    with pytest.raises(ProxyRefusedError, match="metadata service") as info:
+        fetch(config, "https://metadata.internal:80/latest/meta-data/")
+    assert info.value.status == 403
+    with pytest.raises(ProxyRefusedError, match="not on the allow list") as info:
+        fetch(config, "https://api.kraken.com/0/public/Ticker")
+    assert info.value.status == 403
+    with pytest.raises(ProxyRefusedError, match="unreachable") as info:
+        fetch(config, "https://down.example/")
+    assert info.value.status == 502
     assert proxy.proxy.counters.get("status_403") == 2
 
 
@@ -280,8 +291,8 @@ def test_handshake_that_never_answers_times_out(sockdir: Path, pki: CertAuthorit
         timeouts=Timeouts(connect=0.3, read=0.3, write=0.3, pool=0.3),
     )
     try:
-        with EgressClient(config) as client, pytest.raises(EgressTimeout, match="TLS handshake"):
-            client.get(URL)
+        with pytest.raises(EgressTimeout, match="TLS handshake"):
+            fetch(config, URL)
     finally:
         server.close()
         for conn in held:
@@ -306,11 +317,8 @@ def test_accept_then_close_is_named(sockdir: Path, pki: CertAuthority) -> None:
         timeouts=FAST,
     )
     try:
-        with (
-            EgressClient(config) as client,
-            pytest.raises(EgressConnectError, match="closed during the TLS"),
-        ):
-            client.get(URL)
+        with pytest.raises(EgressConnectError, match="closed during the TLS"):
+            fetch(config, URL)
     finally:
         server.close()
 
@@ -322,15 +330,14 @@ def test_config_is_validated(pki: CertAuthority) -> None:
         EgressConfig.from_strings(routes=["1.2.3.4:443=vsock:3:8443"])
     with pytest.raises(EgressConfigError, match="CONNECT address"):
         EgressConfig.from_strings(routes=["a.example:443=vsock:3:1"], allow=["b.example:443"])
-    client = EgressClient(EgressConfig.from_strings(routes=["a.example:80=vsock:3:1"]))
-    with client, pytest.raises(EgressConfigError, match="https"):
-        client.get("http://a.example/")
+    with pytest.raises(EgressConfigError, match="https"):
+        fetch(EgressConfig.from_strings(routes=["a.example:80=vsock:3:1"]), "http://a.example/")
     host, address = parse_route("API.Binance.com:443=vsock:3:8443")
     assert (str(host), address) == ("api.binance.com:443", parse_address("vsock:3:8443"))
 
 
 def test_ssl_context_is_strict() -> None:
-    from oracle_example.egress import make_ssl_context
+    from enclave_net.egress import make_ssl_context
 
     context = make_ssl_context()
     assert context.verify_mode == ssl.CERT_REQUIRED
@@ -359,11 +366,11 @@ def test_async_route_and_misroute(
     )
 
     async def main() -> None:
-        async with AsyncEgressClient(good) as client:
+        async with EgressClient(good) as client:
             assert (await client.get(URL)).json()["host"] == "api.binance.com"
             with pytest.raises(NoRouteError):
                 await client.get("https://api.kraken.com/")
-        async with AsyncEgressClient(bad) as client:
+        async with EgressClient(bad) as client:
             with pytest.raises(TLSVerificationError, match="different host") as info:
                 await client.get(URL)
             assert info.value.verify_code == 62
@@ -389,10 +396,10 @@ def test_async_no_listener_and_timeout(sockdir: Path, pki: CertAuthority) -> Non
     )
 
     async def main() -> None:
-        async with AsyncEgressClient(silent) as client:
+        async with EgressClient(silent) as client:
             with pytest.raises(EgressTimeout):
                 await client.get(URL)
-        async with AsyncEgressClient(dead) as client:
+        async with EgressClient(dead) as client:
             with pytest.raises(EgressConnectError, match="no listener on parent"):
                 await client.get(URL)
 
@@ -405,7 +412,7 @@ def test_async_no_listener_and_timeout(sockdir: Path, pki: CertAuthority) -> Non
 
 
 def test_oversized_body_is_refused(route_proxy: UnixAddress, pki: CertAuthority) -> None:
-    from oracle_example.errors import EgressProtocolError
+    from enclave_net.errors import EgressProtocolError
 
     config = EgressConfig(
         routes={parse_host_port("api.binance.com:443"): route_proxy},
@@ -413,14 +420,13 @@ def test_oversized_body_is_refused(route_proxy: UnixAddress, pki: CertAuthority)
         timeouts=FAST,
         max_body=1000,
     )
-    with EgressClient(config) as client:
-        assert len(client.get("https://api.binance.com/bytes?n=1000").body) == 1000
-        with pytest.raises(EgressProtocolError, match="larger than 1000"):
-            client.get("https://api.binance.com/bytes?n=1001")
+    assert len(fetch(config, "https://api.binance.com/bytes?n=1000")[0].body) == 1000
+    with pytest.raises(EgressProtocolError, match="larger than 1000"):
+        fetch(config, "https://api.binance.com/bytes?n=1001")
 
 
 def test_forbid_dns_guard_names_the_lookup() -> None:
-    from oracle_example.egress import forbid_dns
+    from enclave_net.egress import forbid_dns
 
     real = socket.getaddrinfo
     with forbid_dns() as attempts, pytest.raises(socket.gaierror, match="in the enclave"):
@@ -441,8 +447,5 @@ def test_vsock_code_path_fails_with_a_named_error(pki: CertAuthority) -> None:
         ca_bundle=pki.ca_pem,
         timeouts=Timeouts(connect=0.5, read=0.5, write=0.5, pool=0.5),
     )
-    with (
-        EgressClient(config) as client,
-        pytest.raises((EgressConnectError, EgressTimeout), match="vsock:3:8443"),
-    ):
-        client.get(URL)
+    with pytest.raises((EgressConnectError, EgressTimeout), match="vsock:3:8443"):
+        fetch(config, URL)

@@ -1,10 +1,13 @@
 """HTTPS from inside the enclave, over vsock, with no DNS and TLS ending in the enclave.
 
-An httpcore network backend (sync and async) turns the `(host, port)` of each URL into a stream
-to the parent: either a per-host route (one parent port per upstream, the model of AWS's
+An httpcore network backend turns the `(host, port)` of each URL into a stream to the parent:
+either a per-host route (one parent port per upstream, the model of AWS's
 vsock-proxy) or an HTTP CONNECT tunnel through one parent port. httpcore then runs TLS over that
 stream with SNI and certificate checks taken from the URL's host, so the parent only ever sees
 ciphertext and can at worst make requests fail (reference/networking.md §2, §3.2).
+
+One implementation, async: a synchronous caller runs its exchange with `asyncio.run` at its
+edge (as `enclave-net fetch` and the doctor do).
 
 Invariants:
 - A host that is not routed is refused here, before any socket is created.
@@ -32,7 +35,7 @@ import certifi
 import h11
 import httpcore
 
-from oracle_example.address import (
+from enclave_net.address import (
     Address,
     HostPort,
     TcpAddress,
@@ -41,7 +44,7 @@ from oracle_example.address import (
     parse_address,
     parse_host_port,
 )
-from oracle_example.errors import (
+from enclave_net.errors import (
     AddressError,
     EgressConfigError,
     EgressConnectError,
@@ -54,13 +57,11 @@ from oracle_example.errors import (
 )
 
 __all__ = [
-    "AsyncEgressBackend",
-    "AsyncEgressClient",
     "EgressBackend",
+    "EgressClient",
     "EgressConfig",
     "Response",
     "Timeouts",
-    "async_connection_pool",
     "connection_pool",
     "forbid_dns",
     "make_ssl_context",
@@ -320,62 +321,7 @@ class _ConnectHandshake:
         )
 
 
-# --- sync -----------------------------------------------------------------------------------
-
-
-class _SyncStream(httpcore.NetworkStream):
-    def __init__(self, sock: socket.socket | ssl.SSLSocket, origin: str) -> None:
-        self._sock = sock
-        self._origin = origin
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        self._sock.settimeout(timeout)
-        try:
-            return self._sock.recv(max_bytes)
-        except TimeoutError as exc:
-            raise httpcore.ReadTimeout(f"read from {self._origin} timed out") from exc
-        except OSError as exc:
-            raise httpcore.ReadError(f"read from {self._origin}: {exc}") from exc
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._sock.settimeout(timeout)
-        try:
-            self._sock.sendall(buffer)
-        except TimeoutError as exc:
-            raise httpcore.WriteTimeout(f"write to {self._origin} timed out") from exc
-        except OSError as exc:
-            raise httpcore.WriteError(f"write to {self._origin}: {exc}") from exc
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        hostname = server_hostname or self._origin
-        self._sock.settimeout(timeout)
-        try:
-            tls = ssl_context.wrap_socket(self._sock, server_hostname=hostname)
-        except (OSError, ssl.SSLError) as exc:
-            self._sock.close()
-            raise _tls_error(exc, hostname) from exc
-        return _SyncStream(tls, self._origin)
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "ssl_object":
-            return self._sock if isinstance(self._sock, ssl.SSLSocket) else None
-        if info == "socket":
-            return self._sock
-        if info == "server_addr":
-            return self._sock.getpeername()
-        if info == "client_addr":
-            return self._sock.getsockname()
-        if info == "is_readable":
-            return _is_readable(self._sock)
-        return None
+# --- the network backend -------------------------------------------------------------------
 
 
 def _tune(sock: socket.socket, address: Address) -> None:
@@ -385,80 +331,7 @@ def _tune(sock: socket.socket, address: Address) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _is_readable(sock: socket.socket) -> bool:
-    # httpcore asks this of idle keep-alive connections: readable means closed or junk.
-    import select
-
-    readable, _, _ = select.select([sock], [], [], 0)
-    return bool(readable)
-
-
-class EgressBackend(httpcore.NetworkBackend):
-    """httpcore backend: `(host, port)` -> parent stream by route or CONNECT. Never resolves."""
-
-    def __init__(self, config: EgressConfig) -> None:
-        self._config = config
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        # socket_options are TCP options (TCP_NODELAY...) that fail on vsock: ignored on purpose.
-        hop = self._config.hop(host, port)
-        origin = f"{host}:{port}"
-        deadline = None if timeout is None else time.monotonic() + timeout
-        sock, target = new_socket(hop.address)
-        try:
-            _tune(sock, hop.address)
-            sock.settimeout(timeout)
-            sock.connect(target)
-        except OSError as exc:
-            sock.close()
-            raise _connect_error(hop.address, origin, exc) from exc
-        if hop.tunnel is not None:
-            try:
-                self._tunnel(sock, hop, deadline)
-            except BaseException:
-                sock.close()
-                raise
-        return _SyncStream(sock, host)
-
-    @staticmethod
-    def _tunnel(sock: socket.socket, hop: _Hop, deadline: float | None) -> None:
-        assert hop.tunnel is not None
-        handshake = _ConnectHandshake(hop.tunnel, hop.address)
-        try:
-            sock.sendall(handshake.request_bytes())
-            while True:
-                if deadline is not None:
-                    sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                if handshake.feed(sock.recv(_READ_CHUNK)):
-                    return
-        except TimeoutError as exc:
-            raise EgressTimeout(f"CONNECT {hop.tunnel} via {hop.address} timed out") from exc
-        except OSError as exc:
-            raise _connect_error(hop.address, str(hop.tunnel), exc) from exc
-
-    def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        raise NoRouteError("egress goes through the route table; direct Unix sockets are refused")
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-
-# --- async ----------------------------------------------------------------------------------
-
-
-class _AsyncStream(httpcore.AsyncNetworkStream):
+class _Stream(httpcore.AsyncNetworkStream):
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: str
     ) -> None:
@@ -525,8 +398,11 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
         return None
 
 
-class AsyncEgressBackend(httpcore.AsyncNetworkBackend):
-    """The asyncio twin of `EgressBackend` (httpcore's async pool also needs anyio)."""
+class EgressBackend(httpcore.AsyncNetworkBackend):
+    """httpcore backend: `(host, port)` -> parent stream by route or CONNECT. Never resolves.
+
+    Async only (httpcore's async pool runs on anyio under asyncio); a synchronous caller wraps
+    its whole exchange in `asyncio.run`, as `enclave-net fetch` and the doctor do."""
 
     def __init__(self, config: EgressConfig) -> None:
         self._config = config
@@ -545,6 +421,14 @@ class AsyncEgressBackend(httpcore.AsyncNetworkBackend):
         sock, target = new_socket(hop.address)
         _tune(sock, hop.address)
         sock.setblocking(False)
+        writer: asyncio.StreamWriter | None = None
+
+        def discard() -> None:
+            # Once a transport owns the socket, close through it (or asyncio warns).
+            if writer is not None:
+                writer.transport.abort()
+            sock.close()
+
         try:
             async with asyncio.timeout(timeout):
                 try:
@@ -555,14 +439,14 @@ class AsyncEgressBackend(httpcore.AsyncNetworkBackend):
                 if hop.tunnel is not None:
                     await self._tunnel(reader, writer, hop)
         except TimeoutError as exc:
-            sock.close()
+            discard()
             raise EgressTimeout(
                 f"connect to parent {hop.address} (for {origin}) timed out"
             ) from exc
         except BaseException:
-            sock.close()
+            discard()
             raise
-        return _AsyncStream(reader, writer, host)
+        return _Stream(reader, writer, host)
 
     @staticmethod
     async def _tunnel(
@@ -593,26 +477,15 @@ class AsyncEgressBackend(httpcore.AsyncNetworkBackend):
 # --- pools and a small client ---------------------------------------------------------------
 
 
-def connection_pool(config: EgressConfig) -> httpcore.ConnectionPool:
+def connection_pool(config: EgressConfig) -> httpcore.AsyncConnectionPool:
     """An httpcore pool whose every connection goes through the egress policy."""
-    return httpcore.ConnectionPool(
-        ssl_context=make_ssl_context(config.ca_bundle),
-        max_connections=config.max_connections,
-        keepalive_expiry=config.keepalive_expiry,
-        http1=True,
-        http2=False,
-        network_backend=EgressBackend(config),
-    )
-
-
-def async_connection_pool(config: EgressConfig) -> httpcore.AsyncConnectionPool:
     return httpcore.AsyncConnectionPool(
         ssl_context=make_ssl_context(config.ca_bundle),
         max_connections=config.max_connections,
         keepalive_expiry=config.keepalive_expiry,
         http1=True,
         http2=False,
-        network_backend=AsyncEgressBackend(config),
+        network_backend=EgressBackend(config),
     )
 
 
@@ -660,78 +533,19 @@ def _headers(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
 
 
 def _request_headers(url: str, headers: Mapping[str, str] | None) -> list[tuple[bytes, bytes]]:
-    merged = {"User-Agent": "nitro-oracle-egress", "Accept": "*/*", **(headers or {})}
+    merged = {"User-Agent": "enclave-net", "Accept": "*/*", **(headers or {})}
     del url
     return [(k.encode(), v.encode()) for k, v in merged.items()]
 
 
 class EgressClient:
-    """`with EgressClient(config) as c: c.get(url)`; errors are `EgressError` subclasses."""
+    """`async with EgressClient(config) as c: await c.get(url)`; errors are `EgressError`s."""
 
     def __init__(self, config: EgressConfig) -> None:
         self._config = config
         self._pool = connection_pool(config)
 
-    def __enter__(self) -> EgressClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._pool.close()
-
-    def get(
-        self,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        timeouts: Timeouts | None = None,
-    ) -> Response:
-        return self.request("GET", url, headers=headers, timeouts=timeouts)
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        body: bytes = b"",
-        timeouts: Timeouts | None = None,
-    ) -> Response:
-        _https_url(url)
-        started = time.monotonic()
-        extensions = {"timeout": (timeouts or self._config.timeouts).as_extension()}
-        try:
-            with self._pool.stream(
-                method,
-                url,
-                headers=_request_headers(url, headers),
-                content=body,
-                extensions=extensions,
-            ) as r:
-                data = self._bounded(r.iter_stream(), url)
-                return Response(r.status, _headers(r.headers), data, time.monotonic() - started)
-        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
-            raise _translate(exc, url) from exc
-
-    def _bounded(self, chunks: Iterator[bytes], url: str) -> bytes:
-        body = bytearray()
-        for chunk in chunks:
-            body += chunk
-            if len(body) > self._config.max_body:
-                raise EgressProtocolError(f"{url}: body larger than {self._config.max_body} bytes")
-        return bytes(body)
-
-
-class AsyncEgressClient:
-    """The asyncio twin of `EgressClient`, for fetching several exchanges concurrently."""
-
-    def __init__(self, config: EgressConfig) -> None:
-        self._config = config
-        self._pool = async_connection_pool(config)
-
-    async def __aenter__(self) -> AsyncEgressClient:
+    async def __aenter__(self) -> EgressClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -1,8 +1,11 @@
-"""keccak256, EIP-712 word encoding, the EIP-712 domain, and Ethereum addresses.
+"""Ethereum primitives, none of them oracle-specific: keccak256, EIP-712 words, `encodeType`
+and the domain, addresses (EIP-55), and secp256k1 signing and recovery over a 32-byte digest.
 
 Every struct the oracle signs has only static fields, so EIP-712 reduces to 32-byte ABI words
-and needs no general encoder (reference/oracle.md §2.4). eth-account is the reference in tests
-only; the enclave needs nothing beyond pycryptodome and coincurve.
+and needs no general encoder (reference/oracle.md §2.4). Signatures are r || s || v with
+v = recid + 27, what OpenZeppelin's `ECDSA.recover` and `ecrecover` take; libsecp256k1 signs
+low-s, and high s is refused on recovery as OpenZeppelin does (oracle.md §2.5). pycryptodome
+for keccak, coincurve (libsecp256k1) for the curve; eth-account is the reference in tests only.
 """
 
 from __future__ import annotations
@@ -11,35 +14,44 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import coincurve
+
 # pycryptodome's keccak is the original (pre-FIPS) Keccak that Ethereum uses; hashlib.sha3_256
 # is FIPS SHA-3 and gives different digests (reference/oracle.md §2.5, pitfall 2).
 from Crypto.Hash import keccak as _keccak
 
-from oracle_example._oracle_errors import ReportFormatError
+from oracle_example.errors import ReportFormatError, SignatureFormatError
 
 __all__ = [
     "ADDRESS_LENGTH",
     "EIP712_DOMAIN_FIELDS",
     "EIP712_DOMAIN_TYPE",
+    "SECP256K1_N",
+    "SIGNATURE_LENGTH",
     "WORD",
     "Eip712Domain",
+    "address_of",
     "encode_type",
     "encode_word",
     "keccak256",
     "parse_address",
     "parse_bytes32",
+    "recover_address",
+    "recover_public_key",
+    "sign_digest",
     "to_checksum_address",
     "type_hash",
 ]
 
-#: One ABI word (EIP-712 `encodeData` encodes every static value as 32 bytes).
-WORD = 32
 #: An Ethereum address is the last 20 bytes of keccak256 of the public key.
 ADDRESS_LENGTH = 20
-_MAX_STRING_BYTES = 256
+#: r(32) || s(32) || v(1).
+SIGNATURE_LENGTH = 65
+#: Order of the secp256k1 group; s above N/2 is the malleable twin OpenZeppelin rejects.
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_UNCOMPRESSED_KEY_LENGTH = 65
+_V_OFFSET = 27  # Ethereum's v = recid + 27 (yellow paper, ecrecover)
 _HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
-_HEX_BYTES32 = re.compile(r"0x[0-9a-fA-F]{64}")
-_FIELD_TYPE = re.compile(r"(u?int)(\d+)|bytes32|address|string")
 
 
 def keccak256(data: bytes) -> bytes:
@@ -47,6 +59,35 @@ def keccak256(data: bytes) -> bytes:
     h = _keccak.new(digest_bits=256)
     h.update(data)
     return h.digest()
+
+
+def to_checksum_address(address: bytes) -> str:
+    """EIP-55 mixed-case hex of a 20-byte address."""
+    if len(address) != ADDRESS_LENGTH:
+        raise ReportFormatError(f"an address is 20 bytes, got {len(address)}")
+    lower = address.hex()
+    digest = keccak256(lower.encode("ascii")).hex()
+    return "0x" + "".join(
+        c.upper() if c.isalpha() and int(digest[i], 16) >= 8 else c for i, c in enumerate(lower)
+    )
+
+
+def parse_address(text: object) -> bytes:
+    """`0x` + 40 hex digits; all-lower or all-upper is accepted, mixed case must be valid EIP-55."""
+    if not isinstance(text, str) or not _HEX_ADDRESS.fullmatch(text):
+        raise ReportFormatError(f"not a 0x-hex address: {text!r}")
+    raw = bytes.fromhex(text[2:])
+    body = text[2:]
+    if body != body.lower() and body != body.upper() and to_checksum_address(raw) != text:
+        raise ReportFormatError(f"bad EIP-55 checksum in {text!r}")
+    return raw
+
+
+#: One ABI word (EIP-712 `encodeData` encodes every static value as 32 bytes).
+WORD = 32
+_MAX_STRING_BYTES = 256
+_HEX_BYTES32 = re.compile(r"0x[0-9a-fA-F]{64}")
+_FIELD_TYPE = re.compile(r"(u?int)(\d+)|bytes32|address|string")
 
 
 def encode_type(name: str, fields: Sequence[tuple[str, str]]) -> str:
@@ -87,28 +128,6 @@ def encode_word(solidity_type: str, value: object) -> bytes:
         raise ReportFormatError(f"{value} does not fit {solidity_type}")
     # Two's complement over the whole word, as the ABI sign-extends intN.
     return value.to_bytes(WORD, "big", signed=True)
-
-
-def to_checksum_address(address: bytes) -> str:
-    """EIP-55 mixed-case hex of a 20-byte address."""
-    if len(address) != ADDRESS_LENGTH:
-        raise ReportFormatError(f"an address is 20 bytes, got {len(address)}")
-    lower = address.hex()
-    digest = keccak256(lower.encode("ascii")).hex()
-    return "0x" + "".join(
-        c.upper() if c.isalpha() and int(digest[i], 16) >= 8 else c for i, c in enumerate(lower)
-    )
-
-
-def parse_address(text: object) -> bytes:
-    """`0x` + 40 hex digits; all-lower or all-upper is accepted, mixed case must be valid EIP-55."""
-    if not isinstance(text, str) or not _HEX_ADDRESS.fullmatch(text):
-        raise ReportFormatError(f"not a 0x-hex address: {text!r}")
-    raw = bytes.fromhex(text[2:])
-    body = text[2:]
-    if body != body.lower() and body != body.upper() and to_checksum_address(raw) != text:
-        raise ReportFormatError(f"bad EIP-55 checksum in {text!r}")
-    return raw
 
 
 def parse_bytes32(text: object) -> bytes:
@@ -186,3 +205,50 @@ class Eip712Domain:
             chain_id=chain_id,
             verifying_contract=parse_address(obj["verifyingContract"]),
         )
+
+
+def address_of(public_key: bytes) -> bytes:
+    """keccak256(X || Y)[12:] of a 65-byte uncompressed secp256k1 key (oracle.md §2.1)."""
+    if len(public_key) != _UNCOMPRESSED_KEY_LENGTH or public_key[0] != 0x04:
+        raise SignatureFormatError("public key must be 65 bytes, uncompressed (0x04 || X || Y)")
+    return keccak256(public_key[1:])[12:]
+
+
+def sign_digest(digest: bytes, key: coincurve.PrivateKey) -> bytes:
+    """r || s || v over a 32-byte digest, v = recid + 27.
+
+    `hasher=None` signs the digest itself; coincurve's default would sign sha256(digest) and
+    the signature would recover to a stranger (oracle.md §2.5, pitfall 1).
+    """
+    if len(digest) != 32:
+        raise ReportFormatError("a digest is 32 bytes")
+    raw: bytes = key.sign_recoverable(digest, hasher=None)
+    return raw[:64] + bytes([raw[64] + _V_OFFSET])
+
+
+def recover_public_key(digest: bytes, signature: bytes) -> bytes:
+    """The 65-byte key that made `signature` over `digest`; refuses v, s or length out of form."""
+    if len(digest) != 32:
+        raise ReportFormatError("a digest is 32 bytes")
+    if len(signature) != SIGNATURE_LENGTH:
+        raise SignatureFormatError(f"signature must be {SIGNATURE_LENGTH} bytes")
+    v = signature[64]
+    if v not in (_V_OFFSET, _V_OFFSET + 1):
+        raise SignatureFormatError(f"v must be 27 or 28, got {v}")
+    r = int.from_bytes(signature[:32], "big")
+    s = int.from_bytes(signature[32:64], "big")
+    if not 0 < r < SECP256K1_N or not 0 < s <= SECP256K1_N // 2:
+        raise SignatureFormatError("r or s out of range (high s is refused, as OpenZeppelin does)")
+    try:
+        key = coincurve.PublicKey.from_signature_and_message(
+            signature[:64] + bytes([v - _V_OFFSET]), digest, hasher=None
+        )
+    except Exception as exc:  # coincurve raises bare Exception/ValueError for unrecoverable sigs
+        raise SignatureFormatError(f"signature recovers no key: {exc}") from exc
+    out: bytes = key.format(compressed=False)
+    return out
+
+
+def recover_address(digest: bytes, signature: bytes) -> bytes:
+    """The 20-byte address that signed `digest` (what `ecrecover` returns)."""
+    return address_of(recover_public_key(digest, signature))

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from oracle_example._cli import main
-from tests.oracle_example._support import REPO, cli
+from enclave_net._cli import main
+from tests.enclave_net._support import REPO, cli
 
 
 def test_egress_help_explains_both_modes() -> None:

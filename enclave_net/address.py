@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from oracle_example.errors import AddressError
+from enclave_net.errors import AddressError
 
 __all__ = [
     "PARENT_CID",

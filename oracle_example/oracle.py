@@ -1,4 +1,4 @@
-"""The enclave app: boot, fetch loop, signing, and the HTTP/1.1 API over vsock.
+"""The oracle inside the enclave: boot, the fetch loop, signing.
 
 Boot (`Oracle.boot`), in this order, failing closed at each step:
 
@@ -17,120 +17,96 @@ through the egress layer, aggregate, and sign either a `PriceReport` or an `Orac
 feed, once per configured EIP-712 domain. When the enclave clock and the attested time disagree
 by more than `max_clock_skew`, every feed gets a signed `OracleError(CLOCK_UNTRUSTED)` instead.
 
-API (HTTP/1.1, one request per connection, JSON everywhere, errors as
-`{"error": {"code", "message"}}`):
-
-- `GET /v1/attestation?nonce=HEX`: a fresh document bound to the nonce (1..64 bytes); without a
-  nonce, the cached periodic document.
-- `GET /v1/price/{feed}` (`BTC-USD`, `BTC%2FUSD` or `BTC/USD`), optional `?domain=N`: the latest
-  signed report JSON (report.py) for that domain, index into the config's domain list.
-- `GET /v1/health`: mode, address, hashes, PCRs, clock check, per-feed and per-source state.
+Its HTTP API is in `api.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime as _dt
 import hashlib
-import json
 import logging
-import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
-from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import coincurve
-import h11
 
 from attestation.document import AttestationDocument
 from attestation.errors import AttestationError
+from enclave_net.address import Address
+from enclave_net.egress import EgressClient, EgressConfig, Timeouts
+from enclave_net.errors import EgressError, InterfaceError
+from enclave_net.netif import bring_up
 from nsm.client import Nsm
 from nsm.errors import NsmError
-from oracle_example._eip712 import to_checksum_address
-from oracle_example._oracle_errors import (
-    OracleCoreError,
-    SourceBlocked,
-    SourceError,
-    SourceRateLimited,
-    SourceUnreachable,
-)
-from oracle_example.address import Address, UnixAddress, bind_socket
 from oracle_example.aggregate import (
     Aggregate,
     AggregationFailure,
-    OracleErrorCode,
+    Quote,
     aggregate_feed,
     clock_failure,
 )
 from oracle_example.binding import Binding, public_key_bytes
 from oracle_example.config import OracleConfig
-from oracle_example.egress import AsyncEgressClient, EgressConfig, Timeouts
-from oracle_example.errors import EgressError, InterfaceError, OracleExampleError
-from oracle_example.netif import bring_up
-from oracle_example.report import SECP256K1_N, OracleError, SignedReport, message_for
-from oracle_example.sources import Quote, Source, SourceState, build_sources
+from oracle_example.errors import (
+    EnclaveBootError,
+    SourceBlocked,
+    SourceError,
+    SourceRateLimited,
+    SourceUnreachable,
+)
+from oracle_example.eth import SECP256K1_N, to_checksum_address
+from oracle_example.exchanges import build_sources
+from oracle_example.report import (
+    Message,
+    OracleError,
+    OracleErrorCode,
+    PriceReport,
+    SignedReport,
+    detail_hash,
+    feed_id,
+)
+from oracle_example.sources import Source, SourceState
 
 __all__ = [
     "DEFAULT_INTERVAL",
-    "DEFAULT_LISTEN",
-    "DEFAULT_ROUTES",
-    "MAX_NONCE_BYTES",
-    "MAX_REQUEST_HEAD",
-    "EnclaveBootError",
+    "FIRST_ROUTE_PORT",
     "EnclaveOptions",
     "Oracle",
+    "default_routes",
     "expected_pcr16",
-    "serve",
 ]
 
-log = logging.getLogger("oracle_example.enclave")
+log = logging.getLogger("oracle_example.oracle")
 
-#: Any CID may connect (VMADDR_CID_ANY); the parent's gateway is the only one that can.
-DEFAULT_LISTEN = "vsock:4294967295:5000"
-#: The route table of reference/networking.md §7.1: one parent vsock port per exchange host.
-#: It is part of the image's command line, so PCR2 measures it.
-DEFAULT_ROUTES = (
-    "api.binance.com:443=vsock:3:8443",
-    "api.exchange.coinbase.com:443=vsock:3:8444",
-    "api.kraken.com:443=vsock:3:8445",
-    "www.okx.com:443=vsock:3:8446",
-)
+#: The parent's first route port (reference/networking.md §7.1): source i of the config is
+#: reached through vsock port FIRST_ROUTE_PORT + i (8443 Binance, 8444 Coinbase, ...).
+FIRST_ROUTE_PORT = 8443
+PARENT_CID = 3
 #: A round every 5 s: about 1 request/s per exchange for two feeds, far under every public
 #: limit (Binance: 6,000 weight/min, 2 per MINI ticker; networking.md §6).
 DEFAULT_INTERVAL = _dt.timedelta(seconds=5)
 #: Re-read the attested time this often (oracle.md §5 says "every few minutes"; once a minute
 #: costs one NSM attestation).
 DEFAULT_CLOCK_CHECK = _dt.timedelta(seconds=60)
-#: A request head is a GET line and a few headers; h11's default bound is 16 KiB.
-MAX_REQUEST_HEAD = 8 * 1024
-MAX_TARGET = 1024
-#: AWS allows 1024 bytes of nonce; a challenge needs 16-32. 64 leaves room for a hash of context.
-MAX_NONCE_BYTES = 64
-#: The whole request must arrive within this (slowloris).
-REQUEST_TIMEOUT = 10.0
-#: Concurrent API connections; beyond this, 503 at once.
-MAX_CLIENTS = 64
 _PCR16 = 16
 _PCR_SIZE = 48
-_FEED_PATH = re.compile(r"/v1/price/([A-Za-z0-9]{1,16})[-/]([A-Za-z0-9]{1,16})")
-_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
-
-
-class EnclaveBootError(OracleCoreError):
-    """The enclave refused to start: a production requirement failed, or the NSM did."""
-
-    code = "enclave.boot"
 
 
 def _utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
+
+
+def default_routes(config: OracleConfig) -> tuple[str, ...]:
+    """The route table of reference/networking.md §7.1, one parent vsock port per source host,
+    in the config's source order. It is part of the image's command line, so PCR2 measures it."""
+    return tuple(
+        f"{source.host}:443=vsock:{PARENT_CID}:{FIRST_ROUTE_PORT + i}"
+        for i, source in enumerate(config.sources)
+    )
 
 
 def expected_pcr16(config: OracleConfig) -> bytes:
@@ -291,7 +267,7 @@ class Oracle:
 
     # --- rounds ---------------------------------------------------------------------------
 
-    async def run_round(self, client: AsyncEgressClient) -> None:
+    async def run_round(self, client: EgressClient) -> None:
         """One round for every feed: fetch, aggregate, sign, publish. Never raises."""
         self._state.round += 1
         try:
@@ -324,7 +300,7 @@ class Oracle:
                     )
                 )
 
-    async def _fetch_and_publish(self, client: AsyncEgressClient) -> None:
+    async def _fetch_and_publish(self, client: EgressClient) -> None:
         pairs = [(f.symbol, m.source) for f in self.config.feeds for m in f.markets]
         started = time.monotonic()
         self._slowest = 0.0
@@ -373,9 +349,7 @@ class Oracle:
             },
         )
 
-    async def _fetch(
-        self, client: AsyncEgressClient, feed: str, source_id: str
-    ) -> Quote | SourceError:
+    async def _fetch(self, client: EgressClient, feed: str, source_id: str) -> Quote | SourceError:
         state = self._state.sources[source_id]
         now = self.options.clock()
         if not state.ready(now):
@@ -449,13 +423,13 @@ class Oracle:
             )
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with AsyncEgressClient(self.options.egress) as client:
+        async with EgressClient(self.options.egress) as client:
             while not stop.is_set():
                 await self.run_round(client)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.options.interval.total_seconds())
 
-    # --- API ------------------------------------------------------------------------------
+    # --- what the API serves -------------------------------------------------------------
 
     def report(self, feed: str, domain: int = 0) -> SignedReport | None:
         published = self._state.published.get(feed)
@@ -517,6 +491,45 @@ class Oracle:
         }
 
 
+def message_for(
+    result: Aggregate | AggregationFailure,
+    *,
+    round_id: int,
+    config_hash: bytes,
+    timestamp: int | None = None,
+) -> tuple[Message, str | None]:
+    """The message to sign for one aggregation round, and the detail text for an `OracleError`.
+
+    `timestamp` defaults to the round's observation time in whole seconds (floor).
+    """
+    when = int(result.observed_at.timestamp()) if timestamp is None else timestamp
+    if isinstance(result, Aggregate):
+        return (
+            PriceReport(
+                feed_id=feed_id(result.feed),
+                price=result.price,
+                decimals=result.decimals,
+                timestamp=when,
+                round_id=round_id,
+                num_sources=result.num_sources,
+                dispersion_bps=result.dispersion_bps,
+                sources_hash=result.sources_hash,
+                config_hash=config_hash,
+            ),
+            None,
+        )
+    return (
+        OracleError(
+            feed_id=feed_id(result.feed),
+            code=int(result.code),
+            timestamp=when,
+            round_id=round_id,
+            detail_hash=detail_hash(result.detail),
+        ),
+        result.detail,
+    )
+
+
 def _key_from_nsm(nsm: Nsm) -> coincurve.PrivateKey:
     """A secp256k1 scalar from NSM randomness, rejection-sampled into [1, n)."""
     for _ in range(8):  # the chance of needing a second draw is about 2**-128
@@ -565,179 +578,3 @@ def _skipped(state: SourceState, last: SourceError | None, now: _dt.datetime) ->
         )
     skipped.code = _SKIPPED
     return skipped
-
-
-# --- HTTP -----------------------------------------------------------------------------------------
-
-
-class _HttpError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def _response(status: int, body: Mapping[str, object] | dict[str, Any]) -> bytes:
-    data = json.dumps(body, separators=(",", ":")).encode()
-    reason = HTTPStatus(status).phrase
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(data)}\r\n"
-        "Cache-Control: no-store\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + data
-
-
-def _error_body(code: str, message: str) -> dict[str, object]:
-    return {"error": {"code": code, "message": message}}
-
-
-async def _read_request(reader: asyncio.StreamReader) -> h11.Request:
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
-    request: h11.Request | None = None
-    received = 0
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
-            raise _HttpError(status, "http.bad_request", str(exc)) from exc
-        if event is h11.NEED_DATA:
-            data = await reader.read(4096)
-            received += len(data)
-            if received > MAX_REQUEST_HEAD:
-                # h11 bounds only an incomplete head; a GET has nothing else, so bound it all.
-                raise _HttpError(431, "http.too_large", f"request over {MAX_REQUEST_HEAD} bytes")
-            conn.receive_data(data)
-            continue
-        if isinstance(event, h11.Request):
-            request = event
-            if event.method != b"GET":
-                raise _HttpError(405, "http.method", "only GET is served")
-            if len(event.target) > MAX_TARGET:
-                raise _HttpError(414, "http.uri_too_long", f"target over {MAX_TARGET} bytes")
-        elif isinstance(event, h11.Data):
-            raise _HttpError(413, "http.body", "a GET carries no body")
-        elif isinstance(event, h11.EndOfMessage) and request is not None:
-            return request
-        elif isinstance(event, h11.ConnectionClosed):
-            raise _HttpError(400, "http.closed", "connection closed mid-request")
-
-
-def _query(text: str, allowed: set[str]) -> dict[str, str]:
-    try:
-        pairs = parse_qsl(text, strict_parsing=bool(text), max_num_fields=len(allowed) or 1)
-    except ValueError as exc:
-        raise _HttpError(400, "http.query", f"bad query string: {exc}") from exc
-    out = dict(pairs)
-    if len(out) != len(pairs) or not set(out) <= allowed:
-        raise _HttpError(400, "http.query", f"query parameters allowed: {sorted(allowed)}")
-    return out
-
-
-async def _route(oracle: Oracle, target: str) -> tuple[int, dict[str, object]]:
-    parts = urlsplit(target)
-    path = parts.path
-    if path == "/v1/health":
-        _query(parts.query, set())
-        return 200, oracle.health()
-    if path == "/v1/attestation":
-        query = _query(parts.query, {"nonce"})
-        nonce: bytes | None = None
-        if "nonce" in query:
-            text = query["nonce"]
-            if not _HEX.fullmatch(text) or not 1 <= len(text) // 2 <= MAX_NONCE_BYTES:
-                raise _HttpError(
-                    400, "attestation.nonce", f"nonce must be hex of 1..{MAX_NONCE_BYTES} bytes"
-                )
-            nonce = bytes.fromhex(text)
-        try:
-            document = await oracle.attestation(nonce)
-        except OracleExampleError as exc:
-            raise _HttpError(503, "attestation.nsm", str(exc)) from exc
-        return 200, {
-            "document": base64.b64encode(document).decode("ascii"),
-            "address": to_checksum_address(oracle.address),
-            "publicKey": "0x" + oracle.public_key.hex(),
-            "nonce": None if nonce is None else nonce.hex(),
-        }
-    match = _FEED_PATH.fullmatch(unquote(path))
-    if match is not None:
-        query = _query(parts.query, {"domain"})
-        symbol = f"{match.group(1)}/{match.group(2)}".upper()
-        if symbol not in {f.symbol for f in oracle.config.feeds}:
-            raise _HttpError(404, "price.unknown_feed", f"no feed {symbol}")
-        domain_text = query.get("domain", "0")
-        if not domain_text.isdigit() or int(domain_text) >= len(oracle.config.domains):
-            raise _HttpError(
-                400, "price.domain", f"domain must be 0..{len(oracle.config.domains) - 1}"
-            )
-        report = oracle.report(symbol, int(domain_text))
-        if report is None:
-            raise _HttpError(503, "price.not_ready", f"no report for {symbol} yet")
-        return 200, report.to_json()
-    raise _HttpError(404, "http.not_found", f"no route {path}")
-
-
-async def serve(oracle: Oracle, listen: Address, stop: asyncio.Event) -> None:
-    """Run the fetch loop and the API on `listen` until `stop` is set; then clean up."""
-    slots = asyncio.Semaphore(MAX_CLIENTS)
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            if slots.locked():
-                writer.write(_response(503, _error_body("http.busy", "too many connections")))
-                return
-            async with slots:
-                try:
-                    async with asyncio.timeout(REQUEST_TIMEOUT):
-                        request = await _read_request(reader)
-                    status, body = await _route(oracle, request.target.decode("ascii", "replace"))
-                except _HttpError as exc:
-                    status, body = exc.status, _error_body(exc.code, exc.message)
-                except TimeoutError:
-                    status, body = 408, _error_body("http.timeout", "request too slow")
-                writer.write(_response(status, body))
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        except Exception:
-            log.exception("API handler failed")
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    sock = bind_socket(listen, backlog=128)
-    sock.setblocking(False)
-    server = await asyncio.start_server(handle, sock=sock, limit=MAX_REQUEST_HEAD)
-    loop_task = asyncio.create_task(oracle.run(stop))
-    log.info(
-        "ready",
-        extra={
-            "fields": {
-                "listen": str(listen),
-                "address": to_checksum_address(oracle.address),
-            }
-        },
-    )
-    try:
-        stop_task = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({loop_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        if loop_task in done:
-            loop_task.result()  # the loop only ends on stop; surface a crash
-        stop_task.cancel()
-    finally:
-        stop.set()
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2)
-        loop_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await loop_task
-        if isinstance(listen, UnixAddress):
-            with contextlib.suppress(OSError):
-                Path(listen.path).unlink()

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,6 +26,8 @@ from urllib.parse import parse_qs, urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from enclave_net.address import UnixAddress, parse_host_port
+from enclave_net.proxy_config import Pin, ProxyConfig, ProxyRoute
 from oracle_example.replay._pki import (
     issue_server_certificate,
     self_signed_ca,
@@ -185,15 +187,24 @@ class HttpsExchange:
 
 def short_tempdir() -> Path:
     # sun_path is 108 bytes: pytest's tmp_path can be longer than that.
-    return Path(tempfile.mkdtemp(prefix="oe-", dir="/tmp"))
+    return Path(tempfile.mkdtemp(prefix="en-", dir="/tmp"))
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "oracle_example._cli", *args]
+    """`enclave-net ARGS` as a child process's argv (the module, so no install is needed)."""
+    return [sys.executable, "-m", "enclave_net._cli", *args]
+
+
+def relay_args(listen: Path, host: str, port: int) -> tuple[str, ...]:
+    """`enclave-net egress` arguments that relay `unix:listen` to a local stand-in for `host`."""
+    return (
+        *("--route", f"unix:{listen}={host}:{port}"),
+        *("--resolve", f"{host}=127.0.0.1", "--allow-private"),
+    )
 
 
 class ProxyProcess:
-    """`nitro-oracle egress ...` as a child process; waits for its "ready" log line."""
+    """`enclave-net egress ...` as a child process; waits for its "ready" log line."""
 
     def __init__(self, args: Sequence[str], *, netns: str | None = None) -> None:
         prefix = ["ip", "netns", "exec", netns] if netns else []
@@ -349,7 +360,7 @@ class ProxyThread:
     def __init__(self, config: Any) -> None:
         import asyncio
 
-        from oracle_example.proxy import EgressProxy
+        from enclave_net.proxy import EgressProxy
 
         self.loop = asyncio.new_event_loop()
         self.proxy = EgressProxy(config)
@@ -364,3 +375,42 @@ class ProxyThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         self.loop.close()
+
+
+def doctor_findings(output: str) -> dict[str, dict[str, str]]:
+    """The doctor's `--json` output, by check name."""
+    report = json.loads(output)
+    return {f["check"]: f for f in report["findings"]}
+
+
+def run_doctor(
+    main: Callable[[list[str]], int], capsys: Any, *args: str
+) -> tuple[int, dict[str, dict[str, str]]]:
+    """`main(["doctor", "--json", ...])` in process (enclave-net's or an app's), no resolv.conf."""
+    code = main(["doctor", "--json", "--resolv-conf", "/nonexistent", *args])
+    return code, doctor_findings(capsys.readouterr().out)
+
+
+def doctor_via(
+    main: Callable[[list[str]], int],
+    capsys: Any,
+    route: UnixAddress,
+    ca: CertAuthority,
+    *args: str,
+    upstream: str = "api.binance.com:443",
+) -> tuple[int, dict[str, dict[str, str]]]:
+    """The doctor with one route to `upstream` and the test CA."""
+    return run_doctor(
+        main, capsys, "--route", f"{upstream}={route}", "--ca-bundle", str(ca.ca_pem), *args
+    )
+
+
+def route_to(host: str, exchange: HttpsExchange, listen: UnixAddress) -> ProxyThread:
+    """Our proxy relaying `listen` to the local server standing in for `host`."""
+    return ProxyThread(
+        ProxyConfig(
+            routes=(ProxyRoute(listen, parse_host_port(f"{host}:{exchange.port}")),),
+            pins={host: Pin("127.0.0.1")},
+            allow_private=True,
+        )
+    )

@@ -16,11 +16,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from oracle_example.address import Address, TcpAddress, UnixAddress, bind_socket, connect_socket
+from enclave_net.address import Address, TcpAddress, UnixAddress, bind_socket, connect_socket
 
 __all__ = ["Gateway", "GatewayLimits"]
 
-log = logging.getLogger("oracle_example.gateway")
+log = logging.getLogger("enclave_net.gateway")
 
 
 @dataclass(frozen=True, kw_only=True)

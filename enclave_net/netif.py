@@ -15,7 +15,7 @@ import fcntl
 import socket
 import struct
 
-from oracle_example.errors import InterfaceError
+from enclave_net.errors import InterfaceError
 
 __all__ = ["IFF_LOOPBACK", "IFF_RUNNING", "IFF_UP", "bring_up", "interface_flags"]
 

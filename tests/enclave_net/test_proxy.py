@@ -14,10 +14,17 @@ from typing import Any
 
 import pytest
 
-from oracle_example.address import UnixAddress, parse_host_port
-from oracle_example.errors import ProxyConfigError
-from oracle_example.proxy import Limits, Pin, ProxyConfig, ProxyRoute, address_refusal, load_config
-from tests.oracle_example._support import ProxyProcess, ProxyThread
+from enclave_net.address import UnixAddress, parse_host_port
+from enclave_net.errors import ProxyConfigError
+from enclave_net.proxy_config import (
+    Limits,
+    Pin,
+    ProxyConfig,
+    ProxyRoute,
+    address_refusal,
+    load_config,
+)
+from tests.enclave_net._support import ProxyProcess, ProxyThread
 
 
 class EchoServer:

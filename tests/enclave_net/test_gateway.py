@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from oracle_example.address import TcpAddress, UnixAddress
-from oracle_example.gateway import Gateway, GatewayLimits
-from tests.oracle_example._support import short_tempdir
+from enclave_net.address import TcpAddress, UnixAddress
+from enclave_net.gateway import Gateway, GatewayLimits
+from tests.enclave_net._support import short_tempdir
 
 
 @pytest.fixture

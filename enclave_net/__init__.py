@@ -1,0 +1,27 @@
+"""Networking for AWS Nitro Enclave apps: HTTPS out of the enclave without DNS, and the parent.
+
+Modules, each with its own `__all__`: `address` (vsock/unix/tcp addresses), `egress` (the
+enclave's HTTPS client: an httpcore backend over routes or CONNECT, async), `proxy` (the parent's
+egress proxy; `proxy_config` its configuration), `gateway` (the parent's TCP front for an enclave
+API), `netif` (bringing `lo` up), `jsonlog` (JSON-lines logging), `doctor`, `errors`.
+Install with the `[net]` extra.
+
+```python
+import asyncio
+from enclave_net import EgressClient, EgressConfig
+
+async def main() -> None:
+    config = EgressConfig.from_strings(routes=["api.binance.com:443=vsock:3:8443"])
+    async with EgressClient(config) as client:
+        print((await client.get("https://api.binance.com/api/v3/time")).json())
+
+asyncio.run(main())
+```
+"""
+
+from __future__ import annotations
+
+from enclave_net.egress import EgressClient, EgressConfig, Response, Timeouts
+from enclave_net.errors import EgressError, EnclaveNetError
+
+__all__ = ["EgressClient", "EgressConfig", "EgressError", "EnclaveNetError", "Response", "Timeouts"]

@@ -1,0 +1,204 @@
+"""The parent-side egress proxy's configuration: routes, the CONNECT allow list, name pins,
+limits, the TOML file that holds them (see docs/deployment.md), and which upstream addresses
+are never dialled.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from enclave_net.address import (
+    Address,
+    HostPort,
+    is_ip_literal,
+    parse_address,
+    parse_host_port,
+)
+from enclave_net.errors import AddressError, ProxyConfigError
+
+__all__ = [
+    "METADATA_ADDRESSES",
+    "Limits",
+    "Pin",
+    "ProxyConfig",
+    "ProxyRoute",
+    "address_refusal",
+    "load_config",
+    "parse_pin",
+    "parse_route_spec",
+]
+
+# AWS instance metadata service, IPv4 and IPv6 (docs.aws.amazon.com/AWSEC2/latest/UserGuide/
+# instancedata-data-retrieval.html). Reaching it from the enclave would hand out role credentials.
+METADATA_ADDRESSES = frozenset(
+    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Per-proxy limits; every one of them exists because a misbehaving client could otherwise
+    hold resources forever (vsock-proxy's select loop has no timeout, networking.md §1.2)."""
+
+    max_connections: int = 1024  # open client connections, tunnels and handshakes together
+    head_timeout: float = 10.0  # the CONNECT head must arrive within this (slowloris)
+    max_head_bytes: int = 8 * 1024  # request line + headers; a CONNECT needs ~100 bytes
+    connect_timeout: float = 10.0  # DNS + TCP connect to the upstream
+    idle_timeout: float = 300.0  # no byte in either direction for this long: close
+    total_timeout: float = 3600.0  # hard cap on a tunnel's life
+    # The StreamReader bound while a CONNECT head is read; in the tunnel, the write-buffer
+    # high-water mark per direction (reading pauses above it), so a direction holds at most this
+    # plus one transport read (256 KiB).
+    buffer_bytes: int = 64 * 1024
+    # getaddrinfo returns no TTL; this is the re-resolution period instead (vsock-proxy uses the
+    # record's TTL, #606). Failures re-resolve at once regardless.
+    resolve_ttl: float = 60.0
+    backlog: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("head_timeout", "connect_timeout", "idle_timeout", "total_timeout"):
+            if not getattr(self, name) > 0:
+                raise ProxyConfigError(f"limits.{name} must be positive")
+        for name in ("max_connections", "max_head_bytes", "buffer_bytes", "backlog"):
+            if getattr(self, name) < 1:
+                raise ProxyConfigError(f"limits.{name} must be at least 1")
+        if self.resolve_ttl < 0:
+            raise ProxyConfigError("limits.resolve_ttl must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyRoute:
+    listen: Address
+    upstream: HostPort
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """`--resolve HOST=IP` (or `HOST:PORT=IP:PORT`): answer for a name without DNS."""
+
+    ip: str
+    port: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyConfig:
+    routes: tuple[ProxyRoute, ...] = ()
+    connect: Address | None = None
+    allow: frozenset[HostPort] = frozenset()
+    pins: Mapping[str, Pin] = field(default_factory=dict)  # key: "host" or "host:port"
+    allow_private: bool = False
+    limits: Limits = Limits()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pins", types.MappingProxyType(dict(self.pins)))
+        object.__setattr__(self, "allow", frozenset(self.allow))
+        if not self.routes and self.connect is None:
+            raise ProxyConfigError("nothing to serve: give --route and/or --connect")
+        if self.allow and self.connect is None:
+            raise ProxyConfigError("--allow needs a --connect listener")
+        if self.connect is not None and not self.allow:
+            raise ProxyConfigError("--connect without --allow would refuse everything")
+        listens = [r.listen for r in self.routes] + ([self.connect] if self.connect else [])
+        if len(set(listens)) != len(listens):
+            raise ProxyConfigError("two listeners share one address")
+
+
+def parse_pin(text: str) -> tuple[str, Pin]:
+    name, sep, target = text.partition("=")
+    if not sep:
+        raise ProxyConfigError(f"--resolve {text!r}: expected HOST=IP or HOST:PORT=IP:PORT")
+    try:
+        if ":" in name and not name.startswith("["):
+            key = str(parse_host_port(name))
+            dest = parse_host_port(target)
+            if not is_ip_literal(dest.host):
+                raise ProxyConfigError(f"--resolve {text!r}: {dest.host} is not an IP address")
+            return key, Pin(dest.host, dest.port)
+        if not is_ip_literal(target):
+            raise ProxyConfigError(f"--resolve {text!r}: {target!r} is not an IP address")
+        return parse_host_port(f"{name}:1").host, Pin(str(ipaddress.ip_address(target)))
+    except AddressError as exc:
+        raise ProxyConfigError(f"--resolve {text!r}: {exc}") from exc
+
+
+def parse_route_spec(text: str) -> ProxyRoute:
+    # Host names cannot contain "=", Unix paths can: split on the last one.
+    listen, sep, upstream = text.rpartition("=")
+    if not sep:
+        raise ProxyConfigError(f"--route {text!r}: expected LISTEN_ADDRESS=HOST:PORT")
+    try:
+        return ProxyRoute(parse_address(listen), parse_host_port(upstream))
+    except AddressError as exc:
+        raise ProxyConfigError(f"--route {text!r}: {exc}") from exc
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    routes: Iterable[str] = (),
+    connect: str | None = None,
+    allow: Iterable[str] = (),
+    resolve: Iterable[str] = (),
+    allow_private: bool | None = None,
+) -> ProxyConfig:
+    """Merge a TOML config file (see deploy/egress.toml) with command-line values."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ProxyConfigError(f"config {path}: {exc}") from exc
+    try:
+        route_specs = [f"{r['listen']}={r['upstream']}" for r in data.get("route", [])]
+        section = data.get("connect", {})
+        connect = connect or section.get("listen")
+        allow_list = [*section.get("allow", []), *allow]
+        pins = [f"{k}={v}" for k, v in data.get("resolve", {}).items()]
+        limits = Limits(**data.get("limits", {}))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ProxyConfigError(f"config {path}: {exc!r}") from exc
+    try:
+        allowed = frozenset(parse_host_port(a) for a in allow_list)
+        connect_address = parse_address(connect) if connect else None
+    except AddressError as exc:
+        raise ProxyConfigError(str(exc)) from exc
+    return ProxyConfig(
+        routes=tuple(parse_route_spec(r) for r in [*route_specs, *routes]),
+        connect=connect_address,
+        allow=allowed,
+        pins=dict(parse_pin(p) for p in [*pins, *resolve]),
+        allow_private=bool(data.get("allow_private", False))
+        if allow_private is None
+        else allow_private,
+        limits=limits,
+    )
+
+
+def address_refusal(ip_text: str, *, allow_private: bool) -> str | None:
+    """Why this upstream IP is refused, or None if it may be dialled."""
+    ip = ipaddress.ip_address(ip_text)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip in METADATA_ADDRESSES:
+        return f"{ip} is the cloud instance metadata service"
+    if ip.is_link_local:
+        return f"{ip} is link-local"
+    if ip.is_multicast:
+        return f"{ip} is multicast"
+    if ip.is_unspecified:
+        return f"{ip} is unspecified"
+    if allow_private:
+        return None
+    if ip.is_loopback:
+        return f"{ip} is loopback (--allow-private permits it)"
+    if ip.is_private:
+        return f"{ip} is private (--allow-private permits it)"
+    if not ip.is_global:
+        return f"{ip} is not globally routable (--allow-private permits it)"
+    return None

@@ -33,8 +33,8 @@ from asn1crypto import algos, core
 from asn1crypto import cms as asn1_cms
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, padding
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from enclave_net.kms.errors import CmsError
@@ -112,12 +112,10 @@ def _check_oaep(algorithm: Any) -> None:
         raise CmsError(f"OAEP mask generation is {mgf['algorithm'].dotted}, expected MGF1")
     _hash_is_sha256(mgf["parameters"], "MGF1 hash")
     source = params["p_source_algorithm"]
-    if source.contents:
-        if source["algorithm"].dotted != P_SPECIFIED or source["parameters"].native not in (
-            b"",
-            None,
-        ):
-            raise CmsError("OAEP label is not empty")
+    if source.contents and (
+        source["algorithm"].dotted != P_SPECIFIED or source["parameters"].native not in (b"", None)
+    ):
+        raise CmsError("OAEP label is not empty")
 
 
 def _parse(data: bytes) -> Envelope:
@@ -184,8 +182,8 @@ def open_enveloped(data: bytes, private_key: rsa.RSAPrivateKey) -> bytes:
     ours = key_identifier(private_key.public_key())
     if not hmac.compare_digest(envelope.key_id, ours):
         raise CmsError(
-            f"addressed to key id {envelope.key_id.hex()}, not ours ({ours.hex()}): the attestation "
-            "document sent was not made for this recipient's key"
+            f"addressed to key id {envelope.key_id.hex()}, not ours ({ours.hex()}): the "
+            "attestation document sent was not made for this recipient's key"
         )
     if len(envelope.encrypted_key) != private_key.key_size // 8:
         raise CmsError("encrypted key length does not match our RSA modulus")

@@ -102,10 +102,7 @@ def _check_oaep(algorithm: Any) -> None:
     params = algorithm["parameters"]
     if not isinstance(params, algos.RSAESOAEPParams):
         raise CmsError("RSAES-OAEP without parameters means SHA-1; expected SHA-256")
-    # Explicit fields only: a default (absent) hash or MGF is SHA-1 (RFC 8017 A.2.1).
-    for field in ("hash_algorithm", "mask_gen_algorithm"):
-        if not params[field].contents:
-            raise CmsError(f"RSAES-OAEP {field} is absent (SHA-1 default), expected SHA-256")
+    # An absent field reads as its default, SHA-1 / MGF1-SHA-1 (RFC 8017 A.2.1), and fails here.
     _hash_is_sha256(params["hash_algorithm"], "OAEP hash")
     mgf = params["mask_gen_algorithm"]
     if mgf["algorithm"].dotted != MGF1:

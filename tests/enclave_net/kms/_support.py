@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from attestation import load_pem_roots
-from enclave_net.kms._transport import AsyncEgressClient, EgressConfig
+from enclave_net.kms._transport import EgressConfig
 from enclave_net.kms.client import KmsClient
 from enclave_net.kms.credentials import Credentials, CredentialSource, StaticCredentials
 from enclave_net.kms.double import DoubleConfig, KmsDouble
@@ -56,8 +56,9 @@ CONFIG_PCR16 = b"oracle config v1"
 def booted(emulator: Emulator, config: bytes = CONFIG_PCR16) -> Nsm:
     """An NSM after the app's boot: the config measured into PCR16, then PCR16 locked."""
     module = Nsm(EmulatorTransport(emulator))
-    module.extend_pcr(16, hashlib.sha384(config).digest())
-    module.lock_pcr(16)
+    if not module.describe_pcr(16).locked:  # booted already: the same enclave, again
+        module.extend_pcr(16, hashlib.sha384(config).digest())
+        module.lock_pcr(16)
     return module
 
 
@@ -165,12 +166,14 @@ class KmsWorld:
         credentials: CredentialSource | None = None,
         http: Any = None,
     ) -> KmsClient:
-        return KmsClient(
-            http if http is not None else AsyncEgressClient(self.egress()),
-            region=REGION,
-            credentials=credentials or StaticCredentials(CREDENTIALS),
-            recipient=recipient,
-        )
+        options: dict[str, Any] = {
+            "region": REGION,
+            "credentials": credentials or StaticCredentials(CREDENTIALS),
+            "recipient": recipient,
+        }
+        if http is None:
+            return KmsClient.through_egress(self.egress(), **options)
+        return KmsClient(http, **options)
 
     def restarted_double(self, **extra: Any) -> KmsDouble:
         """Another double on the same keys (a second KMS endpoint), e.g. with another config."""

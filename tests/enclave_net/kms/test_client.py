@@ -175,7 +175,7 @@ def test_pcr16_unlocked_is_not_in_the_document_and_is_denied(world: KmsWorld) ->
 def test_a_stale_document_is_refused(world: KmsWorld) -> None:
     # The double's max_attestation_age is 5 minutes; this NSM's clock runs 10 minutes behind.
     behind = Emulator(seed=70, clock=lambda: dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10))
-    with pytest.raises(ValidationException, match="policy.stale"):
+    with pytest.raises(ValidationException, match=r"policy\.stale"):
         call(world, Recipient(booted(behind)), lambda kms: kms.generate_random(8))
 
 

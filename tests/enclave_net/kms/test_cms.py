@@ -233,6 +233,12 @@ def test_any_single_byte_change_opens_or_raises_cms_error(position: int, xor: in
         opened = open_enveloped(bytes(data), KEY)
     except CmsError:
         return
-    # AES-CBC has no integrity: a changed IV or content block can still unpad (KMS's format;
-    # TLS is what protects it in transit). Whatever came out is bytes of a plausible length.
-    assert isinstance(opened, bytes) and len(opened) <= len(MESSAGE) + 16
+    # AES-CBC has no integrity: a changed IV or content byte can still unpad (KMS's format;
+    # TLS is what protects it in transit). Any other change (structure, algorithms, recipient,
+    # wrapped key) must have been refused.
+    parts = parse_enveloped(VALID)
+    iv_at, content_at = VALID.index(parts.iv), VALID.index(parts.encrypted_content)
+    assert iv_at <= position < iv_at + 16 or (
+        content_at <= position < content_at + len(parts.encrypted_content)
+    )
+    assert opened != MESSAGE

@@ -20,16 +20,15 @@ id, and the credential types hide them from `repr`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as _dt
 import json
 import logging
 import socket
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from enclave_net.kms._transport import Address, EgressError, bind_socket, connect_socket
+from enclave_net.kms._service import StreamService
+from enclave_net.kms._transport import Address, EgressError, connect_socket
 from enclave_net.kms.errors import CredentialsError
 
 __all__ = [
@@ -202,8 +201,10 @@ def botocore_chain() -> Callable[[], Credentials]:
     return get
 
 
-class CredentialsServer:
+class CredentialsServer(StreamService):
     """The parent side: one JSON answer per connection, on `address`, in a thread."""
+
+    name = "kms-credentials"
 
     def __init__(
         self,
@@ -213,35 +214,11 @@ class CredentialsServer:
         serve_ttl: _dt.timedelta = DEFAULT_SERVE_TTL,
         clock: Clock = _utcnow,
     ) -> None:
-        self._address = address
+        super().__init__(address)
         self._source = source
         self._ttl = serve_ttl
         self._clock = clock
-        self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
         self.served = 0
-
-    def start(self) -> CredentialsServer:
-        self._sock = bind_socket(self._address, backlog=16)
-        self._thread = threading.Thread(target=self._serve, name="kms-credentials", daemon=True)
-        self._thread.start()
-        _log.info("serving credentials on %s", self._address)
-        return self
-
-    def __enter__(self) -> CredentialsServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._sock is not None:
-            # shutdown wakes the accept() in the serving thread; close alone may not.
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._sock.close()
-        if self._thread is not None:
-            self._thread.join(timeout=_TIMEOUT)
 
     def answer(self) -> Credentials:
         """What the next connection gets: the source's credentials, promised for `serve_ttl`."""
@@ -253,23 +230,12 @@ class CredentialsServer:
             current.access_key_id, current.secret_access_key, current.session_token, promise
         )
 
-    def _serve(self) -> None:
-        assert self._sock is not None
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return  # closed
-            with conn:
-                try:
-                    conn.settimeout(_TIMEOUT)
-                    conn.sendall(self.answer().to_json())
-                    self.served += 1
-                except OSError as exc:
-                    _log.warning("credentials connection failed: %s", exc.strerror)
-                except Exception as exc:
-                    # Only the type: a provider's message could quote what it read.
-                    _log.error("no credentials to serve: %s", type(exc).__name__)
-
-    def __repr__(self) -> str:
-        return f"CredentialsServer({self._address})"
+    def handle(self, conn: socket.socket) -> None:
+        try:
+            conn.sendall(self.answer().to_json())
+            self.served += 1
+        except OSError as exc:
+            _log.warning("credentials connection failed: %s", exc.strerror)
+        except Exception as exc:
+            # Only the type: a provider's message could quote what it read.
+            _log.error("no credentials to serve: %s", type(exc).__name__)

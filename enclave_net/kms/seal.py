@@ -16,17 +16,16 @@ stream connection per read or write, over vsock in production). The endpoint is 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
 import struct
-import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from enclave_net.kms._transport import Address, EgressError, bind_socket, connect_socket
+from enclave_net.kms._service import StreamService
+from enclave_net.kms._transport import Address, EgressError, connect_socket
 from enclave_net.kms.client import KmsClient
 from enclave_net.kms.errors import KmsError
 
@@ -194,65 +193,36 @@ class ParentStore:
             raise SealedKeyError(f"blob endpoint {self._address} refused the write")
 
 
-class BlobServer:
+class BlobServer(StreamService):
     """The parent side: serves one `FileStore` on `address` (ciphertext only), in a thread."""
 
+    name = "kms-blob-store"
+
     def __init__(self, address: Address, store: FileStore) -> None:
-        self._address = address
+        super().__init__(address)
         self._store = store
-        self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
 
-    def start(self) -> BlobServer:
-        self._sock = bind_socket(self._address, backlog=8)
-        self._thread = threading.Thread(target=self._serve, name="kms-blob-store", daemon=True)
-        self._thread.start()
-        return self
-
-    def __enter__(self) -> BlobServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._sock.close()
-        if self._thread is not None:
-            self._thread.join(timeout=_TIMEOUT)
-
-    def _serve(self) -> None:
-        assert self._sock is not None
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    conn.settimeout(_TIMEOUT)
-                    conn.sendall(self._answer(*_recv_message(conn)))
-                except (OSError, SealedKeyError) as exc:
-                    _log.warning("blob endpoint: %s", exc)
+    def handle(self, conn: socket.socket) -> None:
+        try:
+            conn.sendall(self._answer(*_recv_message(conn)))
+        except (OSError, SealedKeyError) as exc:
+            _log.warning("blob endpoint: %s", exc)
 
     def _answer(self, op: bytes, payload: bytes) -> bytes:
-        with self._lock:
-            try:
-                if op == _GET:
-                    blob = self._store.read()
-                    if blob is None:
-                        return _HEADER.pack(_EMPTY, 0)
-                    return _HEADER.pack(_OK, len(blob)) + blob
-                if op == _PUT:
-                    # Write-once: a second PUT would replace the only copy of a sealed key. An
-                    # operator who really wants a new key removes the file by hand.
-                    if self._store.read() is not None:
-                        raise SealedKeyError("refusing to overwrite the stored sealed blob")
-                    self._store.write(payload)
-                    return _HEADER.pack(_OK, 0)
-            except SealedKeyError as exc:
-                _log.warning("blob endpoint: %s", exc)
-            return _HEADER.pack(_FAIL, 0)
+        # One connection at a time (StreamService), so the read-then-write below is atomic.
+        try:
+            if op == _GET:
+                blob = self._store.read()
+                if blob is None:
+                    return _HEADER.pack(_EMPTY, 0)
+                return _HEADER.pack(_OK, len(blob)) + blob
+            if op == _PUT:
+                # Write-once: a second PUT would replace the only copy of a sealed key. An
+                # operator who really wants a new key removes the file by hand.
+                if self._store.read() is not None:
+                    raise SealedKeyError("refusing to overwrite the stored sealed blob")
+                self._store.write(payload)
+                return _HEADER.pack(_OK, 0)
+        except SealedKeyError as exc:
+            _log.warning("blob endpoint: %s", exc)
+        return _HEADER.pack(_FAIL, 0)

@@ -92,7 +92,11 @@ def add_kms_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     p = sub.add_parser("genkey", help="GenerateDataKey with Recipient (kmstool genkey)")
     _enclave_options(p)
     p.add_argument("--key-id", required=True)
-    p.add_argument("--key-spec", choices=["AES_256", "AES_128"], default="AES_256")
+    p.add_argument(
+        "--key-spec",
+        choices=["AES_256", "AES_128", "AES-256", "AES-128"],  # KMS's and kmstool's spellings
+        default="AES_256",
+    )
     p.set_defaults(func=_run_enclave, operation=_genkey)
 
     p = sub.add_parser("genrandom", help="GenerateRandom with Recipient (kmstool genrandom)")
@@ -147,7 +151,7 @@ async def _decrypt(kms: KmsClient, args: argparse.Namespace) -> dict[str, str]:
 
 
 async def _genkey(kms: KmsClient, args: argparse.Namespace) -> dict[str, str]:
-    key = await kms.generate_data_key(args.key_id, key_spec=args.key_spec)
+    key = await kms.generate_data_key(args.key_id, key_spec=args.key_spec.replace("-", "_"))
     return {"CiphertextBlob": _b64(key.ciphertext_blob), "Plaintext": _b64(key.plaintext),
             "KeyId": key.key_id}  # fmt: skip
 
@@ -156,8 +160,8 @@ async def _genrandom(kms: KmsClient, args: argparse.Namespace) -> dict[str, str]
     return {"Plaintext": _b64(await kms.generate_random(args.length))}
 
 
-# kmstool-enclave-cli prints "PLAINTEXT: <base64>" and "CIPHERTEXT: <base64>" lines.
-_TEXT_LABELS = {"CiphertextBlob": "CIPHERTEXT", "Plaintext": "PLAINTEXT", "KeyId": "KEY_ID"}
+# kmstool-enclave-cli prints "CIPHERTEXT: <base64>" and "PLAINTEXT: <base64>" lines, nothing else.
+_TEXT_LABELS = {"CiphertextBlob": "CIPHERTEXT", "Plaintext": "PLAINTEXT"}
 
 
 def _credentials(args: argparse.Namespace) -> CredentialSource:
@@ -216,8 +220,9 @@ def _run_enclave(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        for name, value in result.items():
-            print(f"{_TEXT_LABELS[name]}: {value}")
+        for name, label in _TEXT_LABELS.items():
+            if name in result:
+                print(f"{label}: {result[name]}")
     return 0
 
 

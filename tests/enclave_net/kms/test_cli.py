@@ -88,6 +88,10 @@ def test_genkey_then_decrypt_through_the_credentials_endpoint(
         made = kms_cli(
             world, nsm_socket, "genkey", "--key-id", KEY_ID, "--json", "--credentials", address
         )
+        text = kms_cli(
+            world, nsm_socket, "genkey", "--key-id", KEY_ID, "--key-spec", "AES-128",
+            "--credentials", address,
+        )  # fmt: skip
         assert made.returncode == 0, made.stderr
         key = json.loads(made.stdout)
         opened = kms_cli(
@@ -99,6 +103,10 @@ def test_genkey_then_decrypt_through_the_credentials_endpoint(
     # kmstool's text form: "PLAINTEXT: <base64>".
     assert opened.stdout.strip() == f"PLAINTEXT: {key['Plaintext']}"
     assert len(base64.b64decode(key["Plaintext"])) == 32
+    # kmstool's genkey text form: a CIPHERTEXT line, then a PLAINTEXT line.
+    labels = [line.split(": ", 1) for line in text.stdout.splitlines()]
+    assert [label for label, _ in labels] == ["CIPHERTEXT", "PLAINTEXT"]
+    assert len(base64.b64decode(labels[1][1])) == 16
 
 
 def test_a_kms_error_exits_1_with_its_aws_name(world: KmsWorld, nsm_socket: Path) -> None:

@@ -69,6 +69,7 @@ from enclave_net.kms.errors import (
     InvalidCiphertextException,
     InvalidSignatureException,
     KmsError,
+    KMSInternalException,
     KmsServiceError,
     NotFoundException,
     UnrecognizedClientException,
@@ -645,6 +646,11 @@ class _Handler(BaseHTTPRequestHandler):
         except KmsServiceError as exc:
             double._record(action, exc.code)
             self._send(exc.status, {"__type": exc.code, "message": exc.args[0]})
+        except Exception as exc:
+            # A bug in the double: answer like KMS does for its own faults, log only the type.
+            _log.error("KMS double failed on %s: %s", action, type(exc).__name__)
+            double._record(action, KMSInternalException.code)
+            self._send(500, {"__type": KMSInternalException.code, "message": "internal error"})
 
     def _body(self) -> bytes:
         try:

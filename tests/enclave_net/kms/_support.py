@@ -18,7 +18,11 @@ from enclave_net.kms.double import DoubleConfig, KmsDouble
 from enclave_net.kms.recipient import Recipient
 from nsm import Nsm
 from nsm.emulator import Emulator
-from tests.oracle_example._support import CertAuthority
+
+# The one import of another package's test helpers (a test CA, short Unix socket paths).
+from tests.oracle_example._support import CertAuthority, short_tempdir
+
+__all__ = ["CertAuthority", "short_tempdir"]
 
 REGION = "us-east-1"
 ACCOUNT = "111122223333"

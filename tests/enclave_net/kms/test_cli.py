@@ -25,8 +25,8 @@ from tests.enclave_net.kms._support import (
     REGION,
     KmsWorld,
     booted,
+    short_tempdir,
 )
-from tests.oracle_example._support import short_tempdir
 
 
 @pytest.fixture(scope="module")

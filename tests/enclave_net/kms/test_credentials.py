@@ -21,8 +21,7 @@ from enclave_net.kms.credentials import (
     botocore_chain,
 )
 from enclave_net.kms.errors import CredentialsError
-from tests.enclave_net.kms._support import run
-from tests.oracle_example._support import short_tempdir
+from tests.enclave_net.kms._support import run, short_tempdir
 
 START = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 

@@ -21,9 +21,8 @@ from enclave_net.kms.seal import (
 )
 from nsm import Nsm
 from nsm.emulator import Emulator
-from tests.enclave_net.kms._support import KEY_ID, KmsWorld, booted, run
+from tests.enclave_net.kms._support import KEY_ID, KmsWorld, booted, run, short_tempdir
 from tests.enclave_net.kms.conftest import OTHER_IMAGE
-from tests.oracle_example._support import short_tempdir
 
 
 @pytest.fixture

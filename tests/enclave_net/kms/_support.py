@@ -103,24 +103,22 @@ def key_policy(pcr0: str, pcr16: str) -> dict[str, Any]:
     }
 
 
+def principal(arn: str, credentials: Credentials) -> dict[str, Any]:
+    """A `principals` entry of the double's config."""
+    return {
+        "arn": arn,
+        "access_key_id": credentials.access_key_id,
+        "secret_access_key": credentials.secret_access_key,
+        "session_token": credentials.session_token,
+    }
+
+
 def double_config(pcr0: str, pcr16: str, **extra: Any) -> DoubleConfig:
     return DoubleConfig.from_dict(
         {
             "region": REGION,
             "account": ACCOUNT,
-            "principals": [
-                {
-                    "arn": ENCLAVE_ROLE,
-                    "access_key_id": CREDENTIALS.access_key_id,
-                    "secret_access_key": CREDENTIALS.secret_access_key,
-                    "session_token": CREDENTIALS.session_token,
-                },
-                {
-                    "arn": ADMIN_ROLE,
-                    "access_key_id": ADMIN.access_key_id,
-                    "secret_access_key": ADMIN.secret_access_key,
-                },
-            ],
+            "principals": [principal(ENCLAVE_ROLE, CREDENTIALS), principal(ADMIN_ROLE, ADMIN)],
             "keys": [
                 {
                     "key_id": KEY_ID,

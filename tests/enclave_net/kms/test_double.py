@@ -32,6 +32,7 @@ from tests.enclave_net.kms._support import (
     CertAuthority,
     KmsWorld,
     booted,
+    principal,
     run,
     short_tempdir,
 )
@@ -181,14 +182,7 @@ def test_the_double_command_serves_its_config(
             {
                 "region": REGION,
                 "account": ACCOUNT,
-                "principals": [
-                    {
-                        "arn": ENCLAVE_ROLE,
-                        "access_key_id": CREDENTIALS.access_key_id,
-                        "secret_access_key": CREDENTIALS.secret_access_key,
-                        "session_token": CREDENTIALS.session_token,
-                    }
-                ],
+                "principals": [principal(ENCLAVE_ROLE, CREDENTIALS)],
                 "keys": [],
             }
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -177,21 +177,6 @@ class KmsWorld:
             return KmsClient.through_egress(self.egress(), **options)
         return KmsClient(http, **options)
 
-    def restarted_double(self, **extra: Any) -> KmsDouble:
-        """Another double on the same keys (a second KMS endpoint), e.g. with another config."""
-        return KmsDouble(
-            self.double.config if not extra else _with(self.double.config, **extra),
-            cert_file=self.cert[0],
-            key_file=self.cert[1],
-            roots=self.double.service._verifier.roots,
-        )
-
-
-def _with(config: DoubleConfig, **extra: Any) -> DoubleConfig:
-    from dataclasses import replace
-
-    return replace(config, **extra)
-
 
 def make_world(
     directory: Path, emulator: Emulator, *, extra_roots: Iterable[bytes] = (), **config: Any
@@ -209,10 +194,3 @@ def make_world(
         roots=roots,
     ).start()
     return KmsWorld(emulator, double, ca.ca_pem, cert)
-
-
-def answers(double: KmsDouble) -> Mapping[str, list[str | None]]:
-    out: dict[str, list[str | None]] = {}
-    for served in double.served:
-        out.setdefault(served.action, []).append(served.error)
-    return out

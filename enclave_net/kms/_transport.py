@@ -9,7 +9,13 @@ below change.
 from __future__ import annotations
 
 from oracle_example.address import Address, bind_socket, connect_socket, parse_address
-from oracle_example.egress import AsyncEgressClient, EgressConfig, Response, Timeouts
+from oracle_example.egress import (
+    AsyncEgressClient,
+    EgressConfig,
+    Response,
+    Timeouts,
+    forbid_dns,
+)
 from oracle_example.errors import EgressError
 
 __all__ = [
@@ -21,5 +27,6 @@ __all__ = [
     "Timeouts",
     "bind_socket",
     "connect_socket",
+    "forbid_dns",
     "parse_address",
 ]

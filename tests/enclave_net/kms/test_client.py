@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from enclave_net.kms._transport import AsyncEgressClient, Response, Timeouts
+from enclave_net.kms._transport import AsyncEgressClient, Response, Timeouts, forbid_dns
 from enclave_net.kms.client import KmsClient
 from enclave_net.kms.credentials import Credentials, StaticCredentials
 from enclave_net.kms.double import Served
@@ -328,3 +328,11 @@ def test_no_secret_reaches_the_logs_or_reprs(
 def test_every_error_is_a_kms_error() -> None:
     for error in (CmsError, AccessDeniedException, KmsTransportError, RecipientError):
         assert issubclass(error, KmsError)
+
+
+def test_a_kms_call_makes_no_name_lookup(world: KmsWorld, recipient: Recipient) -> None:
+    # The enclave has no resolver: kms.us-east-1.amazonaws.com is reached by route, and its name
+    # is used only for SNI and the certificate check.
+    with forbid_dns() as lookups:
+        assert len(call(world, recipient, lambda kms: kms.generate_random(8))) == 8
+    assert lookups == []

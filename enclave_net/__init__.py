@@ -3,8 +3,9 @@
 Modules, each with its own `__all__`: `address` (vsock/unix/tcp addresses), `egress` (the
 enclave's HTTPS client: an httpcore backend over routes or CONNECT, async), `proxy` (the parent's
 egress proxy; `proxy_config` its configuration), `gateway` (the parent's TCP front for an enclave
-API), `netif` (bringing `lo` up), `jsonlog` (JSON-lines logging), `doctor`, `errors`.
-Install with the `[net]` extra.
+API), `netif` (bringing `lo` up), `jsonlog` (JSON-lines logging), `doctor`, `errors`, and
+`kms` (AWS KMS with attestation: the enclave decrypts what only its measured code may read).
+Install with the `[net]` extra (`[kms]` for `enclave_net.kms`).
 
 ```python
 import asyncio

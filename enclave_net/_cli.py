@@ -279,14 +279,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="enclave-net",
         description="Networking for Nitro enclaves: egress without DNS, the parent's proxy, "
-        "the gateway, and a doctor.",
+        "the gateway, a doctor, and KMS with attestation.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_egress(sub)
     _add_fetch(sub)
     _add_doctor(sub)
     _add_gateway(sub)
+    _add_kms(sub)
     return parser
+
+
+def _add_kms(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    try:
+        from enclave_net.kms._cli import add_kms_commands
+    except ImportError as exc:  # botocore / asn1crypto: the [kms] extra
+        missing = exc.name
+        p = sub.add_parser("kms", help="KMS with attestation (needs the [kms] extra)")
+
+        def _missing(args: argparse.Namespace) -> int:
+            print(
+                f"enclave-net kms: {missing} is not installed; "
+                "install the kms extra: pip install 'nsm-attestation[kms]'",
+                file=sys.stderr,
+            )
+            return 2
+
+        p.set_defaults(func=_missing)
+        return
+    add_kms_commands(sub)
 
 
 def run_command(

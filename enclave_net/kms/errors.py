@@ -1,0 +1,146 @@
+"""The error tree of `enclave_net.kms`: one root, `KmsError`.
+
+- `CmsError`: a `CiphertextForRecipient` that is malformed, uses another algorithm, is addressed
+  to another key, or does not decrypt. Raised for any input, never a foreign exception.
+- `CredentialsError`: the parent's credentials endpoint failed or answered nonsense.
+- `KmsTransportError`: the request never got a KMS answer (egress, TLS, timeout, not JSON).
+- `KmsServiceError`: KMS answered with an error; one subclass per AWS error name
+  (`AccessDeniedException`, ...), found with `service_error(name, message)`.
+
+Messages never contain plaintext, keys or credentials.
+"""
+
+from __future__ import annotations
+
+from enclave_net.errors import EnclaveNetError
+
+__all__ = [
+    "AccessDeniedException",
+    "CmsError",
+    "CredentialsError",
+    "DisabledException",
+    "IncompleteSignatureException",
+    "IncorrectKeyException",
+    "InvalidCiphertextException",
+    "InvalidSignatureException",
+    "KMSInternalException",
+    "KmsError",
+    "KmsServiceError",
+    "KmsTransportError",
+    "NotFoundException",
+    "RecipientError",
+    "UnrecognizedClientException",
+    "UnsupportedOperationException",
+    "ValidationException",
+    "service_error",
+]
+
+
+class KmsError(EnclaveNetError):
+    """Root of every error raised by `enclave_net.kms` (a branch of the package's one tree)."""
+
+
+class CmsError(KmsError):
+    """A CMS EnvelopedData (CiphertextForRecipient) that we refuse to open."""
+
+
+class RecipientError(KmsError):
+    """The enclave could not make its key pair or its attestation document."""
+
+
+class CredentialsError(KmsError):
+    """No usable AWS credentials from the parent's endpoint."""
+
+
+class KmsTransportError(KmsError):
+    """No KMS answer: the egress, TLS or a timeout failed, or the answer was not KMS JSON."""
+
+
+class KmsServiceError(KmsError):
+    """KMS answered with an error. `code` is AWS's error name, `status` the HTTP status."""
+
+    code = "KmsServiceError"
+    status = 400
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.args[0]}"
+
+
+# AWS's names, so that `except AccessDeniedException` reads like the KMS API reference.
+class AccessDeniedException(KmsServiceError):
+    code = "AccessDeniedException"
+
+
+class DisabledException(KmsServiceError):
+    code = "DisabledException"
+
+
+class IncorrectKeyException(KmsServiceError):
+    code = "IncorrectKeyException"
+
+
+class InvalidCiphertextException(KmsServiceError):
+    code = "InvalidCiphertextException"
+
+
+class NotFoundException(KmsServiceError):
+    code = "NotFoundException"
+
+
+class ValidationException(KmsServiceError):
+    code = "ValidationException"
+
+
+class UnsupportedOperationException(KmsServiceError):
+    code = "UnsupportedOperationException"
+
+
+class UnrecognizedClientException(KmsServiceError):
+    code = "UnrecognizedClientException"
+
+
+class InvalidSignatureException(KmsServiceError):
+    code = "InvalidSignatureException"
+
+
+class IncompleteSignatureException(KmsServiceError):
+    code = "IncompleteSignatureException"
+
+
+class KMSInternalException(KmsServiceError):
+    code = "KMSInternalException"
+    status = 500
+
+
+_BY_NAME: dict[str, type[KmsServiceError]] = {
+    cls.code: cls
+    for cls in (
+        AccessDeniedException,
+        DisabledException,
+        IncorrectKeyException,
+        InvalidCiphertextException,
+        NotFoundException,
+        ValidationException,
+        UnsupportedOperationException,
+        UnrecognizedClientException,
+        InvalidSignatureException,
+        IncompleteSignatureException,
+        KMSInternalException,
+    )
+}
+
+
+def service_error(name: str, message: str, *, status: int | None = None) -> KmsServiceError:
+    """The typed error for AWS error `name` (`"...#AccessDeniedException"` forms accepted)."""
+    short = name.rsplit("#", 1)[-1].split(":", 1)[0]
+    cls = _BY_NAME.get(short)
+    if cls is None:
+        return KmsServiceError(message, code=short or "UnknownError", status=status)
+    return cls(message, status=status)

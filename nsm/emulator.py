@@ -5,10 +5,12 @@
   `SHA384(0^48 || instance-id)` as AWS documents. In debug mode PCR0/1/2 are zero, as in the
   real debug documents (reference/nsm.md §6). PCRs 16-31 start at zero, extend as
   `SHA384(old || data)` and can be locked.
-- Error answers follow QEMU's device where AWS says nothing (reference/nsm.md §2.7):
-  InvalidIndex for an index past max_pcrs, ReadOnlyIndex for changing a locked PCR,
-  InputTooLarge for an oversize request or attestation field, InvalidOperation for anything
-  that does not decode.
+- Error answers follow QEMU's device where AWS says nothing: InvalidIndex for an index past
+  max_pcrs, ReadOnlyIndex for changing a locked PCR, InputTooLarge for an oversize request or
+  attestation field, InvalidOperation for anything that does not decode.
+- Attestation fields (user_data, nonce, public_key) are refused past `attestation_field_max`
+  bytes, AWS's documented 1024 by default; real modules were seen signing larger ones, so
+  `attestation_field_max=None` lifts the limit (see nsm.client.ATTESTATION_FIELD_MAX).
 - Attestation documents have AWS's exact shape (built by `attestation.builder`) and are signed
   by a locally generated PKI that no default verifier trusts: its root is written out for the
   caller to pin explicitly.
@@ -94,6 +96,7 @@ class Emulator:
         pcrs: Mapping[int, bytes] | None = None,
         region: str = "us-east-1",
         indefinite: bool = False,
+        attestation_field_max: int | None = ATTESTATION_FIELD_MAX,
         clock: Clock = _utc_now,
         random_source: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -104,6 +107,9 @@ class Emulator:
         self._random = random_source
         self._region = region
         self._indefinite = indefinite
+        if attestation_field_max is not None and attestation_field_max < 0:
+            raise ValueError("attestation_field_max must be None or a non-negative size")
+        self._field_max = attestation_field_max
         ident = (
             hashlib.sha256(b"nsm-emulator" + seed.to_bytes(16, "big", signed=True)).digest()
             if seed is not None
@@ -204,7 +210,8 @@ class Emulator:
 
     def _attest(self, request: Attestation) -> Response:
         fields = (request.user_data, request.nonce, request.public_key)
-        if any(f is not None and len(f) > ATTESTATION_FIELD_MAX for f in fields):
+        limit = self._field_max
+        if limit is not None and any(f is not None and len(f) > limit for f in fields):
             return ErrorResponse(ErrorCode.INPUT_TOO_LARGE)
         now = self._now()
         leaf = self._current_leaf(now)

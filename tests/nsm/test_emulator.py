@@ -149,6 +149,20 @@ def test_oversize_and_malformed_requests(emulator: Emulator) -> None:
     assert ask_raw(emulator, cbor2.dumps("Reboot")) == error(ErrorCode.INVALID_OPERATION)
 
 
+def test_requests_the_rust_types_accept_are_answered(emulator: Emulator) -> None:
+    empty = ask_raw(emulator, cbor2.dumps({"Attestation": {}}))
+    assert isinstance(empty, AttestationResponse)
+    payload = cbor2.loads(cbor2.loads(empty.document)[2])
+    assert (payload["user_data"], payload["nonce"], payload["public_key"]) == (None, None, None)
+    nonce_only = ask_raw(emulator, cbor2.dumps({"Attestation": {"nonce": b"n", "x": 1}}))
+    assert isinstance(nonce_only, AttestationResponse)
+    assert cbor2.loads(cbor2.loads(nonce_only.document)[2])["nonce"] == b"n"
+    assert isinstance(ask_raw(emulator, cbor2.dumps({"GetRandom": None})), RandomBytes)
+    # a required field missing is still not a request
+    missing = ask_raw(emulator, cbor2.dumps({"ExtendPCR": {"index": 16}}))
+    assert missing == error(ErrorCode.INVALID_OPERATION)
+
+
 def ask_raw(emulator: Emulator, raw: bytes) -> Response:
     return decode_response(emulator.handle(raw))
 

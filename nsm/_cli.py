@@ -39,6 +39,8 @@ def _hex(value: str) -> bytes:
         raise argparse.ArgumentTypeError(f"{value!r} is not hex") from None
 
 
+#: The emulator's production profiles (attestation._profiles.PROFILES), oldest first.
+_PROFILE_NAMES = ("2021", "2022", "2024", "2026")
 #: Boot PCRs the emulator lets a caller set: the ones the enclave's launch fixes (0-15).
 _BOOT_PCRS = range(16)
 _PCR_BYTES = 48
@@ -120,7 +122,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for a deterministic PKI and PCRs")
     p.add_argument("--debug", action="store_true", help="debug mode: PCR0/1/2 are zero")
     p.add_argument(
-        "--indefinite", action="store_true", help="indefinite-length payload map (as AWS in 2025+)"
+        "--profile",
+        default="2026",
+        choices=_PROFILE_NAMES,
+        help="the era of real NSM output to reproduce (default 2026, today's production shape)",
+    )
+    p.add_argument(
+        "--indefinite",
+        action="store_true",
+        help="force an indefinite-length payload map (the 2026 profile has one already)",
     )
     p.add_argument(
         "--pcr",
@@ -226,7 +236,8 @@ def emulator_from_args(args: argparse.Namespace) -> Emulator:
     return Emulator(
         seed=args.seed,
         debug=args.debug,
-        indefinite=args.indefinite,
+        profile=args.profile,
+        indefinite=True if args.indefinite else None,
         pcrs=pcrs,
         attestation_field_max=args.field_max,
     )

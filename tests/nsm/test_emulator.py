@@ -189,7 +189,8 @@ def test_document_has_aws_shape(emulator: Emulator) -> None:
     assert protected == bytes.fromhex("a1013822")
     assert unprotected == {}
     assert len(signature) == 96
-    assert payload_bytes[0] == 0xA9  # definite map of nine
+    # today's production profile: an indefinite-length map (0xbf ... 0xff)
+    assert (payload_bytes[0], payload_bytes[-1]) == (0xBF, 0xFF)
     payload = cbor2.loads(payload_bytes)
     assert list(payload) == AWS_KEY_ORDER
     assert payload["digest"] == "SHA384"
@@ -203,11 +204,20 @@ def test_document_has_aws_shape(emulator: Emulator) -> None:
     assert b"\x69timestamp\x1b" in payload_bytes
 
 
-def test_indefinite_payload_option() -> None:
-    document = attest(Emulator(seed=3, indefinite=True))
+@pytest.mark.parametrize(
+    ("profile", "indefinite", "first"),
+    [
+        ("2024", None, 0xA9),  # definite map of nine until 2025
+        ("2021", None, 0xA9),
+        ("2024", True, 0xBF),  # the override wins
+        ("2026", False, 0xA9),
+    ],
+)
+def test_payload_map_follows_the_profile(profile: str, indefinite: bool | None, first: int) -> None:
+    document = attest(Emulator(seed=3, profile=profile, indefinite=indefinite))
     payload_bytes = cbor2.loads(document)[2]
-    assert payload_bytes[0] == 0xBF
-    assert payload_bytes[-1] == 0xFF
+    assert payload_bytes[0] == first
+    assert (payload_bytes[-1] == 0xFF) == (first == 0xBF)
     assert list(cbor2.loads(payload_bytes)) == AWS_KEY_ORDER
 
 
@@ -248,7 +258,7 @@ def test_document_verifies_with_plain_cryptography(emulator: Emulator) -> None:
     for cert in chain:
         assert cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
     leaf = chain[-1]
-    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(hours=3)
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(hours=3, seconds=3)
     sig_structure = cbor2.dumps(["Signature1", protected, b"", payload_bytes])
     r, s = int.from_bytes(signature[:48], "big"), int.from_bytes(signature[48:], "big")
     public = leaf.public_key()

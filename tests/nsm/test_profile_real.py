@@ -62,6 +62,13 @@ def cbor_skeleton(data: bytes) -> list[object]:
     return out
 
 
+def _one_element(content: bytes) -> bool:
+    try:
+        return _tlv(content, 0)[2] == len(content)
+    except (ValueError, IndexError):
+        return False
+
+
 def der_skeleton(der: bytes) -> list[object]:
     """Every DER element of `der`: tag, and OIDs, booleans and one-byte integers by value."""
     out: list[object] = []
@@ -71,14 +78,14 @@ def der_skeleton(der: bytes) -> list[object]:
         content = der[start:end]
         if tag in _CONSTRUCTED:
             out.append((tag, der_skeleton(content)))
-        elif tag == 0x04 and content[:1] in (b"\x30", b"\x03", b"\x04"):
+        elif tag == 0x80 or (tag == 0x04 and len(content) == 20):
+            out.append((tag, len(content)))  # a key identifier: 20 random-looking bytes
+        elif tag == 0x04 and _one_element(content):
             out.append((tag, der_skeleton(content)))  # an extension value: DER inside
         elif tag in (0x06, 0x01) or (tag == 0x02 and len(content) == 1):
             out.append((tag, content.hex()))
         elif tag == 0x03 and len(content) <= 4:
             out.append((tag, content.hex()))  # keyUsage bits
-        elif tag == 0x80 or (tag == 0x04 and len(content) == 20):
-            out.append((tag, len(content)))  # a key identifier: 20 bytes
         else:
             assert tag in _NAME_OR_TIME | {0x02, 0x03, 0x04, 0x05}, hex(tag)
             out.append(tag)  # names, times, serials, keys, signatures
@@ -86,12 +93,13 @@ def der_skeleton(der: bytes) -> list[object]:
     return out
 
 
-def _emulated_like(real: RealVector) -> tuple[bytes, Emulator]:
+def _emulated_like(real: RealVector, profile: str = "2026") -> tuple[bytes, Emulator]:
+    """An emulator document with the real one's region, time and field sizes."""
     payload = cbor2.loads(cbor2.loads(real.data)[2])
     when = datetime.fromtimestamp(payload["timestamp"] / 1000, UTC)
     leaf = x509.load_der_x509_certificate(payload["certificate"])
     region = leaf.subject.rfc4514_string().split(".")[1]
-    emulator = Emulator(seed=2026, region=region, clock=lambda: when)
+    emulator = Emulator(seed=2026, region=region, profile=profile, clock=lambda: when)
     fields = {
         name: None if payload[name] is None else bytes(len(payload[name]))
         for name in ("user_data", "nonce", "public_key")
@@ -167,6 +175,49 @@ def test_times_serials_and_ids_follow_the_real_rules(pair: tuple[bytes, bytes]) 
         launch = datetime.fromtimestamp(int(enclave[:12], 16) / 1000, UTC)
         stamp = datetime.fromtimestamp(payload["timestamp"] / 1000, UTC)
         assert stamp - timedelta(days=30) < launch <= stamp
+
+
+def _same_shape(real: bytes, emulated: bytes) -> bool:
+    real_env, emu_env = cbor2.loads(real), cbor2.loads(emulated)
+    if cbor_skeleton(real_env[2]) != cbor_skeleton(emu_env[2]):
+        return False
+    real_payload, emu_payload = cbor2.loads(real_env[2]), cbor2.loads(emu_env[2])
+    real_chain = [*real_payload["cabundle"], real_payload["certificate"]]
+    emu_chain = [*emu_payload["cabundle"], emu_payload["certificate"]]
+    if len(real_chain) != len(emu_chain):
+        return False
+    if any(der_skeleton(a) != der_skeleton(b) for a, b in zip(real_chain, emu_chain, strict=True)):
+        return False
+    real_leaf, emu_leaf = (x509.load_der_x509_certificate(c[-1]) for c in (real_chain, emu_chain))
+    return bool(
+        real_leaf.not_valid_after_utc - real_leaf.not_valid_before_utc
+        == emu_leaf.not_valid_after_utc - emu_leaf.not_valid_before_utc
+    )
+
+
+def _era(name: str) -> str:
+    # The switches as the real documents date them: leaf 3:00:03 between 2021-10 and 2022-07,
+    # instance CA key identifiers between 2024-06 and 2024-07, the indefinite map between
+    # 2025-04 and 2026-01.
+    day = name[:10]
+    if day < "2022":
+        return "2021"
+    if day < "2024-07":
+        return "2022"
+    return "2024" if day < "2026" else "2026"
+
+
+def test_every_real_document_matches_its_eras_profile_only() -> None:
+    """All real enclave documents, 2021 to 2026: each has the shape of exactly one profile."""
+    reals = real_vectors("nitro-enclave")
+    assert len(reals) >= 60
+    for real in reals:
+        matching = [
+            name
+            for name in ("2021", "2022", "2024", "2026")
+            if _same_shape(real.data, _emulated_like(real, name)[0])
+        ]
+        assert matching == [_era(real.name)], real.name
 
 
 def test_ca_serials_have_the_real_length_spread() -> None:

@@ -15,6 +15,7 @@ aws-nitro-enclaves-nsm-api's src/api/mod.rs, plain `#[derive(Deserialize)]`), an
   `{"Attestation": {}}` and `{"Attestation": {"nonce": h'..'}}` are requests; QEMU agrees;
 - a unit variant may also come as a one-key map with a null body (`{"GetRandom": null}`), which
   serde_cbor's unit-variant access accepts; QEMU's device refuses that form (InvalidOperation);
+- a byte field may come as a text string (serde_bytes reads it as its UTF-8 bytes; QEMU too);
 - a required field that is missing, or has the wrong type, is still an error.
 Encoding never uses that leeway: it writes exactly what the Rust side writes.
 """
@@ -191,6 +192,10 @@ def _uint(value: object, what: str, maximum: int = _U16_MAX) -> int:
 
 
 def _bytes(value: object, what: str) -> bytes:
+    # serde_bytes (every byte field of the Rust types) also reads a text string as its UTF-8
+    # bytes, and QEMU's device takes text for ExtendPCR.data and the attestation fields.
+    if isinstance(value, str):
+        return value.encode()
     if not isinstance(value, bytes):
         raise ProtocolError(f"{what} must be a byte string, got {type(value).__name__}")
     return value

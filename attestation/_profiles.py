@@ -6,7 +6,8 @@ downstream test may need either the current shape or an older one, so the emulat
 intermediate validity windows, and reissues each certificate with the era's serial numbers,
 extension order and root validity. Only the public builder API is used.
 
-What the eras are, from 66 real enclave documents (2021-03 to 2026-02) compared field by field:
+What the eras are, from 63 real enclave documents (2021-03 to 2026-02) compared field by field
+(tests/nsm/test_profile_real.py matches every one of them to exactly its era):
 
 | | 2021 | 2022 | 2024 | 2026 |
 |---|---|---|---|---|

@@ -18,13 +18,15 @@ import cbor2
 import pytest
 from cryptography import x509
 
-from attestation._chain import _tlv
+from attestation._chain_fast import _tlv
 from nsm._protocol import decode_response, encode_request
 from nsm.emulator import Emulator
 from nsm.models import Attestation, AttestationResponse
-from tests.attestation.conftest import RealVector, real_vectors, requires_real
+from vectors.corpus import REAL_DIR, RealDocument, real_documents
 
-pytestmark = requires_real
+pytestmark = pytest.mark.skipif(
+    not real_documents(kind="nitro-enclave"), reason=f"no real documents at {REAL_DIR}"
+)
 
 MODULE_ID = re.compile(r"i-[0-9a-f]{17}-enc[0-9a-f]{16}")
 # DER tags whose contents are names, times, keys or signatures: compared by tag only.
@@ -32,8 +34,8 @@ _NAME_OR_TIME = {0x0C, 0x13, 0x16, 0x17, 0x18, 0x86}
 _CONSTRUCTED = {0x30, 0x31, 0xA0, 0xA3}
 
 
-def _real_2026() -> list[RealVector]:
-    return [v for v in real_vectors("nitro-enclave") if v.name.startswith("2026-")]
+def _real_2026() -> list[RealDocument]:
+    return [v for v in real_documents(kind="nitro-enclave") if v.name.startswith("2026-")]
 
 
 def cbor_skeleton(data: bytes) -> list[object]:
@@ -93,7 +95,7 @@ def der_skeleton(der: bytes) -> list[object]:
     return out
 
 
-def _emulated_like(real: RealVector, profile: str = "2026") -> tuple[bytes, Emulator]:
+def _emulated_like(real: RealDocument, profile: str = "2026") -> tuple[bytes, Emulator]:
     """An emulator document with the real one's region, time and field sizes."""
     payload = cbor2.loads(cbor2.loads(real.data)[2])
     when = datetime.fromtimestamp(payload["timestamp"] / 1000, UTC)
@@ -111,7 +113,7 @@ def _emulated_like(real: RealVector, profile: str = "2026") -> tuple[bytes, Emul
 
 @pytest.fixture(params=_real_2026(), ids=lambda v: v.name[:10])
 def pair(request: pytest.FixtureRequest) -> tuple[bytes, bytes]:
-    real: RealVector = request.param
+    real: RealDocument = request.param
     emulated, _ = _emulated_like(real)
     return real.data, emulated
 
@@ -209,7 +211,7 @@ def _era(name: str) -> str:
 
 def test_every_real_document_matches_its_eras_profile_only() -> None:
     """All real enclave documents, 2021 to 2026: each has the shape of exactly one profile."""
-    reals = real_vectors("nitro-enclave")
+    reals = real_documents(kind="nitro-enclave")
     assert len(reals) >= 60
     for real in reals:
         matching = [

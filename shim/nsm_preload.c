@@ -1283,9 +1283,14 @@ ssize_t pwritev2(int fd, const struct iovec *iov, int count, off_t off, int flag
 
 /* ---- stat and access ----------------------------------------------------------------------- */
 
+static int is_nsm_fd(int fd)
+{
+    return maybe_tracked(fd) && nsm_accmode(fd) >= 0;
+}
+
 static int stat_fd(fstat_fn fn, int fd, struct stat *st)
 {
-    if (maybe_tracked(fd) && nsm_accmode(fd) >= 0) {
+    if (is_nsm_fd(fd)) {
         fill_stat(st);
         return 0;
     }
@@ -1333,14 +1338,18 @@ int lstat64(const char *path, struct stat64 *st)
     return stat_path(real_lstat64(), path, (struct stat *)st);
 }
 
-static int stat_at(fstatat_fn fn, int dirfd, const char *path, struct stat *st, int flags)
+/* An *at lookup: with AT_EMPTY_PATH, "" names dirfd itself. 1, 0 or -1 as path_lookup. */
+static int lookup_at(int dirfd, const char *path, int flags)
 {
     __asm__("" : "+r"(path));
-    int found;
     if ((flags & AT_EMPTY_PATH) && path != NULL && path[0] == '\0')
-        found = maybe_tracked(dirfd) && nsm_accmode(dirfd) >= 0;
-    else
-        found = path_lookup(dirfd, path);
+        return is_nsm_fd(dirfd);
+    return path_lookup(dirfd, path);
+}
+
+static int stat_at(fstatat_fn fn, int dirfd, const char *path, struct stat *st, int flags)
+{
+    int found = lookup_at(dirfd, path, flags);
     if (found > 0)
         fill_stat(st);
     if (found != 0)
@@ -1360,12 +1369,7 @@ int fstatat64(int dirfd, const char *path, struct stat64 *st, int flags)
 
 int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *sx)
 {
-    __asm__("" : "+r"(path));
-    int found;
-    if ((flags & AT_EMPTY_PATH) && path != NULL && path[0] == '\0')
-        found = maybe_tracked(dirfd) && nsm_accmode(dirfd) >= 0;
-    else
-        found = path_lookup(dirfd, path);
+    int found = lookup_at(dirfd, path, flags);
     if (found > 0)
         fill_statx(sx, mask);
     if (found != 0)

@@ -31,38 +31,49 @@ def echo(request: bytes) -> bytes:
     return b"re:" + request
 
 
+#: `run_c(name, variant, *args)`: the program's report, and the fake NSM it talked to.
+RunC = Callable[..., tuple[dict[str, str], FakeNsmServer]]
+
+
+@pytest.fixture
 def run_c(
-    name: str, variant: str, tmp_path: Path, env: dict[str, str], *args: str
-) -> dict[str, str]:
-    """Build tests/nsm/c/NAME.c, run it; its report as {check: "RC ERRNO" or other fields}."""
-    program = compile_c(
-        (C_DIR / f"{name}.c").read_text(), tmp_path / name, f"-I{C_DIR}", *_VARIANTS[variant]
-    )
-    result = subprocess.run(
-        [str(program), *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    report: dict[str, str] = {}
-    for line in result.stdout.splitlines():
-        check, _, value = line.partition(" ")
-        assert check not in report, f"{check} reported twice"
-        report[check] = value
-    return report
+    serve: Callable[[Handler], FakeNsmServer],
+    socket_path: Path,
+    shim_env: Callable[..., dict[str, str]],
+    tmp_path: Path,
+) -> RunC:
+    """Build tests/nsm/c/NAME.c, run it under the shim against a fresh echoing fake NSM."""
+
+    def run(name: str, variant: str, *args: str) -> tuple[dict[str, str], FakeNsmServer]:
+        program = compile_c(
+            (C_DIR / f"{name}.c").read_text(), tmp_path / name, f"-I{C_DIR}", *_VARIANTS[variant]
+        )
+        server = serve(echo)
+        result = subprocess.run(
+            [str(program), *args],
+            env=shim_env(socket_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        report: dict[str, str] = {}
+        for line in result.stdout.splitlines():
+            check, _, value = line.partition(" ")
+            assert check not in report, f"{check} reported twice"
+            report[check] = value
+        return report, server
+
+    return run
 
 
 variants = pytest.mark.parametrize("variant", sorted(_VARIANTS))
 
 
 @variants
-def test_dup_copies_are_the_device(
-    variant: str,
-    serve: Callable[[Handler], FakeNsmServer],
-    socket_path: Path,
-    shim_env: Callable[..., dict[str, str]],
-    tmp_path: Path,
-) -> None:
-    server = serve(echo)
-    got = run_c("dup", variant, tmp_path, shim_env(socket_path))
+def test_dup_copies_are_the_device(variant: str, run_c: RunC) -> None:
+    got, server = run_c("dup", variant)
     assert int(got.pop("open").split()[0]) >= 0
     assert got == {
         "dup": OK,
@@ -93,15 +104,8 @@ def test_dup_copies_are_the_device(
 
 
 @variants
-def test_fd_inherited_across_exec_is_the_device(
-    variant: str,
-    serve: Callable[[Handler], FakeNsmServer],
-    socket_path: Path,
-    shim_env: Callable[..., dict[str, str]],
-    tmp_path: Path,
-) -> None:
-    server = serve(echo)
-    got = run_c("exec", variant, tmp_path, shim_env(socket_path))
+def test_fd_inherited_across_exec_is_the_device(variant: str, run_c: RunC) -> None:
+    got, server = run_c("exec", variant)
     assert got == {
         "parent": OK,
         "child_ioctl": OK,
@@ -118,15 +122,8 @@ def test_fd_inherited_across_exec_is_the_device(
 
 
 @variants
-def test_fstat_and_stat_report_the_misc_character_device(
-    variant: str,
-    serve: Callable[[Handler], FakeNsmServer],
-    socket_path: Path,
-    shim_env: Callable[..., dict[str, str]],
-    tmp_path: Path,
-) -> None:
-    serve(echo)
-    got = run_c("stat", variant, tmp_path, shim_env(socket_path))
+def test_fstat_and_stat_report_the_misc_character_device(variant: str, run_c: RunC) -> None:
+    got, _ = run_c("stat", variant)
     node = got["fstat"]
     assert node.startswith("chr=1 mode=666 rdev=10:260 uid=0 ")
     assert node.endswith(" size=0")
@@ -140,15 +137,8 @@ def test_fstat_and_stat_report_the_misc_character_device(
 
 
 @variants
-def test_read_and_write_fail_like_a_driver_without_them(
-    variant: str,
-    serve: Callable[[Handler], FakeNsmServer],
-    socket_path: Path,
-    shim_env: Callable[..., dict[str, str]],
-    tmp_path: Path,
-) -> None:
-    server = serve(echo)
-    got = run_c("readwrite", variant, tmp_path, shim_env(socket_path))
+def test_read_and_write_fail_like_a_driver_without_them(variant: str, run_c: RunC) -> None:
+    got, server = run_c("readwrite", variant)
     einval, ebadf = fails(errno.EINVAL), fails(errno.EBADF)
     assert got == {
         "read_ro": einval,
@@ -174,17 +164,12 @@ def test_read_and_write_fail_like_a_driver_without_them(
 
 @variants
 def test_every_spelling_of_the_path_is_the_device(
-    variant: str,
-    serve: Callable[[Handler], FakeNsmServer],
-    socket_path: Path,
-    shim_env: Callable[..., dict[str, str]],
-    tmp_path: Path,
+    variant: str, run_c: RunC, tmp_path: Path
 ) -> None:
-    server = serve(echo)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     (scratch / "devlink").symlink_to("/dev")
-    got = run_c("paths", variant, tmp_path, shim_env(socket_path), str(scratch))
+    got, server = run_c("paths", variant, str(scratch))
     opened = [
         "double_slash",
         "leading_slashes",
@@ -216,15 +201,8 @@ def test_every_spelling_of_the_path_is_the_device(
 
 
 @variants
-def test_bad_pointers_fault_and_late_faults_follow_the_request(
-    variant: str,
-    serve: Callable[[Handler], FakeNsmServer],
-    socket_path: Path,
-    shim_env: Callable[..., dict[str, str]],
-    tmp_path: Path,
-) -> None:
-    server = serve(echo)
-    got = run_c("badptr", variant, tmp_path, shim_env(socket_path))
+def test_bad_pointers_fault_and_late_faults_follow_the_request(variant: str, run_c: RunC) -> None:
+    got, server = run_c("badptr", variant)
     efault = fails(errno.EFAULT)
     assert got == {
         "struct_null": efault,

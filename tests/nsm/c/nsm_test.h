@@ -8,7 +8,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
-/* include/uapi/linux/nsm.h */
+/* include/uapi/linux/nsm.h, written out as any client program would: the tests must not share
+ * the shim's own definitions. */
 struct nsm_iovec {
     uint64_t addr;
     uint64_t len;

@@ -18,10 +18,10 @@ What the eras are, from 63 real enclave documents (2021-03 to 2026-02) compared 
 and in every era: regional and zonal CAs carry BC, AKI, SKI, KU, CRL; the root is valid
 2019-10-28 13:28:05 to 2049-10-28 14:28:05 (UTCTime both); CA serials are 16 random bytes (17 in
 DER, with a leading 00, when the top bit is set: about half of them), instance CA serials 20
-random bytes (20 or 21 in DER); the leaf serial is the 8-byte enclave id, 4 zero bytes and the
-issue time in Unix seconds; the enclave id in `module_id` (`i-<instance>-enc<16 hex>`) is the
-launch time in milliseconds (48 bits, "019b..." in 2026) then 16 random bits. ("2024" starts
-mid-2024: earlier 2024 documents have the 2022 shape.)
+random bytes (20 or 21 in DER, past RFC 5280's 20 octets); the leaf serial is the 8-byte
+enclave id, 4 zero bytes and the issue time in Unix seconds; the enclave id in `module_id`
+(`i-<instance>-enc<16 hex>`) is the launch time in milliseconds (48 bits, "019b..." in 2026)
+then 16 random bits. ("2024" starts mid-2024: earlier 2024 documents have the 2022 shape.)
 """
 
 from __future__ import annotations
@@ -32,8 +32,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation import builder
+from attestation._chain_fast import _tlv
 
 __all__ = ["PROFILES", "Profile", "apply", "enclave_id", "issue_leaf", "profile"]
 
@@ -41,10 +44,13 @@ __all__ = ["PROFILES", "Profile", "apply", "enclave_id", "issue_leaf", "profile"
 ROOT_NOT_BEFORE = datetime(2019, 10, 28, 13, 28, 5, tzinfo=UTC)
 ROOT_NOT_AFTER = datetime(2049, 10, 28, 14, 28, 5, tzinfo=UTC)
 #: Random bits in CA serials (root, regional, zonal) and in instance CA serials. Real instance CA
-#: serials have 160 random bits (21 DER bytes when the top one is set, past RFC 5280's 20-octet
-#: cap); `cryptography` refuses serials of 160 bits or more, so ours have 159 and are 20 bytes.
+#: serials have 160 random bits: 21 DER bytes when the top one is set, past RFC 5280's 20-octet
+#: cap, which `cryptography`'s builder enforces; such certificates are re-signed with the long
+#: serial put in by hand (`_with_serial`).
 CA_SERIAL_BITS = 128
-INSTANCE_SERIAL_BITS = 159
+INSTANCE_SERIAL_BITS = 160
+#: The largest serial `cryptography`'s builder writes (RFC 5280 §4.1.2.2: at most 20 octets).
+_BUILDER_SERIAL_BITS = 159
 #: The leaf lives three hours after its issue time (the seconds in its serial).
 LEAF_AFTER_ISSUE = timedelta(hours=3)
 #: The enclave id: 48 bits of launch time in milliseconds, then 16 random bits.
@@ -128,7 +134,7 @@ def enclave_id(launch: datetime, *, seed: int | None = None) -> str:
     launch_ms = int(launch.timestamp() * 1000)
     if not 0 <= launch_ms < 1 << _LAUNCH_BITS:
         raise ValueError(f"launch time {launch} does not fit 48 bits of milliseconds")
-    tail = int.from_bytes(_random(seed, f"enclave:{launch_ms}", 2), "big")
+    tail = int.from_bytes(_random(seed, f"enclave:{launch_ms}", _ENCLAVE_RANDOM_BITS // 8), "big")
     return f"{launch_ms:012x}{tail:04x}"
 
 
@@ -191,9 +197,45 @@ def _reissue(
         authority_key_identifier=key_ids and issuer is not None,
         crl_url=crl_url,
         extra_extensions=extras,
-        serial_number=serial,
+        serial_number=serial if serial.bit_length() <= _BUILDER_SERIAL_BITS else 1,
     )
+    if serial.bit_length() > _BUILDER_SERIAL_BITS:
+        signer = original.key if issuer is None else issuer.key
+        certificate = _with_serial(certificate, serial, signer)
     return builder.CertifiedKey(key=original.key, certificate=certificate)
+
+
+def _der_head(tag: int, length: int) -> bytes:
+    if length < 0x80:
+        return bytes([tag, length])
+    size = (length.bit_length() + 7) // 8
+    return bytes([tag, 0x80 | size]) + length.to_bytes(size, "big")
+
+
+def _with_serial(
+    certificate: x509.Certificate, serial: int, signer: ec.EllipticCurvePrivateKey
+) -> x509.Certificate:
+    """`certificate` with its serial number replaced and the TBS signed again by `signer`.
+
+    Certificate ::= SEQUENCE { tbs, signatureAlgorithm, signature BIT STRING } and
+    TBSCertificate ::= SEQUENCE { [0] version, serialNumber INTEGER, ... } (RFC 5280 §4.1);
+    everything but the serial and the signature is kept byte for byte.
+    """
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    _, cert_start, _ = _tlv(der, 0)
+    _, tbs_start, tbs_end = _tlv(der, cert_start)
+    _, _, algorithm_end = _tlv(der, tbs_end)
+    _, _, version_end = _tlv(der, tbs_start)
+    _, _, serial_end = _tlv(der, version_end)
+    value = serial.to_bytes(serial.bit_length() // 8 + 1, "big")  # positive: a leading 0 bit
+    body = (
+        der[tbs_start:version_end] + _der_head(0x02, len(value)) + value + der[serial_end:tbs_end]
+    )
+    tbs = _der_head(0x30, len(body)) + body
+    signature = signer.sign(tbs, ec.ECDSA(hashes.SHA384(), deterministic_signing=True))
+    bits = _der_head(0x03, len(signature) + 1) + b"\x00" + signature
+    content = tbs + der[tbs_end:algorithm_end] + bits
+    return x509.load_der_x509_certificate(_der_head(0x30, len(content)) + content)
 
 
 def apply(

@@ -172,7 +172,7 @@ _ERA_VARIANTS = [variant(f"profile-{era}", era=era, shape=s) for era, s in _ERA_
 @case(None, variants=_ERA_VARIANTS)
 def production_profile(w: World, era: str, shape: str) -> bytes:
     """Real NSM output of the {era} era ({shape}): the intermediates reissued under the same root
-    with that era's random serials (128-bit CA serials, 20-byte instance CA serial) and extension
+    with that era's random serials (128-bit CA serials, a 160-bit instance CA serial) and extension
     order, the leaf's serial the enclave id, four zero bytes and its issue time."""
     profile = _profiles.profile(era)
     pki = _profiles.apply(w.pki, profile, root=w.pki.root)

@@ -13,12 +13,16 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from nsm._transport import emulator_address
-from nsm.client import Nsm
+from nsm.client import ATTESTATION_FIELD_MAX, Nsm
 from nsm.errors import NsmError
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from nsm.emulator import Emulator
+
+__all__ = ["emulator_from_args", "main"]
 
 _EPILOG = """\
 Selecting the module: inside an enclave the default is /dev/nsm. Off-enclave, start the
@@ -33,6 +37,33 @@ def _hex(value: str) -> bytes:
         return bytes.fromhex(value.removeprefix("0x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not hex") from None
+
+
+#: The emulator's production profiles (attestation._profiles.PROFILES), oldest first.
+_PROFILE_NAMES = ("2021", "2022", "2024", "2026")
+#: Boot PCRs the emulator lets a caller set: the ones the enclave's launch fixes (0-15).
+_BOOT_PCRS = range(16)
+_PCR_BYTES = 48
+
+
+def _boot_pcr(value: str) -> tuple[int, bytes]:
+    index, sep, data = value.partition("=")
+    if not sep or not index.strip().isdigit() or int(index) not in _BOOT_PCRS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not INDEX=HEX with INDEX in 0..15")
+    digest = _hex(data)
+    if len(digest) != _PCR_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"PCR{int(index)} must be {_PCR_BYTES} bytes (96 hex digits), got {len(digest)}"
+        )
+    return int(index), digest
+
+
+def _field_max(value: str) -> int | None:
+    if value == "none":
+        return None
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a byte count or 'none'")
+    return int(value)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,9 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "attest", help="Attestation: a signed document (base64 on stdout by default)"
     )
-    p.add_argument("--nonce", type=_hex, help="nonce as hex (at most 1024 bytes)")
-    p.add_argument("--user-data", type=_hex, help="user data as hex (at most 1024 bytes)")
-    p.add_argument("--public-key", type=_hex, help="public key as hex (at most 1024 bytes)")
+    p.add_argument("--nonce", type=_hex, help="nonce as hex (AWS documents at most 1024 bytes)")
+    p.add_argument("--user-data", type=_hex, help="user data as hex (AWS: at most 1024 bytes)")
+    p.add_argument("--public-key", type=_hex, help="public key as hex (AWS: at most 1024 bytes)")
     p.add_argument("--out", type=Path, help="write the raw document (CBOR) to this file")
 
     emu = sub.add_parser("emulator", help="run the NSM emulator")
@@ -91,7 +122,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for a deterministic PKI and PCRs")
     p.add_argument("--debug", action="store_true", help="debug mode: PCR0/1/2 are zero")
     p.add_argument(
-        "--indefinite", action="store_true", help="indefinite-length payload map (as AWS in 2025+)"
+        "--profile",
+        default="2026",
+        choices=_PROFILE_NAMES,
+        help="the era of real NSM output to reproduce (default 2026, today's production shape)",
+    )
+    p.add_argument(
+        "--indefinite",
+        action="store_true",
+        help="force an indefinite-length payload map (the 2026 profile has one already)",
+    )
+    p.add_argument(
+        "--pcr",
+        action="append",
+        default=[],
+        type=_boot_pcr,
+        metavar="INDEX=HEX",
+        help="set a boot PCR (0-15) to 48 bytes of hex; repeatable. Real enclaves have PCR3 = "
+        "the parent's IAM role hash and PCR8 = the EIF signing certificate hash",
+    )
+    p.add_argument(
+        "--iam-role",
+        metavar="ARN",
+        help="set PCR3 the way AWS computes it from the parent's role: SHA384(0^48 || ARN)",
+    )
+    p.add_argument(
+        "--field-max",
+        type=_field_max,
+        default=ATTESTATION_FIELD_MAX,
+        metavar="BYTES|none",
+        help=f"refuse user_data, nonce or public_key longer than this (default "
+        f"{ATTESTATION_FIELD_MAX}, AWS's documented limit; real modules sign larger ones: none)",
     )
     return parser
 
@@ -163,12 +224,30 @@ def _print(fields: dict[str, object], as_json: bool) -> None:
         print(f"{key:<{width}}  {shown}")
 
 
+def emulator_from_args(args: argparse.Namespace) -> Emulator:
+    """The emulator `nsm emulator serve` runs for these parsed arguments."""
+    from nsm.emulator import Emulator, extend
+
+    pcrs = dict(args.pcr)
+    if args.iam_role is not None:
+        if 3 in pcrs:
+            raise NsmError("give PCR3 either as --pcr 3=HEX or as --iam-role, not both")
+        pcrs[3] = extend(bytes(_PCR_BYTES), args.iam_role.encode())
+    return Emulator(
+        seed=args.seed,
+        debug=args.debug,
+        profile=args.profile,
+        indefinite=True if args.indefinite else None,
+        pcrs=pcrs,
+        attestation_field_max=args.field_max,
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     from nsm._server import EmulatorServer, write_root_pem
-    from nsm.emulator import Emulator
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    emulator = Emulator(seed=args.seed, debug=args.debug, indefinite=args.indefinite)
+    emulator = emulator_from_args(args)
     write_root_pem(args.root_out, emulator.root_pem)
     server = EmulatorServer(args.socket, emulator)
 

@@ -38,10 +38,18 @@ from nsm.models import (
 __all__ = ["ATTESTATION_FIELD_MAX", "DEVICE_PATH", "MAX_PCRS", "Nsm"]
 
 DEVICE_PATH = "/dev/nsm"
-#: PCR indices are 0..31 (AWS CDDL `index = 0..31`; DescribeNSM max_pcrs is 32).
+#: PCR indices are 0..31 on every module seen (AWS CDDL `index = 0..31`; DescribeNSM max_pcrs is
+#: 32). The client does not enforce it: the wire type is u16 and the module answers InvalidIndex
+#: past its own max_pcrs, as with AWS's Rust client.
 MAX_PCRS = 32
-#: Each of user_data, nonce and public_key is `bytes .size (0..1024)` in AWS's CDDL, and AWS's
-#: own hardware test sends 1024 bytes in each (reference/nsm.md §3).
+#: PCR indices and LockPCRs ranges are `u16` in the Rust API: the only bound checked locally.
+_U16_MAX = 0xFFFF
+#: AWS documents user_data, nonce and public_key as `bytes .size (0..1024)` (the User Guide's
+#: CDDL), and AWS's hardware test sends 1024 in each. Real modules do not enforce it: documents
+#: with a 1025-byte nonce and larger fields were obtained and signed on real hardware (reported in
+#: hf/nitrite pull requests 3 and 5; an ML-KEM-768 public key is 1,184 bytes). So the client sends
+#: any size that fits the driver's 4096-byte request and lets the module decide; the emulator
+#: refuses past this limit by default (configurable), and the verifier keeps AWS's documented one.
 ATTESTATION_FIELD_MAX = 1024
 
 _R = TypeVar("_R", bound=Response)
@@ -111,9 +119,9 @@ class Nsm:
 
     def lock_pcrs(self, range: int) -> None:
         """Lock PCRs `[0, range)`."""
-        if not _is_int(range) or not 0 <= range <= MAX_PCRS:
+        if not _is_int(range) or not 0 <= range <= _U16_MAX:
             raise ArgumentError(
-                f"lock_pcrs range must be an integer in 0..{MAX_PCRS}, got {range!r}"
+                f"lock_pcrs range must be an integer in 0..{_U16_MAX} (u16), got {range!r}"
             )
         self._call(LockPCRs(range), PcrsLocked)
 
@@ -165,8 +173,9 @@ def _is_int(value: object) -> bool:
 
 
 def _index(index: int) -> int:
-    if not _is_int(index) or not 0 <= index < MAX_PCRS:
-        raise ArgumentError(f"PCR index must be an integer in 0..{MAX_PCRS - 1}, got {index!r}")
+    # Past max_pcrs is the module's call (InvalidIndex); past u16 cannot be encoded.
+    if not _is_int(index) or not 0 <= index <= _U16_MAX:
+        raise ArgumentError(f"PCR index must be an integer in 0..{_U16_MAX} (u16), got {index!r}")
     return index
 
 
@@ -177,11 +186,6 @@ def _data(data: bytes, name: str) -> bytes:
 
 
 def _field(value: bytes | None, name: str) -> bytes | None:
-    if value is None:
-        return None
-    value = _data(value, name)
-    if len(value) > ATTESTATION_FIELD_MAX:
-        raise ArgumentError(
-            f"{name} is {len(value)} bytes; the NSM takes at most {ATTESTATION_FIELD_MAX}"
-        )
-    return value
+    # No per-field size check: see ATTESTATION_FIELD_MAX. The whole request still must fit the
+    # driver's 4096 bytes (check_request_size).
+    return None if value is None else _data(value, name)

@@ -5,13 +5,17 @@
   `SHA384(0^48 || instance-id)` as AWS documents. In debug mode PCR0/1/2 are zero, as in the
   real debug documents (reference/nsm.md §6). PCRs 16-31 start at zero, extend as
   `SHA384(old || data)` and can be locked.
-- Error answers follow QEMU's device where AWS says nothing (reference/nsm.md §2.7):
-  InvalidIndex for an index past max_pcrs, ReadOnlyIndex for changing a locked PCR,
-  InputTooLarge for an oversize request or attestation field, InvalidOperation for anything
-  that does not decode.
+- Error answers follow QEMU's device where AWS says nothing: InvalidIndex for an index past
+  max_pcrs, ReadOnlyIndex for changing a locked PCR, InputTooLarge for an oversize request or
+  attestation field, InvalidOperation for anything that does not decode.
+- Attestation fields (user_data, nonce, public_key) are refused past `attestation_field_max`
+  bytes, AWS's documented 1024 by default; real modules were seen signing larger ones, so
+  `attestation_field_max=None` lifts the limit (see nsm.client.ATTESTATION_FIELD_MAX).
 - Attestation documents have AWS's exact shape (built by `attestation.builder`) and are signed
   by a locally generated PKI that no default verifier trusts: its root is written out for the
-  caller to pin explicitly.
+  caller to pin explicitly. `profile` picks the era of real output to reproduce (serial numbers,
+  extension order, payload map encoding, leaf lifetime, module_id format; see
+  attestation._profiles): "2026", today's production shape, unless told otherwise.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
-from attestation import builder
+from attestation import _profiles, builder
 from nsm import _protocol
 from nsm._transport import REQUEST_MAX
 from nsm.client import ATTESTATION_FIELD_MAX, MAX_PCRS
@@ -93,7 +97,9 @@ class Emulator:
         debug: bool = False,
         pcrs: Mapping[int, bytes] | None = None,
         region: str = "us-east-1",
-        indefinite: bool = False,
+        profile: str | _profiles.Profile = "2026",
+        indefinite: bool | None = None,
+        attestation_field_max: int | None = ATTESTATION_FIELD_MAX,
         clock: Clock = _utc_now,
         random_source: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -103,14 +109,24 @@ class Emulator:
         # Replaceable only so that tests can compare two emulators byte for byte.
         self._random = random_source
         self._region = region
-        self._indefinite = indefinite
+        self._profile = _profiles.profile(profile)
+        # None: the profile's payload encoding; True/False override it.
+        self._indefinite = self._profile.indefinite_payload if indefinite is None else indefinite
+        if attestation_field_max is not None and attestation_field_max < 0:
+            raise ValueError("attestation_field_max must be None or a non-negative size")
+        self._field_max = attestation_field_max
         ident = (
             hashlib.sha256(b"nsm-emulator" + seed.to_bytes(16, "big", signed=True)).digest()
             if seed is not None
             else os.urandom(32)
         )
         self.instance_id = "i-" + ident[:9].hex()[:17]
-        self.module_id = f"{self.instance_id}-enc{ident[9:17].hex()}"
+        # The enclave id starts with the launch time; a seeded emulator launches at the top of
+        # the hour, so that two runs within the same hour agree.
+        launch = self._now()
+        if seed is not None:
+            launch = launch.replace(minute=0, second=0, microsecond=0)
+        self.module_id = f"{self.instance_id}-enc{_profiles.enclave_id(launch, seed=seed)}"
         self.debug = debug
 
         self._pcrs = [bytes(PCR_SIZE) for _ in range(MAX_PCRS)]
@@ -125,8 +141,11 @@ class Emulator:
                 raise ValueError(f"boot PCR {index} must be in 0..15 and {PCR_SIZE} bytes long")
             self._pcrs[index] = bytes(value)
 
-        self._pki = builder.generate_pki(
-            seed=seed, region=region, instance_id=self.instance_id, not_before=self._ca_start()
+        self._pki = _profiles.apply(
+            builder.generate_pki(
+                seed=seed, region=region, instance_id=self.instance_id, not_before=self._ca_start()
+            ),
+            self._profile,
         )
         self._leaf: builder.CertifiedKey | None = None
 
@@ -140,6 +159,11 @@ class Emulator:
     @property
     def pki(self) -> builder.Pki:
         return self._pki
+
+    @property
+    def profile(self) -> _profiles.Profile:
+        """The era of real NSM output this emulator reproduces."""
+        return self._profile
 
     def pcr(self, index: int) -> bytes:
         with self._lock:
@@ -204,7 +228,8 @@ class Emulator:
 
     def _attest(self, request: Attestation) -> Response:
         fields = (request.user_data, request.nonce, request.public_key)
-        if any(f is not None and len(f) > ATTESTATION_FIELD_MAX for f in fields):
+        limit = self._field_max
+        if limit is not None and any(f is not None and len(f) > limit for f in fields):
             return ErrorResponse(ErrorCode.INPUT_TOO_LARGE)
         now = self._now()
         leaf = self._current_leaf(now)
@@ -242,12 +267,13 @@ class Emulator:
         if self._pki.instance.certificate.not_valid_after_utc - now < _CA_MARGIN:
             # Real intermediates rotate (the instance CA lives one day); so do ours. The root,
             # which callers have pinned, stays the same.
-            self._pki = self._pki.renew_intermediates(not_before=self._ca_start())
+            renewed = self._pki.renew_intermediates(not_before=self._ca_start())
+            self._pki = _profiles.apply(renewed, self._profile, root=self._pki.root)
             self._leaf = None
         leaf = self._leaf
         if leaf is None or leaf.certificate.not_valid_after_utc - now < _LEAF_MARGIN:
-            leaf = self._pki.issue_leaf(
-                module_id=self.module_id, not_before=now - timedelta(minutes=1)
+            leaf = _profiles.issue_leaf(
+                self._pki, self._profile, module_id=self.module_id, issued=now
             )
             self._leaf = leaf
         return leaf

@@ -149,6 +149,20 @@ def test_oversize_and_malformed_requests(emulator: Emulator) -> None:
     assert ask_raw(emulator, cbor2.dumps("Reboot")) == error(ErrorCode.INVALID_OPERATION)
 
 
+def test_requests_the_rust_types_accept_are_answered(emulator: Emulator) -> None:
+    empty = ask_raw(emulator, cbor2.dumps({"Attestation": {}}))
+    assert isinstance(empty, AttestationResponse)
+    payload = cbor2.loads(cbor2.loads(empty.document)[2])
+    assert (payload["user_data"], payload["nonce"], payload["public_key"]) == (None, None, None)
+    nonce_only = ask_raw(emulator, cbor2.dumps({"Attestation": {"nonce": b"n", "x": 1}}))
+    assert isinstance(nonce_only, AttestationResponse)
+    assert cbor2.loads(cbor2.loads(nonce_only.document)[2])["nonce"] == b"n"
+    assert isinstance(ask_raw(emulator, cbor2.dumps({"GetRandom": None})), RandomBytes)
+    # a required field missing is still not a request
+    missing = ask_raw(emulator, cbor2.dumps({"ExtendPCR": {"index": 16}}))
+    assert missing == error(ErrorCode.INVALID_OPERATION)
+
+
 def ask_raw(emulator: Emulator, raw: bytes) -> Response:
     return decode_response(emulator.handle(raw))
 
@@ -175,7 +189,8 @@ def test_document_has_aws_shape(emulator: Emulator) -> None:
     assert protected == bytes.fromhex("a1013822")
     assert unprotected == {}
     assert len(signature) == 96
-    assert payload_bytes[0] == 0xA9  # definite map of nine
+    # today's production profile: an indefinite-length map (0xbf ... 0xff)
+    assert (payload_bytes[0], payload_bytes[-1]) == (0xBF, 0xFF)
     payload = cbor2.loads(payload_bytes)
     assert list(payload) == AWS_KEY_ORDER
     assert payload["digest"] == "SHA384"
@@ -189,11 +204,20 @@ def test_document_has_aws_shape(emulator: Emulator) -> None:
     assert b"\x69timestamp\x1b" in payload_bytes
 
 
-def test_indefinite_payload_option() -> None:
-    document = attest(Emulator(seed=3, indefinite=True))
+@pytest.mark.parametrize(
+    ("profile", "indefinite", "first"),
+    [
+        ("2024", None, 0xA9),  # definite map of nine until 2025
+        ("2021", None, 0xA9),
+        ("2024", True, 0xBF),  # the override wins
+        ("2026", False, 0xA9),
+    ],
+)
+def test_payload_map_follows_the_profile(profile: str, indefinite: bool | None, first: int) -> None:
+    document = attest(Emulator(seed=3, profile=profile, indefinite=indefinite))
     payload_bytes = cbor2.loads(document)[2]
-    assert payload_bytes[0] == 0xBF
-    assert payload_bytes[-1] == 0xFF
+    assert payload_bytes[0] == first
+    assert (payload_bytes[-1] == 0xFF) == (first == 0xBF)
     assert list(cbor2.loads(payload_bytes)) == AWS_KEY_ORDER
 
 
@@ -234,7 +258,7 @@ def test_document_verifies_with_plain_cryptography(emulator: Emulator) -> None:
     for cert in chain:
         assert cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
     leaf = chain[-1]
-    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(hours=3)
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(hours=3, seconds=3)
     sig_structure = cbor2.dumps(["Signature1", protected, b"", payload_bytes])
     r, s = int.from_bytes(signature[:48], "big"), int.from_bytes(signature[48:], "big")
     public = leaf.public_key()

@@ -148,6 +148,15 @@ class Emulator:
         with self._lock:
             return self._pcrs[index]
 
+    def restart(self) -> None:
+        """The enclave restarted with the same image on the same instance: the app-extendable
+        PCRs (16 and up) are zero and unlocked again; the boot PCRs and the PKI (the root
+        callers pinned) stay, as with a real enclave relaunched from the same EIF."""
+        with self._lock:
+            for index in range(BOOT_LOCKED_PCRS, MAX_PCRS):
+                self._pcrs[index] = bytes(PCR_SIZE)
+                self._locked[index] = False
+
     def handle(self, request: bytes) -> bytes:
         """Answer one encoded request with one encoded response."""
         return _protocol.encode_response(self._answer(request))

@@ -15,10 +15,14 @@ import logging
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from enclave_net._cli import run_command, stop_on_signals
 from enclave_net.errors import EnclaveNetError
 from oracle_example.errors import OracleExampleError
+
+if TYPE_CHECKING:
+    from oracle_example.sealed import SealedKeyOptions
 
 __all__ = ["build_parser", "main"]
 
@@ -63,8 +67,65 @@ def _add_enclave(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="SECONDS",
         help="(--dev only) shift the enclave clock, to exercise the clock check",
     )
+    _add_sealed_key(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_run_enclave)
+
+
+def _add_sealed_key(p: argparse.ArgumentParser) -> None:
+    from oracle_example.sealed import DEFAULT_CREDENTIALS, DEFAULT_KMS_ROUTE, DEFAULT_STORE
+
+    g = p.add_argument_group(
+        "sealed key",
+        "Keep the signing key across restarts: sealed with KMS Encrypt on the first boot, "
+        "unsealed with Decrypt + Recipient later, which the key policy allows only for this "
+        "image's PCR0 and this config's PCR16. A refusal stops the boot (no new key).",
+    )
+    g.add_argument(
+        "--sealed-key", metavar="KEY_ID", help="the KMS key (id, ARN or alias) that seals it"
+    )
+    g.add_argument("--kms-region", metavar="REGION", help="the key's region (with --sealed-key)")
+    g.add_argument(
+        "--kms-route",
+        default=DEFAULT_KMS_ROUTE,
+        metavar="ADDR",
+        help=f"parent address for kms.REGION.amazonaws.com:443 (default {DEFAULT_KMS_ROUTE})",
+    )
+    g.add_argument(
+        "--kms-credentials",
+        default=DEFAULT_CREDENTIALS,
+        metavar="ADDR",
+        help=f"parent credentials endpoint (default {DEFAULT_CREDENTIALS})",
+    )
+    g.add_argument(
+        "--sealed-key-store",
+        default=DEFAULT_STORE,
+        metavar="ADDR",
+        help=f"parent's write-once blob store (default {DEFAULT_STORE})",
+    )
+    g.add_argument(
+        "--kms-ca-bundle", type=Path, metavar="PEM", help="CAs for KMS (default: certifi's)"
+    )
+
+
+def _sealed_key(args: argparse.Namespace) -> SealedKeyOptions | None:
+    from enclave_net.address import parse_address
+    from oracle_example.sealed import SealedKeyOptions
+
+    if args.sealed_key is None:
+        if args.kms_region is not None:
+            raise ValueError("--kms-region needs --sealed-key KEY_ID")
+        return None
+    if args.kms_region is None:
+        raise ValueError("--sealed-key needs --kms-region")
+    return SealedKeyOptions(
+        key_id=args.sealed_key,
+        region=args.kms_region,
+        kms_route=parse_address(args.kms_route),
+        credentials=parse_address(args.kms_credentials),
+        store=parse_address(args.sealed_key_store),
+        ca_bundle=args.kms_ca_bundle,
+    )
 
 
 def _run_enclave(args: argparse.Namespace) -> int:
@@ -108,6 +169,7 @@ def _enclave(args: argparse.Namespace) -> int:
         production=not args.dev,
         interval=timedelta(seconds=args.interval),
         clock=clock,
+        sealed_key=_sealed_key(args),
     )
     emulated = args.nsm != "device"
     if emulated and not args.dev:

@@ -289,13 +289,20 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Starts the NSM emulator, the parent egress proxy, the enclave app (in a "
         "network namespace with no interfaces when root) and the gateway; fetches and verifies "
         "BTC/USD and ETH/USD; writes reports, the attestation and the emulator root to --out. "
-        "Uses live exchanges when they answer, else a local HTTPS replay (said loudly).",
+        "Uses live exchanges when they answer, else a local HTTPS replay (said loudly). The "
+        "enclave runs with --sealed-key against a KMS double and is restarted once: the signer "
+        "address must stay the same.",
     )
     p.add_argument("--out", type=Path, default=Path("oracle-demo"), metavar="DIR")
     p.add_argument("--seed", type=int, default=None, help="deterministic emulator PKI and PCRs")
     p.add_argument("--replay", action="store_true", help="skip the live probe, use the replay")
     p.add_argument(
         "--no-netns", action="store_true", help="run the enclave as a plain process even as root"
+    )
+    p.add_argument(
+        "--no-sealed-key",
+        action="store_true",
+        help="a new key every boot, no KMS double and no restart step",
     )
     p.set_defaults(func=_run_demo)
 
@@ -304,7 +311,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     from oracle_example.demo import run_demo
 
     return run_demo(
-        args.out, seed=args.seed, force_replay=args.replay, netns=False if args.no_netns else None
+        args.out,
+        seed=args.seed,
+        force_replay=args.replay,
+        netns=False if args.no_netns else None,
+        sealed_key=not args.no_sealed_key,
     )
 
 

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any, Self
 
 from attestation import load_pem_roots
-from enclave_net.address import Address, UnixAddress
+from enclave_net.address import Address, HostPort, UnixAddress
 from enclave_net.kms import CredentialsServer
 from enclave_net.kms.client import kms_host
 from enclave_net.kms.credentials import Credentials
 from enclave_net.kms.double import DoubleConfig, KmsDouble
 from enclave_net.kms.seal import BlobServer, FileStore
+from enclave_net.proxy_config import Pin, ProxyConfig, ProxyRoute
 from oracle_example.replay import DemoCertificates
 from oracle_example.sealed import SealedKeyOptions
 
@@ -164,6 +165,17 @@ class SealedKeyParent:
             "--kms-ca-bundle",
             str(options.ca_bundle),
         ]
+
+    def proxy_config(self, listen: Address) -> ProxyConfig:
+        """The parent's route for KMS (vsock-proxy's job in production): `listen` carries
+        `kms.REGION.amazonaws.com:443`, pinned to the double on loopback."""
+        if self.double is None:
+            raise RuntimeError("the KMS parent is not running")
+        return ProxyConfig(
+            routes=(ProxyRoute(listen, HostPort(self.host, 443)),),
+            pins={self.host: Pin("127.0.0.1", self.double.port)},
+            allow_private=True,
+        )
 
     def served(self) -> list[str]:
         """The double's answers so far, as `Operation` or `Operation: ErrorName`."""

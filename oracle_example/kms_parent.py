@@ -6,7 +6,8 @@
 - the KMS double on loopback HTTPS (a throwaway CA whose certificate names
   `kms.REGION.amazonaws.com`), with one key whose policy lets the parent's role `Encrypt` and
   allows `Decrypt` only with `kms:RecipientAttestation:ImageSha384` = the enclave's PCR0 and
-  `kms:RecipientAttestation:PCR16` = its config's PCR16, the policy docs/kms.md recommends;
+  `kms:RecipientAttestation:PCR16` = its config's PCR16 (`sealing_key_policy`, the policy
+  docs/kms.md recommends);
 - the credentials endpoint (`CredentialsServer`), serving that role's credentials, made up
   fresh per run;
 - the write-once sealed-blob store (`BlobServer` over a `FileStore`).
@@ -21,7 +22,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 from attestation import load_pem_roots
 from enclave_net.address import Address, HostPort, UnixAddress
@@ -29,46 +30,17 @@ from enclave_net.kms import CredentialsServer
 from enclave_net.kms.client import kms_host
 from enclave_net.kms.credentials import Credentials
 from enclave_net.kms.double import DoubleConfig, KmsDouble
-from enclave_net.kms.seal import BlobServer, FileStore
+from enclave_net.kms.seal import BlobServer, FileStore, sealing_key_policy
 from enclave_net.proxy_config import Pin, ProxyConfig, ProxyRoute
 from oracle_example.replay import DemoCertificates
 from oracle_example.sealed import SealedKeyOptions
 
-__all__ = ["KEY_ALIAS", "SealedKeyParent", "key_policy"]
+__all__ = ["KEY_ALIAS", "SealedKeyParent"]
 
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
 PARENT_ROLE = f"arn:aws:iam::{ACCOUNT}:role/enclave-parent"
 KEY_ALIAS = "alias/nitro-oracle-signer"
-
-
-def key_policy(pcr0: bytes, pcr16: bytes) -> dict[str, Any]:
-    """The parent may seal; only this image (PCR0) with this config (PCR16) may unseal."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "The parent's role may seal (Encrypt needs no attestation)",
-                "Effect": "Allow",
-                "Principal": {"AWS": PARENT_ROLE},
-                "Action": "kms:Encrypt",
-                "Resource": "*",
-            },
-            {
-                "Sid": "Only this enclave image with this config may unseal",
-                "Effect": "Allow",
-                "Principal": {"AWS": PARENT_ROLE},
-                "Action": "kms:Decrypt",
-                "Resource": "*",
-                "Condition": {
-                    "StringEqualsIgnoreCase": {
-                        "kms:RecipientAttestation:ImageSha384": pcr0.hex(),
-                        "kms:RecipientAttestation:PCR16": pcr16.hex(),
-                    }
-                },
-            },
-        ],
-    }
 
 
 class SealedKeyParent:
@@ -80,7 +52,7 @@ class SealedKeyParent:
         self.directory = directory
         self.region = region
         self.host = kms_host(region)
-        self.policy = key_policy(pcr0, pcr16)
+        self.policy = sealing_key_policy(PARENT_ROLE, pcr0=pcr0.hex(), pcr16=pcr16.hex())
         self.blob_file = directory / "signer.sealed"
         self.credentials_address = UnixAddress(str(directory / "kms-creds.sock"))
         self.store_address = UnixAddress(str(directory / "kms-blobs.sock"))

@@ -8,7 +8,6 @@ checked, key policy on PCR0 and PCR16), the credentials endpoint and the write-o
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,22 +24,19 @@ from oracle_example.errors import EnclaveBootError
 from oracle_example.kms_parent import SealedKeyParent
 from oracle_example.oracle import EnclaveOptions, Oracle, expected_pcr16
 from oracle_example.sealed import SealedKeyError, SealedKeyOptions, SealedKeyRefused
-from tests.enclave_net._support import short_tempdir
 
 SEED = 23
 CONFIG = OracleConfig()
 
 
 @pytest.fixture
-def directory() -> Iterator[Path]:
-    path = short_tempdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def emulator() -> Emulator:
+    return Emulator(seed=SEED)
 
 
 @pytest.fixture
-def emulator() -> Emulator:
-    return Emulator(seed=SEED)
+def directory(sockdir: Path) -> Path:
+    return sockdir  # short: Unix socket paths must fit in 108 bytes
 
 
 @pytest.fixture

@@ -43,13 +43,11 @@ import json
 import logging
 import os
 import re
-import socket
 import ssl
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +82,7 @@ from enclave_net.kms.sigv4 import (
     parse_authorization,
     signature_for,
 )
+from enclave_net.tls_server import QuietHandler, ThreadingTLSServer
 
 __all__ = ["DoubleConfig", "DoubleConfigError", "DoubleKey", "KmsDouble", "Principal"]
 
@@ -91,7 +90,6 @@ _log = logging.getLogger("enclave_net.kms.double")
 
 _MAX_SKEW = _dt.timedelta(minutes=5)
 _MAX_BODY = 512 * 1024
-_SOCKET_TIMEOUT = 10.0
 _AMZ_DATE = "%Y%m%dT%H%M%SZ"
 _BLOB_MAGIC = b"KDB1"
 _NONCE = 12
@@ -621,12 +619,8 @@ def _recipient_public_key(verified: VerifiedDocument) -> rsa.RSAPublicKey:
 # --- HTTP -----------------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # the access log would be the only place a request line could leak; keep none
 
     def do_POST(self) -> None:
         double = self.server.owner
@@ -671,27 +665,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(ThreadingTLSServer):
     owner: KmsDouble
 
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = self.socket.accept()
-        # The handshake runs in the request's thread (finish_request), not in the accept loop.
-        return self.owner.context.wrap_socket(
-            sock, server_side=True, do_handshake_on_connect=False
-        ), addr
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        try:
-            request.settimeout(_SOCKET_TIMEOUT)
-            request.do_handshake()
-        except (OSError, ssl.SSLError):
-            return
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        _log.warning("KMS double: a connection failed")
+def _connection_failed() -> None:
+    _log.warning("KMS double: a connection failed")
 
 
 @dataclass(frozen=True)
@@ -723,7 +702,7 @@ class KmsDouble:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.context.load_cert_chain(cert_file, key_file)
-        self._server = _Server((bind, port), _Handler)
+        self._server = _Server((bind, port), _Handler, self.context, on_error=_connection_failed)
         self._server.owner = self
         self.port: int = self._server.server_address[1]
         self._lock = threading.Lock()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from enclave_net.address import UnixAddress, parse_address
+from enclave_net.address import UnixAddress, VsockAddress, parse_address
 from enclave_net.egress import EgressConfig
 from nsm._server import EmulatorServer
 from nsm.client import Nsm
@@ -156,3 +156,41 @@ def test_the_cli_needs_a_region_with_a_sealed_key() -> None:
     assert options.egress().routes  # kms.eu-west-1.amazonaws.com:443 -> vsock:3:8000
     assert [str(a) for a in options.egress().routes.values()] == ["vsock:3:8000"]
     assert (str(options.credentials), str(options.store)) == ("vsock:3:8002", "vsock:3:8003")
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "oracle_example" / "deploy"
+
+
+def _exec_start(unit: str) -> list[str]:
+    lines = (DEPLOY / unit).read_text().splitlines()
+    (command,) = [
+        line.removeprefix("ExecStart=") for line in lines if line.startswith("ExecStart=")
+    ]
+    return command.split()
+
+
+def test_the_parent_units_serve_where_the_enclave_flags_point() -> None:
+    from enclave_net._cli import build_parser as enclave_net_parser
+
+    enclave = _cli.build_parser().parse_args(
+        ["enclave", "--sealed-key", "alias/nitro-oracle-signer", "--kms-region", "us-east-1"]
+    )
+    options = _cli._sealed_key(enclave)
+    assert options is not None
+    for unit, enclave_side in (
+        ("nitro-oracle-kms-credentials.service", options.credentials),
+        ("nitro-oracle-sealed-key-store.service", options.store),
+    ):
+        assert isinstance(enclave_side, VsockAddress) and enclave_side.cid == 3
+        argv = _exec_start(unit)
+        assert argv[0].endswith("/enclave-net"), unit
+        args = enclave_net_parser().parse_args(argv[1:])  # the flags exist and parse
+        listen = parse_address(args.listen)
+        # The parent listens on any CID at the port the enclave dials on CID 3.
+        assert str(listen) == f"vsock:4294967295:{enclave_side.port}", unit
+    # The KMS route: AWS's vsock-proxy on 8000, allowed for the region's KMS endpoint.
+    assert str(options.kms_route) == "vsock:3:8000"
+    assert (
+        "{address: kms.us-east-1.amazonaws.com, port: 443}"
+        in (DEPLOY / "vsock-proxy.yaml").read_text()
+    )

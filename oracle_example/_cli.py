@@ -38,8 +38,9 @@ def _add_enclave(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser(
         "enclave",
         help="run the oracle inside the enclave (boot, fetch loop, API over vsock)",
-        description="Boots the oracle (lo up, NSM, key from NSM randomness, PCR16 := config "
-        "hash, locked; attestation binding the key), then fetches, signs and serves reports. "
+        description="Boots the oracle (lo up, NSM, PCR16 := config hash, locked; key from NSM "
+        "randomness, or unsealed with --sealed-key; attestation binding the key), then "
+        "fetches, signs and serves reports. "
         "Production mode (the default) refuses the NSM emulator and debug-mode enclaves. "
         f"Default routes (one per configured source): {', '.join(default_routes(OracleConfig()))}.",
     )

@@ -189,7 +189,7 @@ def _enclave(args: argparse.Namespace) -> int:
             try:
                 oracle.boot()
             except OracleExampleError as exc:
-                log.error("boot refused: %s", exc)
+                log.error("boot refused: %s", exc, extra={"fields": {"code": exc.code}})
                 return 2
 
             async def main() -> None:

@@ -8,6 +8,7 @@ checked, key policy on PCR0 and PCR16), the credentials endpoint and the write-o
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from nsm.client import Nsm
 from nsm.emulator import Emulator
 from oracle_example import _cli
 from oracle_example.config import OracleConfig
+from oracle_example.demo import OracleStack
 from oracle_example.errors import EnclaveBootError
 from oracle_example.kms_parent import SealedKeyParent
 from oracle_example.oracle import EnclaveOptions, Oracle, expected_pcr16
@@ -194,3 +196,31 @@ def test_the_parent_units_serve_where_the_enclave_flags_point() -> None:
         "{address: kms.us-east-1.amazonaws.com, port: 443}"
         in (DEPLOY / "vsock-proxy.yaml").read_text()
     )
+
+
+def test_the_enclave_process_refuses_to_start_with_another_config() -> None:
+    """End to end: `nitro-oracle enclave --sealed-key ...` as the demo runs it (as root in a
+    network namespace, KMS through the parent's route), restarted with another config."""
+    stack = OracleStack(seed=SEED, replay=True, sealed=True, interval=0.3)
+    try:
+        stack.start()
+        first = stack.wait_ready(timeout=20)
+        assert stack.kms is not None and first["key"] == "sealed"
+        blob = stack.kms.blob_file.read_bytes()
+
+        stack.restart_enclave()
+        assert stack.wait_ready(timeout=20)["address"] == first["address"]
+
+        changed = dataclasses.replace(CONFIG, min_sources=CONFIG.min_sources + 1)
+        other = stack.dir / "other-config.json"
+        other.write_text(json.dumps(changed.to_json()))
+        stack.enclave_args = ("--config", str(other))  # the last --config wins
+        with pytest.raises(RuntimeError, match="exited with 2") as exited:
+            stack.restart_enclave()
+        # The log line says why, with the error's code, and what to do.
+        assert '"code": "enclave.sealed_key_refused"' in str(exited.value)
+        assert "KMS refused to unseal the signing key" in str(exited.value)
+        assert stack.kms.served() == ["Encrypt", "Decrypt", "Decrypt: AccessDeniedException"]
+        assert stack.kms.blob_file.read_bytes() == blob
+    finally:
+        stack.close()

@@ -149,10 +149,14 @@ class Emulator:
             return self._pcrs[index]
 
     def restart(self) -> None:
-        """The enclave restarted with the same image on the same instance: the app-extendable
-        PCRs (16 and up) are zero and unlocked again; the boot PCRs and the PKI (the root
-        callers pinned) stay, as with a real enclave relaunched from the same EIF."""
+        """The enclave relaunched from the same EIF on the same instance: a new enclave id (so a
+        new `module_id` and leaf certificate), the app-extendable PCRs (16 and up) zero and
+        unlocked again; the boot PCRs, the instance and the PKI (the root callers pinned)
+        stay."""
         with self._lock:
+            enclave = _profiles.enclave_id(self._now(), seed=self._seed)
+            self.module_id = f"{self.instance_id}-enc{enclave}"
+            self._leaf = None
             for index in range(BOOT_LOCKED_PCRS, MAX_PCRS):
                 self._pcrs[index] = bytes(PCR_SIZE)
                 self._locked[index] = False

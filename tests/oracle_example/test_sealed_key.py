@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -224,3 +225,19 @@ def test_the_enclave_process_refuses_to_start_with_another_config() -> None:
         assert stack.kms.blob_file.read_bytes() == blob
     finally:
         stack.close()
+
+
+def test_a_blob_that_is_not_a_secp256k1_scalar_stops_the_boot(
+    parent: SealedKeyParent, emulator: Emulator, directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = parent.options(parse_address(parent.tcp_route))
+    # A sealed secret of 32 zero bytes: the right size, but not a valid private key.
+    zero = types.SimpleNamespace(secret=bytes(32))
+    monkeypatch.setattr("oracle_example.oracle._key_from_nsm", lambda nsm: zero)
+    with pytest.raises(EnclaveBootError, match="not a secp256k1 scalar"):
+        _boot(emulator, directory, options)
+    monkeypatch.undo()
+    # Sealed now; the next boot unseals the same bytes and refuses them again.
+    with pytest.raises(EnclaveBootError, match="not a secp256k1 scalar"):
+        _boot(emulator, directory, options)
+    assert parent.served() == ["Encrypt", "Decrypt"]

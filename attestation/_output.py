@@ -108,6 +108,10 @@ EXIT_USAGE = 2
 class UsageError(Exception):
     """A command line that cannot run: bad or missing arguments, unreadable input files."""
 
+    def __init__(self, message: str, parser: argparse.ArgumentParser | None = None) -> None:
+        super().__init__(message)
+        self.parser = parser
+
 
 class CliParser(argparse.ArgumentParser):
     """An `ArgumentParser` whose errors raise `UsageError` instead of exiting, so that a
@@ -124,9 +128,8 @@ def report_usage_error(exc: UsageError, *, prog: str, as_json: bool) -> int:
     if as_json:
         print(dump(error_json("usage", message, f"see {prog} --help")))
     else:
-        parser = exc.args[1] if len(exc.args) > 1 else None
-        if isinstance(parser, argparse.ArgumentParser):
-            parser.print_usage(sys.stderr)
+        if exc.parser is not None:
+            exc.parser.print_usage(sys.stderr)
         print(f"{prog}: error: {message}", file=sys.stderr)
     return EXIT_USAGE
 

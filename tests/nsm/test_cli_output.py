@@ -1,0 +1,101 @@
+"""`nsm`'s machine output (docs/schemas/nsm.schema.json, error), exit codes and I/O errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nsm._cli import main
+from tests.schemas import check, check_error
+
+
+def _json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
+    status = main(argv)
+    return status, json.loads(capsys.readouterr().out)
+
+
+def test_results_match_the_schema(
+    emulator_socket: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emu = ["--emulator", f"unix:{emulator_socket}"]
+    for argv in (["describe"], ["pcr", "get", "16"], ["pcr", "extend", "16", "--text", "x"]):
+        status, result = _json([*emu, *argv, "--json"], capsys)
+        assert status == 0, argv
+        check("nsm", result)
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "code"),
+    [
+        (["pcr", "extend", "40", "--text", "x"], 2, "nsm.module.invalid-index"),
+        (["pcr", "get", "40"], 2, "nsm.module.invalid-index"),
+        (["pcr", "extend", "3", "--text", "x"], 1, "nsm.module.read-only-index"),
+        (["pcr", "get", "sixteen"], 2, "usage"),
+        (["pcr", "extend", "16"], 2, "usage"),  # --hex or --text is required
+    ],
+)
+def test_errors_are_json_and_usage_exits_2(
+    emulator_socket: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    status: int,
+    code: str,
+) -> None:
+    result_status, result = _json(["--emulator", f"unix:{emulator_socket}", *argv, "--json"],
+                                  capsys)  # fmt: skip
+    assert result_status == status
+    check_error(result, code)
+
+
+def test_usage_errors_exit_2_without_json(
+    emulator_socket: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emu = ["--emulator", f"unix:{emulator_socket}"]
+    assert main([*emu, "random", "-5"]) == 2
+    assert main([*emu, "pcr", "extend", "40", "--text", "x"]) == 2
+    # Output paths that cannot be written: one line naming the path, no traceback.
+    assert main([*emu, "attest", "--out", str(tmp_path / "missing" / "doc.cbor")]) == 2
+    serve = ["emulator", "serve", "--seed", "1"]
+    root = str(tmp_path / "root.pem")
+    assert main([*serve, "--socket", str(tmp_path / "no" / "s"), "--root-out", root]) == 2
+    assert main([*serve, "--socket", "s", "--root-out", str(tmp_path / "no" / "r.pem")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"--socket {tmp_path / 'no' / 's'}: No such file or directory" in err
+    assert f"--root-out {tmp_path / 'no' / 'r.pem'}: No such file or directory" in err
+
+
+def test_missing_device_hints_at_the_emulator_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, result = _json(["--device", str(tmp_path / "nsm"), "describe", "--json"], capsys)
+    assert status == 1
+    error = check_error(result, "nsm.no-device")
+    assert "--emulator" in error["hint"] and "Nsm.emulator" not in error["hint"]
+
+
+def test_help_lists_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "exit status:" in out and "2    usage error" in out
+
+
+def test_closed_stdout_is_not_a_traceback(emulator_socket: Path) -> None:
+    # A pipe whose reader has gone, as under `nsm random 4096 --raw | head -c1`.
+    script = (
+        "import os, sys\n"
+        "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
+        "from nsm._cli import main\n"
+        f"sys.exit(main(['--emulator', 'unix:{emulator_socket}', 'random', '4096', '--raw']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, timeout=60, check=False
+    )
+    assert (result.returncode, result.stderr) == (141, b"")

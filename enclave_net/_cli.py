@@ -10,15 +10,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import TypeAlias
+from typing import TypeAlias, cast
 from urllib.parse import urlsplit
 
+from attestation._output import (
+    EXIT_USAGE,
+    CliParser,
+    UsageError,
+    dump,
+    report_usage_error,
+    stdout_closed,
+    wants_json,
+)
+from enclave_net._output import EXIT_CODES, print_error
 from enclave_net.address import parse_address
 from enclave_net.egress import EgressClient, EgressConfig, Response, Timeouts
 from enclave_net.errors import EnclaveNetError
@@ -60,9 +69,10 @@ Addresses: vsock:CID:PORT (listen on vsock:4294967295:PORT for any CID), unix:PA
 def _add_egress(sub: _Sub) -> None:
     p = sub.add_parser(
         "egress",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="run the parent-side egress proxy (routes and/or CONNECT)",
         description=_EGRESS_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--route", action="append", default=[], metavar="LISTEN=HOST:PORT")
     p.add_argument("--connect", metavar="LISTEN", help="CONNECT-mode listener address")
@@ -147,6 +157,8 @@ def _run_egress(args: argparse.Namespace) -> int:
 def _add_fetch(sub: _Sub) -> None:
     p = sub.add_parser(
         "fetch",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="one HTTPS request through the enclave's egress layer",
         description="Fetch URL through the egress layer exactly as an enclave app does: no DNS, "
         "TLS verified here. Prints status, headers and body; exits 1 with the named "
@@ -193,18 +205,11 @@ def _run_fetch(args: argparse.Namespace) -> int:
         )
         response = asyncio.run(_get(config, args.url))
     except EnclaveNetError as exc:
-        if args.json:
-            print(
-                json.dumps(
-                    {"url": args.url, "error": {"type": type(exc).__name__, "message": str(exc)}}
-                )
-            )
-        else:
-            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print_error(exc, as_json=args.json, prefix="enclave-net fetch", url=args.url)
         return 1
     if args.json:
         print(
-            json.dumps(
+            dump(
                 {
                     "url": args.url,
                     "status": response.status,
@@ -228,6 +233,8 @@ def _run_fetch(args: argparse.Namespace) -> int:
 def _add_gateway(sub: _Sub) -> None:
     p = sub.add_parser(
         "gateway",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="expose the enclave API on TCP (parent side; forwards bytes only)",
         description="Relays each TCP connection to the enclave API. It cannot forge reports "
         "or documents (they are signed in the enclave); it can only delay or drop them.",
@@ -266,6 +273,8 @@ def _add_doctor(sub: _Sub) -> None:
 
     p = sub.add_parser(
         "doctor",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="check every link of the egress path and name what is broken",
         description="Runs the enclave-side (and with --parent, parent-side) checks of the "
         "egress path. Each line is ok / warn / fail with a cause and a remedy; "
@@ -276,12 +285,14 @@ def _add_doctor(sub: _Sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="enclave-net",
         description="Networking for Nitro enclaves: egress without DNS, the parent's proxy, "
         "the gateway, a doctor, and KMS with attestation.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = cast("_Sub", parser.add_subparsers(dest="command", metavar="COMMAND"))
     _add_egress(sub)
     _add_fetch(sub)
     _add_doctor(sub)
@@ -316,17 +327,28 @@ def run_command(
     *,
     errors: tuple[type[BaseException], ...] = (EnclaveNetError, OSError, ValueError),
 ) -> int:
-    """Parse and run one subcommand (its `func`); `errors` become one line and exit status 2,
-    not a traceback. Shared by `enclave-net` and the apps' command lines."""
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
+    """Parse and run one subcommand (its `func`); `errors` become one line (the error shape
+    under --json) and exit status 2, not a traceback; so do usage errors when `parser` is a
+    `CliParser`. Shared by `enclave-net` and the apps' command lines."""
+    as_json = wants_json(argv)
     try:
-        result: int = args.func(args)
-    except errors as exc:
-        print(f"{parser.prog} {args.command}: {exc}", file=sys.stderr)
-        return 2
+        try:
+            args = parser.parse_args(argv)
+        except UsageError as exc:
+            return report_usage_error(exc, prog=parser.prog, as_json=as_json)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        try:
+            result: int = args.func(args)
+        except BrokenPipeError:
+            raise
+        except errors as exc:
+            prefix = f"{parser.prog} {args.command}"
+            print_error(exc, as_json=getattr(args, "json", False), prefix=prefix)
+            return EXIT_USAGE
+    except BrokenPipeError:
+        return stdout_closed()
     return result
 
 

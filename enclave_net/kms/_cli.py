@@ -32,6 +32,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from attestation._output import dump, stdout_closed
+from enclave_net._output import EXIT_CODES, print_error
 from enclave_net.address import parse_address
 from enclave_net.egress import EgressConfig, Timeouts
 from enclave_net.errors import EgressError
@@ -49,6 +51,9 @@ __all__ = ["add_kms_commands", "main"]
 
 #: Where the parent's credentials endpoint listens by default (kmstool's proxy uses 8000).
 DEFAULT_CREDENTIALS = "vsock:3:8002"
+
+
+_RAW = argparse.RawDescriptionHelpFormatter
 
 
 def _enclave_options(p: argparse.ArgumentParser) -> None:
@@ -80,18 +85,29 @@ def add_kms_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         "kms",
         help="KMS with attestation (kmstool-enclave-cli equivalents) and its parent services",
         description=__doc__,
+        epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = kms.add_subparsers(dest="kms_command", metavar="KMS_COMMAND", required=True)
 
-    p = sub.add_parser("decrypt", help="Decrypt with Recipient (kmstool decrypt)")
+    p = sub.add_parser(
+        "decrypt",
+        epilog=EXIT_CODES,
+        formatter_class=_RAW,
+        help="Decrypt with Recipient (kmstool decrypt)",
+    )
     _enclave_options(p)
     p.add_argument("--ciphertext", required=True, help="CiphertextBlob, base64")
     p.add_argument("--key-id", help="expected key (id, ARN or alias)")
     p.add_argument("--encryption-context", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_run_enclave, operation=_decrypt)
 
-    p = sub.add_parser("genkey", help="GenerateDataKey with Recipient (kmstool genkey)")
+    p = sub.add_parser(
+        "genkey",
+        epilog=EXIT_CODES,
+        formatter_class=_RAW,
+        help="GenerateDataKey with Recipient (kmstool genkey)",
+    )
     _enclave_options(p)
     p.add_argument("--key-id", required=True)
     p.add_argument(
@@ -101,7 +117,12 @@ def add_kms_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     )
     p.set_defaults(func=_run_enclave, operation=_genkey)
 
-    p = sub.add_parser("genrandom", help="GenerateRandom with Recipient (kmstool genrandom)")
+    p = sub.add_parser(
+        "genrandom",
+        epilog=EXIT_CODES,
+        formatter_class=_RAW,
+        help="GenerateRandom with Recipient (kmstool genrandom)",
+    )
     _enclave_options(p)
     p.add_argument("--length", type=int, required=True, help="bytes, 1..1024")
     p.set_defaults(func=_run_enclave, operation=_genrandom)
@@ -207,20 +228,16 @@ def _run_enclave(args: argparse.Namespace) -> int:
 
         result = asyncio.run(go())
     except (KmsError, EgressError, ValueError) as exc:
-        code = exc.code if isinstance(exc, KmsServiceError) else type(exc).__name__
-        if args.json:
-            print(json.dumps({"error": {"type": code, "message": str(exc)}}))
-        else:
-            print(f"error: {exc}", file=sys.stderr)
+        # KMS's own error names (AccessDeniedException...) under `kms.`, as the error shape's
+        # codes are dotted lower-case namespaces.
+        code = f"kms.{exc.code}" if isinstance(exc, KmsServiceError) else None
+        print_error(exc, as_json=args.json, prefix="error", code=code)
         return 1 if isinstance(exc, KmsServiceError) else 3
     except Exception as exc:  # NsmError, OSError: no NSM, no attestation
-        if args.json:
-            print(json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}}))
-        else:
-            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print_error(exc, as_json=args.json, prefix=f"error: {type(exc).__name__}")
         return 3
     if args.json:
-        print(json.dumps(result))
+        print(dump(result))
     else:
         for name, label in _TEXT_LABELS.items():
             if name in result:
@@ -286,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KmsError, EgressError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except BrokenPipeError:
+        return stdout_closed()
     return result
 
 

@@ -334,13 +334,12 @@ def run_command(
     try:
         try:
             args = parser.parse_args(argv)
-        except UsageError as exc:
-            return report_usage_error(exc, prog=parser.prog, as_json=as_json)
-        if args.command is None:
-            parser.print_help(sys.stderr)
-            return EXIT_USAGE
-        try:
+            if args.command is None:
+                parser.print_help(sys.stderr)
+                return EXIT_USAGE
             result: int = args.func(args)
+        except UsageError as exc:  # from argparse, or a command's own check of its arguments
+            return report_usage_error(exc, prog=parser.prog, as_json=as_json)
         except BrokenPipeError:
             raise
         except errors as exc:

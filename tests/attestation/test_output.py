@@ -217,7 +217,7 @@ def test_emulator_documents_hint_at_root(
 
 
 def test_help_lists_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--help"], ["verify", "--help"], ["inspect", "--help"]):
+    for argv in (["--help"], ["verify", "--help"], ["inspect", "--help"], ["serve", "--help"]):
         assert main(argv) == 0
         out = capsys.readouterr().out
         assert "exit status:" in out and "2    usage error" in out, argv

@@ -99,3 +99,17 @@ def test_closed_stdout_is_not_a_traceback(emulator_socket: Path) -> None:
         [sys.executable, "-c", script], capture_output=True, timeout=60, check=False
     )
     assert (result.returncode, result.stderr) == (141, b"")
+
+
+def test_model_reprs_show_hex() -> None:
+    from nsm.models import Attestation, AttestationResponse, PcrExtended, PcrState
+
+    assert (
+        repr(PcrState(locked=True, data=b"\xab" * 48))
+        == f"PcrState(locked=True, data='{'ab' * 48}')"
+    )
+    assert repr(PcrExtended(b"\x01\x02")) == "PcrExtended(data='0102')"
+    assert (
+        repr(Attestation(nonce=b"n")) == "Attestation(user_data=None, nonce='6e', public_key=None)"
+    )
+    assert repr(AttestationResponse(b"\x84" * 4000)) == "AttestationResponse(document=<4000 bytes>)"

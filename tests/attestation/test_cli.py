@@ -12,19 +12,9 @@ import pytest
 
 from attestation import AttestationDocument
 from attestation._cli import main
-from tests.attestation.conftest import RealVector, real_vectors, requires_real
+from tests.attestation.conftest import RealVector, requires_real
 
 pytestmark = requires_real
-
-
-@pytest.fixture(scope="module")
-def prod() -> RealVector:
-    return next(v for v in real_vectors("nitro-enclave") if not v.debug)
-
-
-@pytest.fixture(scope="module")
-def debug() -> RealVector:
-    return next(v for v in real_vectors("nitro-enclave") if v.debug)
 
 
 def _pcr_args(vector: RealVector) -> list[str]:

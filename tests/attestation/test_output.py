@@ -4,8 +4,6 @@ the one-call `attestation.verify` (docs/schemas/)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -20,20 +18,15 @@ from attestation._cli import main
 from attestation.errors import DebugDocument
 from attestation.service import create_app, parse_config
 from attestation.testing import DocumentFactory, default_pcrs
-from tests.attestation.conftest import RealVector, real_vectors, requires_real
-from tests.schemas import check, check_error
+from tests.attestation.conftest import RealVector, requires_real
+from tests.output_contract import (
+    assert_closed_stdout_is_quiet,
+    assert_help_lists_exit_codes,
+    check,
+    check_error,
+)
 
 CBOR = {"content-type": "application/cbor"}
-
-
-@pytest.fixture(scope="module")
-def prod() -> RealVector:
-    return next(v for v in real_vectors("nitro-enclave") if not v.debug)
-
-
-@pytest.fixture(scope="module")
-def debug() -> RealVector:
-    return next(v for v in real_vectors("nitro-enclave") if v.debug)
 
 
 def _pcrs(data: bytes) -> dict[int, bytes]:
@@ -216,29 +209,15 @@ def test_emulator_documents_hint_at_root(
     assert "--root" in check_error(result, "chain.untrusted")["hint"]
 
 
-def test_help_lists_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["--help"], ["verify", "--help"], ["inspect", "--help"], ["serve", "--help"]):
-        assert main(argv) == 0
-        out = capsys.readouterr().out
-        assert "exit status:" in out and "2    usage error" in out, argv
+@pytest.mark.parametrize("argv", [[], ["verify"], ["inspect"], ["serve"]])
+def test_help_lists_exit_codes(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert_help_lists_exit_codes(main, argv, capsys)
 
 
 @requires_real
 def test_closed_stdout_is_not_a_traceback(tmp_path: Path, prod: RealVector) -> None:
     path = _write(tmp_path, "d", prod.data)
-    # A real pipe whose reader has gone: the write fails with EPIPE (SIGPIPE is ignored by
-    # Python), the way `nitro-attest inspect d | head -c1` ends once head exits.
-    script = (
-        "import os, sys\n"
-        "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
-        "from attestation._cli import main\n"
-        f"sys.exit(main(['inspect', '--json', {path!r}]))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, timeout=60, check=False
-    )
-    assert result.returncode == 141
-    assert result.stderr == b""
+    assert_closed_stdout_is_quiet("attestation._cli", ["inspect", "--json", path])
 
 
 # --- readable values and the one-call verify ------------------------------------------------------

@@ -34,7 +34,7 @@ from oracle_example.replay._pki import (
     write_certificate,
     write_key,
 )
-from tests.schemas import check
+from tests.output_contract import check
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ import pytest
 
 from enclave_net._cli import main
 from tests.enclave_net._support import REPO, cli
-from tests.schemas import check, check_error
+from tests.output_contract import assert_help_lists_exit_codes, check, check_error
 
 
 def test_egress_help_explains_both_modes() -> None:
@@ -66,11 +66,7 @@ def test_usage_errors_are_json_with_json(capsys: pytest.CaptureFixture[str]) -> 
     [[], ["fetch"], ["doctor"], ["egress"], ["gateway"], ["kms"], ["kms", "decrypt"]],
 )
 def test_help_lists_exit_codes(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        main([*argv, "--help"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
-    assert "exit status:" in out and "2    usage error" in out
+    assert_help_lists_exit_codes(main, argv, capsys)
 
 
 def test_parent_doctor_without_configuration_says_what_it_checked(

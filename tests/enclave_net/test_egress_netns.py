@@ -18,7 +18,7 @@ from tests.enclave_net._support import (
     cli,
     relay_args,
 )
-from tests.schemas import check, check_error
+from tests.output_contract import check, check_error
 
 pytestmark = pytest.mark.root
 

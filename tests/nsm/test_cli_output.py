@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nsm._cli import main
-from tests.schemas import check, check_error
+from tests.output_contract import (
+    assert_closed_stdout_is_quiet,
+    assert_help_lists_exit_codes,
+    check,
+    check_error,
+)
 
 
 def _json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
@@ -80,25 +83,13 @@ def test_missing_device_hints_at_the_emulator_flag(
 
 
 def test_help_lists_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(["--help"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
-    assert "exit status:" in out and "2    usage error" in out
+    assert_help_lists_exit_codes(main, [], capsys)
 
 
 def test_closed_stdout_is_not_a_traceback(emulator_socket: Path) -> None:
-    # A pipe whose reader has gone, as under `nsm random 4096 --raw | head -c1`.
-    script = (
-        "import os, sys\n"
-        "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
-        "from nsm._cli import main\n"
-        f"sys.exit(main(['--emulator', 'unix:{emulator_socket}', 'random', '4096', '--raw']))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, timeout=60, check=False
-    )
-    assert (result.returncode, result.stderr) == (141, b"")
+    # As under `nsm random 4096 --raw | head -c1`.
+    argv = ["--emulator", f"unix:{emulator_socket}", "random", "4096", "--raw"]
+    assert_closed_stdout_is_quiet("nsm._cli", argv)
 
 
 def test_model_reprs_show_hex() -> None:

@@ -8,16 +8,12 @@ from pathlib import Path
 import pytest
 
 from oracle_example import _cli
-from tests.schemas import check
+from tests.output_contract import assert_help_lists_exit_codes, check
 
 
 @pytest.mark.parametrize("argv", [[], ["get"], ["doctor"], ["enclave"], ["demo"]])
 def test_help_lists_exit_codes(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        _cli.main([*argv, "--help"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
-    assert "exit status:" in out and "2    usage error" in out
+    assert_help_lists_exit_codes(_cli.main, argv, capsys)
 
 
 def test_parent_doctor_says_what_it_needs(

@@ -18,7 +18,7 @@ from oracle_example.errors import ClientError, ReportVerificationError
 from oracle_example.eth import to_checksum_address
 from oracle_example.report import SignedReport, sign_message
 from tests.oracle_example.oracle_stack import oracle_stack
-from tests.schemas import check, check_error
+from tests.output_contract import check, check_error
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from tests.enclave_net.kms._support import (
     booted,
     short_tempdir,
 )
-from tests.schemas import check, check_error
+from tests.output_contract import check, check_error
 
 
 @pytest.fixture(scope="module")

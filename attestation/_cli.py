@@ -26,6 +26,7 @@ from attestation._output import (
     UsageError,
     certificate_json,
     dump,
+    epilog_everywhere,
     error_json,
     hex_or_none,
     iso_time,
@@ -50,6 +51,11 @@ exit status:
   1    the document was refused: the error code names the rule (see --json)
   2    usage error: bad arguments, unreadable file
   141  stdout closed early (e.g. | head)
+"""
+_SERVE_EXIT_CODES = """\
+exit status:
+  0    stopped (or --check: the config is valid)
+  2    usage error, config error, or the service extra is missing
 """
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
@@ -311,27 +317,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog="nitro-attest",
         description="Inspect and verify AWS Nitro Enclave attestation documents.",
-        epilog=_EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    inspect = sub.add_parser(
-        "inspect",
-        help="decode a document WITHOUT verifying it",
-        epilog=_EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    inspect = sub.add_parser("inspect", help="decode a document WITHOUT verifying it")
     inspect.add_argument("file", help="document file (raw CBOR, hex or base64), or - for stdin")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(handler=_inspect)
 
-    verify = sub.add_parser(
-        "verify",
-        help="verify chain, signature and policy",
-        epilog=_EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    verify = sub.add_parser("verify", help="verify chain, signature and policy")
     verify.add_argument("file", help="document file (raw CBOR, hex or base64), or - for stdin")
     verify.add_argument(
         "--pcr",
@@ -376,6 +370,9 @@ def _parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_verify)
 
     add_serve_parser(sub)  # the HTTP verifier service; Starlette is imported only when it runs
+    epilog_everywhere(parser, _EXIT_CODES)
+    serve = sub.choices["serve"]
+    serve.epilog = _SERVE_EXIT_CODES
     return parser
 
 

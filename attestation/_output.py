@@ -38,9 +38,11 @@ __all__ = [
     "EXIT_PIPE",
     "EXIT_USAGE",
     "CliParser",
+    "HelpFormatter",
     "UsageError",
     "certificate_json",
     "dump",
+    "epilog_everywhere",
     "error_json",
     "hex_or_none",
     "iso_time",
@@ -111,6 +113,27 @@ class UsageError(Exception):
     def __init__(self, message: str, parser: argparse.ArgumentParser | None = None) -> None:
         super().__init__(message)
         self.parser = parser
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps one-paragraph text as argparse does; text with its own line breaks (a table of
+    exit codes, a laid-out description) is printed as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" not in text.strip("\n"):
+            return super()._fill_text(text, width, indent)
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def epilog_everywhere(parser: argparse.ArgumentParser, epilog: str) -> None:
+    """Give `parser` and every sub-command below it `epilog` (e.g. the exit codes), so that
+    each `--help` lists it."""
+    parser.epilog = epilog
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                epilog_everywhere(child, epilog)
 
 
 class CliParser(argparse.ArgumentParser):

@@ -23,6 +23,7 @@ from attestation._output import (
     CliParser,
     UsageError,
     dump,
+    epilog_everywhere,
     report_usage_error,
     stdout_closed,
     wants_json,
@@ -69,10 +70,9 @@ Addresses: vsock:CID:PORT (listen on vsock:4294967295:PORT for any CID), unix:PA
 def _add_egress(sub: _Sub) -> None:
     p = sub.add_parser(
         "egress",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="run the parent-side egress proxy (routes and/or CONNECT)",
         description=_EGRESS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--route", action="append", default=[], metavar="LISTEN=HOST:PORT")
     p.add_argument("--connect", metavar="LISTEN", help="CONNECT-mode listener address")
@@ -157,8 +157,6 @@ def _run_egress(args: argparse.Namespace) -> int:
 def _add_fetch(sub: _Sub) -> None:
     p = sub.add_parser(
         "fetch",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="one HTTPS request through the enclave's egress layer",
         description="Fetch URL through the egress layer exactly as an enclave app does: no DNS, "
         "TLS verified here. Prints status, headers and body; exits 1 with the named "
@@ -233,8 +231,6 @@ def _run_fetch(args: argparse.Namespace) -> int:
 def _add_gateway(sub: _Sub) -> None:
     p = sub.add_parser(
         "gateway",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="expose the enclave API on TCP (parent side; forwards bytes only)",
         description="Relays each TCP connection to the enclave API. It cannot forge reports "
         "or documents (they are signed in the enclave); it can only delay or drop them.",
@@ -273,8 +269,6 @@ def _add_doctor(sub: _Sub) -> None:
 
     p = sub.add_parser(
         "doctor",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="check every link of the egress path and name what is broken",
         description="Runs the enclave-side (and with --parent, parent-side) checks of the "
         "egress path. Each line is ok / warn / fail with a cause and a remedy; "
@@ -289,8 +283,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="enclave-net",
         description="Networking for Nitro enclaves: egress without DNS, the parent's proxy, "
         "the gateway, a doctor, and KMS with attestation.",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = cast("_Sub", parser.add_subparsers(dest="command", metavar="COMMAND"))
     _add_egress(sub)
@@ -298,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_doctor(sub)
     _add_gateway(sub)
     _add_kms(sub)
+    epilog_everywhere(parser, EXIT_CODES)
     return parser
 
 

@@ -23,6 +23,7 @@ from attestation._output import (
     CliParser,
     UsageError,
     dump,
+    epilog_everywhere,
     error_json,
     report_usage_error,
     stdout_closed,
@@ -50,7 +51,8 @@ Selecting the module: inside an enclave the default is /dev/nsm. Off-enclave, st
 emulator (`nsm emulator serve --socket /tmp/nsm.sock --root-out root.pem`) and select it
 explicitly with --emulator unix:/tmp/nsm.sock or NSM_EMULATOR=unix:/tmp/nsm.sock.
 A missing /dev/nsm never falls back to the emulator.
-
+"""
+_EXIT_CODES = """\
 exit status:
   0    done
   1    the module or its transport failed (no /dev/nsm, emulator gone, locked PCR...)
@@ -103,8 +105,6 @@ def _parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog="nsm",
         description="Talk to the AWS Nitro Secure Module (/dev/nsm), or run its emulator.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--device", metavar="PATH", help="the NSM device (default /dev/nsm)")
@@ -187,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
         help=f"refuse user_data, nonce or public_key longer than this (default "
         f"{ATTESTATION_FIELD_MAX}, AWS's documented limit; real modules sign larger ones: none)",
     )
+    epilog_everywhere(parser, _EXIT_CODES)
+    parser.epilog = _EPILOG + "\n" + _EXIT_CODES
     return parser
 
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
 
-from attestation._output import CliParser, UsageError, dump
+from attestation._output import CliParser, UsageError, dump, epilog_everywhere
 from enclave_net._cli import run_command, stop_on_signals
 from enclave_net.errors import EnclaveNetError
 from oracle_example.errors import OracleExampleError
@@ -32,7 +32,6 @@ exit status:
   141  stdout closed early (e.g. | head)
 With --json, results and errors are JSON on stdout (docs/schemas/).
 """
-_RAW = argparse.RawDescriptionHelpFormatter
 # `get`'s hints by error code, in terms of its flags.
 _GET_HINTS = {
     "policy.debug": "pass --allow-debug to accept a debug-mode enclave (development only)",
@@ -57,8 +56,6 @@ def _add_enclave(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     p = sub.add_parser(
         "enclave",
-        epilog=_EXIT_CODES,
-        formatter_class=_RAW,
         help="run the oracle inside the enclave (boot, fetch loop, API over vsock)",
         description="Boots the oracle (lo up, NSM, key from NSM randomness, PCR16 := config "
         "hash, locked; attestation binding the key), then fetches, signs and serves reports. "
@@ -180,8 +177,6 @@ def _pcr(text: str) -> tuple[int, bytes]:
 def _add_get(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "get",
-        epilog=_EXIT_CODES,
-        formatter_class=_RAW,
         help="fetch a report and a nonce-bound attestation, verify root to price",
         description="Verifies: root -> document -> policy (PCRs, nonce, age, no debug) -> "
         "public_key -> address -> user_data layout -> EIP-712 signature -> freshness and "
@@ -253,8 +248,6 @@ def _run_get(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
-        epilog=_EXIT_CODES,
-        formatter_class=_RAW,
         help="the whole oracle on one machine: emulator, egress, enclave, gateway, verify",
         description="Starts the NSM emulator, the parent egress proxy, the enclave app (in a "
         "network namespace with no interfaces when root) and the gateway; fetches and verifies "
@@ -286,8 +279,6 @@ def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     p = sub.add_parser(
         "doctor",
-        epilog=_EXIT_CODES,
-        formatter_class=_RAW,
         help="check every link of the egress path, with the oracle's exchange probes",
         description="`enclave-net doctor` with the oracle's probes: each exchange's time "
         "endpoint (documented JSON, server clock) and the freshness of its ticker. Each line "
@@ -330,8 +321,6 @@ def _run_doctor(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog="nitro-oracle",
-        epilog=_EXIT_CODES,
-        formatter_class=_RAW,
         description="The reference Nitro enclave price oracle. Networking tools (egress "
         "proxy, gateway, fetch) are `enclave-net`'s.",
     )
@@ -343,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_get(sub)
     _add_doctor(sub)
     _add_demo(sub)
+    epilog_everywhere(parser, _EXIT_CODES)
     return parser
 
 

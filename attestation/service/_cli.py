@@ -29,10 +29,6 @@ def add_serve_parser(subparsers: Any) -> None:
         help="run the HTTP verifier service",
         description="Verify attestation documents over HTTP under policies named in a TOML "
         "config (see attestation/service.example.toml and docs/deployment.md).",
-        epilog="exit status:\n"
-        "  0    stopped (or --check: the config is valid)\n"
-        "  2    usage error, config error, or the service extra is missing\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
     parser.add_argument(

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from attestation._output import dump, stdout_closed
+from attestation._output import dump, epilog_everywhere, stdout_closed
 from enclave_net._output import EXIT_CODES, print_error
 from enclave_net.address import parse_address
 from enclave_net.egress import EgressConfig, Timeouts
@@ -51,9 +51,6 @@ __all__ = ["add_kms_commands", "main"]
 
 #: Where the parent's credentials endpoint listens by default (kmstool's proxy uses 8000).
 DEFAULT_CREDENTIALS = "vsock:3:8002"
-
-
-_RAW = argparse.RawDescriptionHelpFormatter
 
 
 def _enclave_options(p: argparse.ArgumentParser) -> None:
@@ -85,29 +82,18 @@ def add_kms_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         "kms",
         help="KMS with attestation (kmstool-enclave-cli equivalents) and its parent services",
         description=__doc__,
-        epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = kms.add_subparsers(dest="kms_command", metavar="KMS_COMMAND", required=True)
 
-    p = sub.add_parser(
-        "decrypt",
-        epilog=EXIT_CODES,
-        formatter_class=_RAW,
-        help="Decrypt with Recipient (kmstool decrypt)",
-    )
+    p = sub.add_parser("decrypt", help="Decrypt with Recipient (kmstool decrypt)")
     _enclave_options(p)
     p.add_argument("--ciphertext", required=True, help="CiphertextBlob, base64")
     p.add_argument("--key-id", help="expected key (id, ARN or alias)")
     p.add_argument("--encryption-context", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_run_enclave, operation=_decrypt)
 
-    p = sub.add_parser(
-        "genkey",
-        epilog=EXIT_CODES,
-        formatter_class=_RAW,
-        help="GenerateDataKey with Recipient (kmstool genkey)",
-    )
+    p = sub.add_parser("genkey", help="GenerateDataKey with Recipient (kmstool genkey)")
     _enclave_options(p)
     p.add_argument("--key-id", required=True)
     p.add_argument(
@@ -117,12 +103,7 @@ def add_kms_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     )
     p.set_defaults(func=_run_enclave, operation=_genkey)
 
-    p = sub.add_parser(
-        "genrandom",
-        epilog=EXIT_CODES,
-        formatter_class=_RAW,
-        help="GenerateRandom with Recipient (kmstool genrandom)",
-    )
+    p = sub.add_parser("genrandom", help="GenerateRandom with Recipient (kmstool genrandom)")
     _enclave_options(p)
     p.add_argument("--length", type=int, required=True, help="bytes, 1..1024")
     p.set_defaults(func=_run_enclave, operation=_genrandom)
@@ -297,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="enclave-net")  # the console script it joins
     add_kms_commands(parser.add_subparsers(dest="command", required=True))
+    epilog_everywhere(parser, EXIT_CODES)
     args = parser.parse_args(["kms", *(sys.argv[1:] if argv is None else argv)])
     try:
         result: int = args.func(args)

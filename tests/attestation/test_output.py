@@ -332,3 +332,10 @@ def test_times_are_utc_milliseconds() -> None:
     assert iso_time(when) == "2026-01-02T03:04:05.678Z"
     elsewhere = when.astimezone(timezone(timedelta(hours=-5)))
     assert iso_time(elsewhere) == "2026-01-02T03:04:05.678Z"
+
+
+@pytest.mark.parametrize("data", [b"hello, world", b"\xa0", b"\x01"])
+def test_garbage_is_not_an_attestation_document(data: bytes) -> None:
+    with pytest.raises(attestation.MalformedDocument) as info:
+        AttestationDocument.parse(data)
+    assert info.value.reason.startswith("not an attestation document")

@@ -38,13 +38,15 @@ import datetime as _dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 from cryptography import x509
 
 from attestation._cbor import CborError, decode
 from attestation._cose_writer import sig_structure
+from attestation._output import certificate_json, hex_or_none, iso_time
 from attestation.errors import MalformedDocument
+from nsm_attestation_cli import dump
 
 __all__ = [
     "MAX_DOCUMENT_SIZE",
@@ -115,6 +117,17 @@ class AttestationDocument:
     tagged: bool
     raw: bytes
 
+    def __repr__(self) -> str:
+        # Values in hex, certificates and raw bytes by size: a repr to read, not to re-parse.
+        return (
+            f"AttestationDocument(kind={self.kind!r}, module_id={self.module_id!r}, "
+            f"timestamp={iso_time(self.timestamp)!r}, digest={self.digest!r}, "
+            f"pcrs={_hex_pcrs(self.pcrs)}, public_key={_hex_repr(self.public_key)}, "
+            f"user_data={_hex_repr(self.user_data)}, nonce={_hex_repr(self.nonce)}, "
+            f"certificates={1 + len(self.cabundle)}, tagged={self.tagged}, "
+            f"raw=<{len(self.raw)} bytes>)  # NOT VERIFIED"
+        )
+
     @property
     def timestamp(self) -> _dt.datetime:
         """The document's own `timestamp` as an aware UTC datetime (parse checked the range)."""
@@ -145,9 +158,11 @@ class AttestationDocument:
         try:
             envelope = decode(body)
         except CborError as exc:
-            raise _malformed(exc.code, f"envelope: {exc}") from exc
+            raise _malformed(exc.code, f"not an attestation document: envelope: {exc}") from exc
         if not isinstance(envelope, list):
-            raise _malformed("envelope.not-array", "COSE_Sign1 must be a CBOR array")
+            raise _malformed(
+                "envelope.not-array", "not an attestation document: COSE_Sign1 must be a CBOR array"
+            )
         if len(envelope) != 4:
             raise _malformed("envelope.wrong-length", f"COSE_Sign1 has {len(envelope)} elements")
         protected, unprotected, payload, signature = envelope
@@ -258,6 +273,14 @@ class AttestationDocument:
         )
 
 
+def _hex_repr(value: bytes | None) -> str:
+    return "None" if value is None else f"'{value.hex()}'"
+
+
+def _hex_pcrs(pcrs: Mapping[int, bytes]) -> str:
+    return "{" + ", ".join(f"{i}: '{v.hex()}'" for i, v in sorted(pcrs.items())) + "}"
+
+
 def _pcrs(value: object, name: str) -> Mapping[int, bytes]:
     if not isinstance(value, dict):
         raise _malformed("payload.field-type", f"{name} must be a map")
@@ -316,9 +339,44 @@ class VerifiedDocument:
     """The verified path, leaf first, pinned root last."""
     raw: bytes
     """The document bytes exactly as given to `verify`."""
+    verified_at: _dt.datetime
+    """The time the chain and the policy were judged at (`verify`'s `at`, or its clock)."""
 
     @property
     def is_debug(self) -> bool:
         """PCR0 all zero (only possible if the policy allowed debug documents)."""
         pcr0 = self.pcrs.get(0)
         return pcr0 is not None and not any(pcr0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verification result as JSON values: the shape `nitro-attest verify --json` prints
+        and the service returns (docs/schemas/verification.schema.json); bytes in hex, times in
+        RFC 3339 UTC with milliseconds."""
+        return {
+            "verified": True,
+            "verified_at": iso_time(self.verified_at),
+            "module_id": self.module_id,
+            "timestamp": iso_time(self.timestamp),
+            "timestamp_ms": (self.timestamp - _EPOCH) // _dt.timedelta(milliseconds=1),
+            "digest": self.digest,
+            "debug": self.is_debug,
+            "pcrs": {str(i): v.hex() for i, v in sorted(self.pcrs.items())},
+            "public_key": hex_or_none(self.public_key),
+            "user_data": hex_or_none(self.user_data),
+            "nonce": hex_or_none(self.nonce),
+            "certificates": [certificate_json(c) for c in self.certificates],
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """`to_dict()` as JSON text."""
+        return dump(self.to_dict(), indent=indent)
+
+    def __repr__(self) -> str:
+        return (
+            f"VerifiedDocument(module_id={self.module_id!r}, "
+            f"timestamp={iso_time(self.timestamp)!r}, digest={self.digest!r}, "
+            f"pcrs={_hex_pcrs(self.pcrs)}, public_key={_hex_repr(self.public_key)}, "
+            f"user_data={_hex_repr(self.user_data)}, nonce={_hex_repr(self.nonce)}, "
+            f"certificates={[c.subject.rfc4514_string() for c in self.certificates]!r}, "
+            f"verified_at={iso_time(self.verified_at)!r}, raw=<{len(self.raw)} bytes>)"
+        )

@@ -15,16 +15,38 @@ import logging
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from enclave_net._cli import run_command, stop_on_signals
 from enclave_net.errors import EnclaveNetError
+from nsm_attestation_cli import CliParser, UsageError, dump, epilog_everywhere
 from oracle_example.errors import OracleExampleError
 
 if TYPE_CHECKING:
     from oracle_example.sealed import SealedKeyOptions
 
 __all__ = ["build_parser", "main"]
+
+_EXIT_CODES = """\
+exit status:
+  0    done; get: a verified price
+  1    get: verification failed, or the enclave signed an OracleError; doctor: a check failed
+  2    usage error; get: gateway unreachable; enclave: boot refused; bad configuration
+  141  stdout closed early (e.g. | head)
+With --json, results and errors are JSON on stdout (docs/schemas/).
+"""
+# `get`'s hints by error code, in terms of its flags.
+_GET_HINTS = {
+    "policy.debug": "pass --allow-debug to accept a debug-mode enclave (development only)",
+    "chain.untrusted": "an enclave on the NSM emulator is signed by its own root: pass --root "
+    "PEM (the demo writes it to its --out directory)",
+    "policy.pcr-mismatch": "pin the PCRs the enclave image measures (--pcr I=HEX, from "
+    "`nitro-cli describe-eif`)",
+    "client.transport": "is the gateway running at --gateway? (`enclave-net gateway` on the "
+    "parent)",
+    "verify.too_few_sources": "fewer exchanges answered than --min-sources",
+    "verify.stale_report": "the report is older than --max-age SECONDS",
+}
 
 
 # --- enclave --------------------------------------------------------------------------------------
@@ -247,8 +269,7 @@ def _run_get(args: argparse.Namespace) -> int:
     from oracle_example.errors import ClientError, ReportVerificationError
 
     if not args.pcr:
-        print("nitro-oracle get: pin at least PCR0 with --pcr 0=HEX", file=sys.stderr)
-        return 2
+        raise UsageError("pin at least PCR0 with --pcr 0=HEX")
     verifier = Verifier(roots=load_pem_roots(args.root.read_bytes())) if args.root else None
     config_hash = (
         OracleConfig.from_json(json.loads(args.config.read_text())).config_hash
@@ -268,13 +289,16 @@ def _run_get(args: argparse.Namespace) -> int:
             timeout=args.timeout,
         )
     except (ReportVerificationError, ClientError) as exc:
+        hint = _GET_HINTS.get(exc.code)
         if args.json:
-            print(json.dumps(failure_json(args.feed, exc)))
+            print(dump(failure_json(args.feed, exc, hint=hint)))
         else:
             print(f"{args.feed}  NOT VERIFIED: {exc} [{exc.code}]")
+            if hint:
+                print(f"hint: {hint}")
         return 2 if isinstance(exc, ClientError) else 1
     if args.json:
-        print(json.dumps(result_json(result), default=str))
+        print(dump(result_json(result)))
     else:
         print("\n".join(summary(result)))
     return 0 if result.verified is not None else 1
@@ -368,16 +392,20 @@ def _run_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="nitro-oracle",
         description="The reference Nitro enclave price oracle. Networking tools (egress "
         "proxy, gateway, fetch) are `enclave-net`'s.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", metavar="COMMAND"),
+    )
     _add_enclave(sub)
     _add_get(sub)
     _add_doctor(sub)
     _add_demo(sub)
+    epilog_everywhere(parser, _EXIT_CODES)
     return parser
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -17,7 +16,6 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -26,6 +24,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attestation._chain import DEFAULT_CACHE_SIZE
+from attestation._output import certificate_json
+from attestation._output import iso_time as _iso
 from attestation.document import VerifiedDocument
 from attestation.errors import AttestationError
 from attestation.policy import Policy
@@ -41,6 +41,7 @@ from attestation.service._metrics import Registry
 from attestation.service._openapi import openapi_schema
 from attestation.service._wire import CBOR, JSON, MAX_NONCE_BYTES
 from attestation.verifier import Verifier
+from nsm_attestation_cli import error_json
 
 __all__ = ["app_from_environment", "configure_logging", "create_app"]
 
@@ -76,6 +77,29 @@ class _RequestError(Exception):
         self.reason = reason
 
 
+# Hints by error code, in terms of this API and its config (the library's name Python calls).
+_HINTS = {
+    "request.content-type": "POST the raw document as application/cbor with ?policy=NAME, or "
+    'application/json {"document": BASE64, "policy": NAME}',
+    "request.policy": "name one of the policies GET /healthz lists",
+    "request.unknown-policy": "name one of the policies GET /healthz lists",
+    "request.at-not-allowed": "the server's config must set allow_at_override = true "
+    "(for audit deployments)",
+    "request.nonce": f"send the nonce as 1..{MAX_NONCE_BYTES} bytes of hex",
+    "request.at": "send at as RFC 3339 with an offset, e.g. 2026-01-02T03:04:05Z",
+    "policy.debug": "only a policy with allow_debug = true in the server's config accepts "
+    "debug-mode enclaves (development only)",
+    "chain.expired": "a stored document verifies at its own time: send at = its timestamp "
+    "(needs allow_at_override)",
+    "policy.nonce-mismatch": "send the nonce the enclave was asked to include",
+    "policy.stale": "ask the enclave for a fresh document",
+}
+
+
+def _error_body(code: str, reason: str, **context: object) -> bytes:
+    return _dumps(error_json(code, reason, _HINTS.get(code), **context))
+
+
 def _dumps(body: Mapping[str, object]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -94,23 +118,8 @@ def _utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
 
 
-def _iso(when: _dt.datetime) -> str:
-    return when.astimezone(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _hex_json(value: bytes | None) -> str:
     return "null" if value is None else f'"{value.hex()}"'
-
-
-def _certificate_summary(cert: x509.Certificate) -> dict[str, str]:
-    return {
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "serial": format(cert.serial_number, "x"),
-        "not_before": _iso(cert.not_valid_before_utc),
-        "not_after": _iso(cert.not_valid_after_utc),
-        "sha256": hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
-    }
 
 
 class _PathJson:
@@ -130,7 +139,7 @@ class _PathJson:
         entry = self._entries.get(id(certificates))
         if entry is not None and entry[0] is certificates:
             return entry[1]
-        text = json.dumps([_certificate_summary(c) for c in certificates], separators=(",", ":"))
+        text = json.dumps([certificate_json(c) for c in certificates], separators=(",", ":"))
         if len(self._entries) >= self._maxsize:
             del self._entries[next(iter(self._entries))]  # oldest first (dicts keep order)
         self._entries[id(certificates)] = (certificates, text)
@@ -138,7 +147,8 @@ class _PathJson:
 
 
 def _verified_json(doc: VerifiedDocument, *, policy: str, at: _dt.datetime, path: str) -> bytes:
-    # Assembled as text: this runs once per verified request, and json.dumps of the whole dict
+    # `doc.to_dict()` plus the policy's name (the one result shape; a test holds the two equal),
+    # assembled as text: this runs once per verified request, and json.dumps of the whole dict
     # cost a sizeable share of the service's own overhead. Only `module_id` and `digest` come
     # from the document as text, and they go through json.dumps; everything else is hex, a
     # number, a boolean, a timestamp or a policy name from the validated config.
@@ -208,7 +218,7 @@ class _Service:
                 policy = policy_config.build(nonce=nonce)
         except _RequestError as exc:
             state["code"] = exc.code
-            return exc.status, _dumps({"verified": False, "code": exc.code, "reason": exc.reason})
+            return exc.status, _error_body(exc.code, exc.reason, verified=False)
         when = self.clock() if at is None else at
         # Verification runs on the event loop thread on purpose: it is CPU-bound (about one
         # P-384 check when warm) and holds the GIL, so a thread pool would add a hop per request
@@ -217,8 +227,7 @@ class _Service:
             doc = self.verifier.verify(document, policy=policy, at=when)
         except AttestationError as exc:
             state["code"] = exc.code
-            reason = {"verified": False, "code": exc.code, "reason": exc.reason, "policy": name}
-            return 422, _dumps(reason)
+            return 422, _error_body(exc.code, exc.reason, verified=False, policy=name)
         state["code"] = "ok"
         return 200, _verified_json(doc, policy=name, at=when, path=self.path_json(doc.certificates))
 
@@ -479,7 +488,7 @@ def _outcome(status: int, *, verify: bool) -> str:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "request.not-found", 405: "request.method"}.get(exc.status_code, "request.http")
-    return _json(exc.status_code, {"code": code, "reason": exc.detail}, headers=exc.headers)
+    return _json(exc.status_code, error_json(code, exc.detail), headers=exc.headers)
 
 
 def create_app(

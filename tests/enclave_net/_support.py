@@ -33,6 +33,7 @@ from oracle_example.replay._pki import (
     write_certificate,
     write_key,
 )
+from tests.output_contract import check
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -356,8 +357,8 @@ class ProxyThread:
 
 
 def doctor_findings(output: str) -> dict[str, dict[str, str]]:
-    """The doctor's `--json` output, by check name."""
-    report = json.loads(output)
+    """The doctor's `--json` output, by check name (checked against its published schema)."""
+    report = check("doctor", json.loads(output))
     return {f["check"]: f for f in report["findings"]}
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from cryptography import x509
 
+from attestation._chain import describe, load_certificate
 from attestation.document import AttestationDocument, VerifiedDocument
 from attestation.errors import AttestationError
 from attestation.policy import Policy, UnsafeNoPcrCheck
@@ -92,7 +93,8 @@ def _read_input(name: str) -> bytes:
 
 def _decode_input(data: bytes) -> bytes:
     """Raw CBOR as is; otherwise hex, then base64 (standard or URL-safe) text."""
-    if data[:1] in (b"\x84", b"\x9f", b"\xd2"):
+    # An envelope array, or a tag (18, in any head form) around it.
+    if data[:1] in (b"\x84", b"\x9f", b"\xd2", b"\xd8", b"\xd9", b"\xda", b"\xdb"):
         return data
     text = b"".join(data.split())
     if text and len(text) % 2 == 0 and _HEX.match(text):
@@ -108,7 +110,7 @@ def _decode_input(data: bytes) -> bytes:
 def _cert_rows(certs: Sequence[x509.Certificate]) -> list[dict[str, str]]:
     return [
         {
-            "subject": c.subject.rfc4514_string(),
+            "subject": describe(c),
             "not_before": c.not_valid_before_utc.isoformat(),
             "not_after": c.not_valid_after_utc.isoformat(),
         }
@@ -118,9 +120,9 @@ def _cert_rows(certs: Sequence[x509.Certificate]) -> list[dict[str, str]]:
 
 def _load_certs(ders: Sequence[bytes]) -> list[x509.Certificate] | str:
     try:
-        return [x509.load_der_x509_certificate(d) for d in ders]
-    except ValueError as exc:
-        return f"unparseable certificate: {exc}"
+        return [load_certificate(d, "certificate") for d in ders]
+    except AttestationError as exc:
+        return f"unparseable {exc.reason}"
 
 
 def _opt_hex(value: bytes | None) -> str | None:

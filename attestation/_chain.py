@@ -396,7 +396,15 @@ class ChainValidator:
                 _check_validity(root, at, "root")
             except ChainError as expired:
                 return expired
-        return _chain_error("chain.invalid", f"path validation failed: {reason}")
+        return _chain_error("chain.invalid", f"path validation failed: {_engine_reason(reason)}")
+
+
+def _engine_reason(text: str) -> str:
+    """The engine's verdict without its internals (object reprs, parser error structures)."""
+    text = text.split(" (encountered processing", 1)[0].removeprefix("validation failed: ")
+    if "ParseError" in text or "{" in text:
+        return "a certificate part cannot be decoded"
+    return text
 
 
 def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -292,7 +293,7 @@ def chains(draw: st.DrawFn) -> tuple[x509.Certificate, bytes, tuple[bytes, ...]]
         spec = chain[index]
         options = {k: v for k, v in _changes(spec.ca is True or index > 0).items() if v}
         field = draw(st.sampled_from(sorted(options)))
-        value = draw(st.sampled_from(options[field]))
+        value: Any = draw(st.sampled_from(options[field]))
         if field == "key":
             value = _KEYS["p256"][index]
         spec = replace(spec, **{field: value})

@@ -109,19 +109,21 @@ def library_throughput(data: bytes, policy: Policy, at: datetime, seconds: float
 
 
 class Server:
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    def __init__(self, config: Path, port: int, log: Path, kind: str = "serve") -> None:
         self.port = port
         self._log = log.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "attestation.service",
-                "--config",
+        listen = f"127.0.0.1:{port}"
+        argv = ["-m", "attestation.service", "--config", str(config), "--listen", listen]
+        if kind != "serve":  # the same app under uvicorn's defaults, to compare (bench/hostile.py)
+            argv = [
+                str(REPO / "bench" / "hostile.py"),
+                "--run-uvicorn",
+                kind,
                 str(config),
-                "--listen",
-                f"127.0.0.1:{port}",
-            ],
+                str(port),
+            ]
+        self.process = subprocess.Popen(
+            [sys.executable, *argv],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=self._log,
@@ -543,6 +545,12 @@ def main(argv: list[str] | None = None) -> int:
         help="load generator (default: wrk if installed)",
     )
     parser.add_argument("--no-access-log", action="store_true", help="turn the access log off")
+    parser.add_argument(
+        "--server",
+        choices=["serve", "uvicorn-default", "uvicorn-h11"],
+        default="serve",
+        help="nitro-attest serve (default), or the app under uvicorn's defaults to compare",
+    )
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args(argv)
     client = args.client or ("wrk" if shutil.which("wrk") else "asyncio")
@@ -566,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
             f"access_log = {'false' if args.no_access_log else 'true'}\n"
             f"[policies.bench]\npcrs = {{ {table} }}\nmax_age_seconds = 300\n"
         )
-        server = Server(config, _free_port(), work / "server.log")
+        server = Server(config, _free_port(), work / "server.log", args.server)
         try:
             catalogue = requests(data, at)
             check_answers(server, catalogue)

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from attestation import ChainError
 from attestation._chain import ChainValidator, VerifiedChain
-from attestation.builder import derive_key, key_usage
+from attestation.builder import derive_key, encode_payload, key_usage, sign_payload
 from tests.attestation.test_chain_crosscheck import _agree, _both
 
 AT = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -214,6 +214,19 @@ def _name_case(position: str, name: bytes) -> tuple[x509.Certificate, bytes, tup
         _valid(0, ca=False, name=names["leaf"]),
         [_valid(1, ca=True, name=names["instance"]), _valid(2, ca=True, name=names["zonal"]), ROOT],
     )
+
+
+def signed_document(position: str, kind: str, pcrs: dict[int, bytes]) -> tuple[bytes, bytes]:
+    """(document, root PEM): signed at `AT` over `_name_case(position, BAD_NAMES[kind])`."""
+    root, leaf_der, bundle = _name_case(position, BAD_NAMES[kind])
+    payload = encode_payload(
+        module_id="i-0-enc0",
+        timestamp_ms=int(AT.timestamp() * 1000),
+        pcrs=pcrs,
+        certificate=leaf_der,
+        cabundle=[root.public_bytes(Encoding.DER), *bundle],
+    )
+    return sign_payload(payload, _KEYS["p384"][0]), root.public_bytes(Encoding.PEM)
 
 
 def _check(

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from attestation import (
     AttestationDocument,
@@ -29,7 +28,7 @@ from attestation._cli import main
 from attestation.builder import encode_payload, sign_payload
 from attestation.policy import Policy
 from attestation.testing import DocumentFactory, default_pcrs
-from tests.attestation.test_chain_property import _KEYS, AT, BAD_NAMES, _name_case
+from tests.attestation.test_chain_property import AT, signed_document
 
 FACTORY = DocumentFactory.create(seed=10, not_before=datetime(2025, 6, 1, 8, 0, tzinfo=UTC))
 PCRS = default_pcrs(FACTORY.pki.instance_id)
@@ -169,25 +168,12 @@ def test_several_pcr_sets_with_allow_debug_accept_a_matching_debug_document() ->
 # --- the CLI: one line and an exit code, never a traceback --------------------------------
 
 
-def _raw_chain_document(position: str, kind: str) -> tuple[bytes, bytes]:
-    """(document, root PEM) signed over a chain with an undecodable name at `position`."""
-    root, leaf_der, bundle = _name_case(position, BAD_NAMES[kind])
-    payload = encode_payload(
-        module_id="i-0-enc0",
-        timestamp_ms=int(AT.timestamp() * 1000),
-        pcrs=PCRS,
-        certificate=leaf_der,
-        cabundle=[root.public_bytes(Encoding.DER), *bundle],
-    )
-    return sign_payload(payload, _KEYS["p384"][0]), root.public_bytes(Encoding.PEM)
-
-
 @pytest.mark.parametrize("kind", ["utf8-overlong", "teletex-8bit", "sequence-value"])
 @pytest.mark.parametrize("position", ["leaf", "instance"])
 def test_verify_json_on_an_undecodable_name(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], position: str, kind: str
 ) -> None:
-    document, root = _raw_chain_document(position, kind)
+    document, root = signed_document(position, kind, PCRS)
     (tmp_path / "doc.cbor").write_bytes(document)
     (tmp_path / "root.pem").write_bytes(root)
     at = AT.isoformat()
@@ -205,7 +191,7 @@ def test_verify_json_on_an_undecodable_name(
 def test_inspect_shows_an_undecodable_name(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    document, _ = _raw_chain_document("leaf", "utf8-lone-surrogate")
+    document, _ = signed_document("leaf", "utf8-lone-surrogate", PCRS)
     (tmp_path / "doc.cbor").write_bytes(document)
     assert main(["inspect", "--json", str(tmp_path / "doc.cbor")]) == 0
     rows = json.loads(capsys.readouterr().out)["certificates"]

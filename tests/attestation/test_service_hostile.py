@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding
 from starlette.testclient import TestClient
 
-from attestation.builder import encode_payload, sign_payload
 from attestation.service import create_app, parse_config
 from attestation.testing import DocumentFactory, default_pcrs
-from tests.attestation.test_chain_property import _KEYS, AT, BAD_NAMES, _name_case
+from tests.attestation.test_chain_property import AT, signed_document
 
 REPO = Path(__file__).resolve().parents[2]
 CBOR = {"content-type": "application/cbor"}
@@ -106,17 +104,9 @@ def test_pcr_sets_with_allow_debug(client: TestClient) -> None:
 
 
 def test_undecodable_name_is_a_coded_refusal_not_a_500(tmp_path: Path) -> None:
-    root, leaf, bundle = _name_case("leaf", BAD_NAMES["utf8-overlong"])
-    payload = encode_payload(
-        module_id="i-0-enc0",
-        timestamp_ms=int(AT.timestamp() * 1000),
-        pcrs=PCRS,
-        certificate=leaf,
-        cabundle=[root.public_bytes(Encoding.DER), *bundle],
-    )
-    document = sign_payload(payload, _KEYS["p384"][0])
+    document, root_pem = signed_document("leaf", "utf8-overlong", PCRS)
     policies = {"app": {"pcrs": {"1": PCRS[1].hex()}}}
-    with _client(tmp_path, policies, root.public_bytes(Encoding.PEM), AT) as test_client:
+    with _client(tmp_path, policies, root_pem, AT) as test_client:
         response = test_client.post("/v1/verify?policy=app", content=document, headers=CBOR)
     assert response.status_code == 422
     body = response.json()
@@ -203,16 +193,9 @@ class Served:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
         self.log = (tmp_path / "server.log").open("wb")
+        listen = ["--listen", f"127.0.0.1:{self.port}"]
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "attestation.service",
-                "--config",
-                str(config),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-            ],
+            [sys.executable, "-m", "attestation.service", "--config", str(config), *listen],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=self.log,

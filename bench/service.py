@@ -397,12 +397,15 @@ def soak(client: str, server: Server, catalogue: list[Request], seconds: float, 
     )
 
 
-def server_stack() -> str:
-    # uvicorn's "auto" choices: httptools and uvloop when installed, else h11 and asyncio.
+def server_stack(kind: str = "serve") -> str:
+    # `serve` always parses with h11 (attestation/service/_server.py); uvicorn's "auto" choices
+    # are httptools and uvloop when installed, else h11 and asyncio.
     import importlib.metadata as metadata
     import importlib.util
 
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    if kind != "uvicorn-default":
+        http = "h11, with nitro-attest serve's bounds" if kind == "serve" else "h11"
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     return f"uvicorn {metadata.version('uvicorn')} (HTTP parser {http}, event loop {loop})"
 
@@ -610,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         document=DOCUMENT,
         access_log=not args.no_access_log,
         load_average=load_average,
-        stack=server_stack(),
+        stack=server_stack(args.server),
     )
     print(section)
     if args.write_docs:

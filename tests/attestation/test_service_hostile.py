@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from attestation.service import create_app, parse_config
+from attestation.service import ConfigError, _app, create_app, parse_config
+from attestation.service._server import connection_budget
 from attestation.testing import DocumentFactory, default_pcrs
 from tests.attestation.test_chain_property import AT, signed_document
 
@@ -158,8 +159,6 @@ def test_client_disconnect_mid_body_is_its_own_outcome(client: TestClient) -> No
 def test_several_workers_are_not_documented() -> None:
     # Each worker keeps its own counters, so scrapes through one port jump between them and
     # counters go backwards: one process per port is the documented way to scale.
-    from attestation.service import _app
-
     for text in (
         (REPO / "docs" / "deployment.md").read_text(),
         _app.__doc__ or "",
@@ -345,3 +344,27 @@ def test_pipelined_requests_are_not_answered_into_memory(served: Served) -> None
                 sock.sendall(request * 1000)
     answered = served.requests_served("/openapi.json")
     assert answered < sent // 4, answered
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_connections", 0),
+        ("max_connections", True),
+        ("max_connections", 70_000),
+        ("head_timeout_seconds", 0),
+        ("head_timeout_seconds", True),
+        ("body_timeout_seconds", 301),
+        ("body_timeout_seconds", "30"),
+    ],
+)
+def test_connection_bounds_are_validated(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=key):
+        parse_config({"service": {key: value}, "policies": {"a": {"pcrs": {"0": "ab" * 48}}}})
+
+
+def test_connection_budget_fits_the_descriptor_limit() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert connection_budget(10) == 10
+    if soft != resource.RLIM_INFINITY:
+        assert connection_budget(10 * soft) <= soft - 128

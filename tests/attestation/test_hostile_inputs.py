@@ -38,17 +38,15 @@ def _verifier() -> Verifier:
     return Verifier(roots=load_pem_roots(FACTORY.root_pem))
 
 
-def _payload(**changes: object) -> bytes:
-    fields: dict[str, object] = {
-        "module_id": FACTORY.module_id,
-        "timestamp_ms": int(FACTORY.timestamp.timestamp() * 1000),
-        "pcrs": PCRS,
-        "certificate": FACTORY.leaf.der,
-        "cabundle": FACTORY.pki.cabundle,
-        "indefinite": True,
-    }
-    fields.update(changes)
-    return encode_payload(**fields)  # type: ignore[arg-type]
+def _payload(*, certificate: bytes = FACTORY.leaf.der) -> bytes:
+    return encode_payload(
+        module_id=FACTORY.module_id,
+        timestamp_ms=int(FACTORY.timestamp.timestamp() * 1000),
+        pcrs=PCRS,
+        certificate=certificate,
+        cabundle=FACTORY.pki.cabundle,
+        indefinite=True,
+    )
 
 
 def _signed(payload: bytes) -> bytes:

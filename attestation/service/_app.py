@@ -429,6 +429,7 @@ class _Observe:
 
     def __init__(self, app: ASGIApp, *, registry: Registry, access_log: bool) -> None:
         self.app = app
+        self.registry = registry  # the server adds its connection series (`_server.serve`)
         self.access_log = access_log
         self.requests = registry.counter(
             "nitro_attest_requests_total", "HTTP requests by route, status, outcome and error code."

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -39,6 +40,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from attestation.service._config import ServiceConfig
+from attestation.service._metrics import Registry
 from attestation.service._wire import MAX_HEAD_BYTES
 
 __all__ = ["Limits", "bounded_protocol", "connection_budget", "serve"]
@@ -65,6 +67,8 @@ class Limits:
     max_connections: int
     head_timeout: float
     body_timeout: float
+    on_close: Callable[[str], None] = lambda reason: None
+    """Called with the reason each time the server closes a connection before answering it."""
 
 
 def connection_budget(requested: int, *, backlog: int = BACKLOG) -> int:
@@ -89,7 +93,7 @@ class _Connections:
         if len(self.open) <= self.limit:
             return True
         victim = next(iter(self.waiting), connection)
-        victim.close_now()
+        victim.close_now("evicted" if victim is not connection else "refused")
         return victim is not connection
 
     def wait(self, connection: _Bounded, waiting: bool) -> None:
@@ -133,8 +137,9 @@ class _Bounded(H11Protocol):
         self.registry.remove(self)
         super().connection_lost(exc)
 
-    def close_now(self) -> None:
-        """Drop the connection without an answer (over the cap, or an answer left unread)."""
+    def close_now(self, reason: str) -> None:
+        """Drop the connection without an answer (over the cap, or past a deadline)."""
+        self.limits.on_close(reason)
         self._closed = True
         self._cancel()
         self.registry.remove(self)
@@ -170,13 +175,14 @@ class _Bounded(H11Protocol):
             and not self.transport.get_write_buffer_size()
         ):
             # Nothing of ours is in flight: say why before closing (RFC 9110 §15.5.9).
+            self.limits.on_close("head_timeout")
             self.transport.write(_TIMED_OUT)
             self._closed = True
             self._cancel()
             self.registry.remove(self)
             self.transport.close()
             return
-        self.close_now()
+        self.close_now(f"{self._phase}_timeout")
 
 
 def bounded_protocol(limits: Limits) -> type[H11Protocol]:
@@ -189,12 +195,35 @@ def bounded_protocol(limits: Limits) -> type[H11Protocol]:
 
 
 def serve(app: Any, config: ServiceConfig) -> None:
-    """Run `app` on `config.host:config.port` with the bounds above, until interrupted."""
+    """Run `app` on `config.host:config.port` with the bounds above, until interrupted.
+
+    If `app` is `create_app`'s, its metrics gain `nitro_attest_connections_closed_total{reason}`
+    (`evicted`, `refused`, `head_timeout`, `body_timeout`, `answer_timeout`) and
+    `nitro_attest_connections_open`.
+    """
+    registry = getattr(app, "registry", None)
+    on_close: Callable[[str], None] = lambda reason: None  # noqa: E731
+    if isinstance(registry, Registry):
+        closed = registry.counter(
+            "nitro_attest_connections_closed_total",
+            "Connections the server closed before answering them, by reason.",
+        )
+        on_close = lambda reason: closed.inc((("reason", reason),))  # noqa: E731
     limits = Limits(
         max_connections=connection_budget(config.max_connections),
         head_timeout=config.head_timeout,
         body_timeout=config.body_timeout,
+        on_close=on_close,
     )
+    protocol = bounded_protocol(limits)
+    if isinstance(registry, Registry):
+        connections: _Connections = protocol.registry  # type: ignore[attr-defined]
+        registry.sampled(
+            "nitro_attest_connections_open",
+            "Connections open now.",
+            kind="gauge",
+            read=lambda: len(connections.open),
+        )
     if limits.max_connections < config.max_connections:
         _log.warning(
             "max_connections lowered from %d to %d to fit the descriptor limit (ulimit -n)",
@@ -205,7 +234,7 @@ def serve(app: Any, config: ServiceConfig) -> None:
         app,
         host=config.host,
         port=config.port,
-        http=bounded_protocol(limits),
+        http=protocol,
         ws="none",
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         backlog=BACKLOG,

@@ -220,6 +220,15 @@ class Served:
         except OSError:
             return None
 
+    def metric(self, series: str) -> int:
+        """The value of one series of `/metrics` (0 while it does not exist)."""
+        answer = self.get("/metrics")
+        assert answer is not None
+        for line in answer.decode().splitlines():
+            if line.startswith(series + " "):
+                return int(float(line.rsplit(" ", 1)[1]))
+        return 0
+
     def requests_served(self, route: str) -> int:
         answer = self.get("/metrics")
         assert answer is not None
@@ -272,6 +281,7 @@ def test_an_idle_connection_gets_408_and_is_closed(served: Served) -> None:
     with served.connect() as sock:
         answer = _read_all(sock)  # bounded by the socket's 20 s timeout
     assert answer.startswith(b"HTTP/1.1 408")
+    assert served.metric('nitro_attest_connections_closed_total{reason="head_timeout"}') == 1
 
 
 def test_a_trickled_head_is_cut_at_the_deadline(served: Served) -> None:
@@ -298,6 +308,7 @@ def test_a_trickled_body_is_cut_and_counted(served: Served) -> None:
         )
         answer = _read_all(sock)
     assert answer == b""  # closed without an answer: the body never came
+    assert served.metric('nitro_attest_connections_closed_total{reason="body_timeout"}') == 1
     deadline = time.monotonic() + 20
     while served.requests_served("/v1/verify") == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -311,6 +322,13 @@ def test_slow_connections_cannot_lock_out_a_fresh_one(served: Served) -> None:
     try:
         answer = served.get("/healthz")
         assert answer is not None and answer.startswith(b"HTTP/1.1 200")
+        # 20 idle and the fresh one against a cap of 8: at least 13 of the idle were closed,
+        # evicted (or, on a machine slow enough to take a second here, timed out first).
+        closed = sum(
+            served.metric(f'nitro_attest_connections_closed_total{{reason="{reason}"}}')
+            for reason in ("evicted", "head_timeout")
+        )
+        assert closed >= 13
     finally:
         for sock in idle:
             sock.close()

@@ -3,16 +3,19 @@
 Each attack runs on loopback against a service subprocess whose descriptor limit is 1,024
 (`RLIMIT_NOFILE`, as on a default Linux shell), bounded in connections, bytes and time. Per
 attack it prints the server's peak resident memory during the attack (`VmHWM`, reset before
-each attack through `/proc/PID/clear_refs`), whether fresh `GET /healthz` probes, sent every
-2 seconds while the attack holds its connections, were all answered within 1 s, and what the
-attacker saw (status line, connections the server closed).
+each attack through `/proc/PID/clear_refs`, summed over the server's processes), whether fresh
+`GET /healthz` probes, sent every 2 seconds while the attack holds its connections, were all
+answered within 1 s, and what the attacker saw (status line, connections the server closed).
 
 Server modes, to compare the choices (`--mode`, repeatable):
 
 - `serve` (default): `nitro-attest serve`, i.e. the shipped settings (docs/deployment.md);
 - `uvicorn-default`: the app under `uvicorn.run` with uvicorn's defaults (httptools parser, no
   limits), how `nitro-attest serve` ran before;
-- `uvicorn-h11`: uvicorn's defaults with the h11 parser (16 KiB head limit), nothing else.
+- `uvicorn-h11`: uvicorn's defaults with the h11 parser (16 KiB head limit), nothing else;
+- `hypercorn` (h11, 10 s per-read timeout) and `granian` (Rust, hyper; 10 s header read
+  timeout), each with a backlog of 128: not dependencies of this project; run the bench with
+  an interpreter that has them (`pip install hypercorn granian` in another virtualenv).
 
 Run: `.venv/bin/python bench/hostile.py` (all attacks, `serve` mode), `--mode uvicorn-default
 --mode serve` to compare, `--attack slowloris-idle` for one, `--write-docs` to replace the
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import re
 import resource
 import socket
@@ -47,7 +51,7 @@ SERVER_NOFILE = 1024
 SLOW_CONNECTIONS = 1100
 PROBE_EVERY = 2.0
 PROBE_TIMEOUT = 1.0
-MODES = ("serve", "uvicorn-default", "uvicorn-h11")
+MODES = ("serve", "uvicorn-default", "uvicorn-h11", "hypercorn", "granian")
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -70,8 +74,17 @@ class Server:
     def __init__(self, mode: str, config: Path, log: Path) -> None:
         self.port = _free_port()
         listen = f"127.0.0.1:{self.port}"
+        # hypercorn and granian load `hostile_app:app` (written next to the config by `_config`).
+        factory = "hostile_app:app"
         if mode == "serve":
             argv = ["-m", "attestation.service", "--config", str(config), "--listen", listen]
+        elif mode == "hypercorn":  # h11 (16 KiB incomplete-head limit), per-read timeout
+            argv = ["-m", "hypercorn", "--bind", listen, "--read-timeout", "10"]
+            argv += ["--keep-alive", "5", "--backlog", "128", factory]
+        elif mode == "granian":  # Rust (hyper): header read timeout, buffer limit
+            argv = ["-m", "granian", "--interface", "asgi", "--host", "127.0.0.1"]
+            argv += ["--port", str(self.port), "--http1-header-read-timeout"]
+            argv += ["10000", "--backlog", "128", "--workers", "1", factory]
         else:
             argv = [__file__, "--run-uvicorn", mode, str(config), str(self.port)]
         self._log = log.open("wb")
@@ -80,21 +93,49 @@ class Server:
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=self._log,
-            preexec_fn=_limit_fds,  # no threads in this process yet
+            preexec_fn=_limit_fds,
+            # no threads in this process yet (preexec_fn)
+            env={
+                **os.environ,
+                "NITRO_ATTEST_SERVICE_CONFIG": str(config),
+                "PYTHONPATH": os.pathsep.join([str(REPO), str(config.parent)]),
+            },
         )
         deadline = time.monotonic() + 30
         while asyncio.run(probe(self.port, timeout=1.0)) is None:
             if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(f"service did not start; see {log}")
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"service did not start:\n{tail}")
             time.sleep(0.2)
 
+    def _pids(self) -> list[int]:
+        """The server and its descendants (hypercorn and granian serve from child processes)."""
+        parents: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(stat.parent.name)] = int(fields[1])
+        tree = [self.process.pid]
+        for pid in tree:
+            tree.extend(child for child, parent in parents.items() if parent == pid)
+        return tree
+
     def _status(self, key: str) -> int:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        match = re.search(rf"^{key}:\s+(\d+) kB", status, re.MULTILINE)
-        return int(match.group(1)) if match else 0
+        """`key` (kB) summed over the server's processes."""
+        total = 0
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{pid}/status").read_text()
+                match = re.search(rf"^{key}:\s+(\d+) kB", status, re.MULTILINE)
+                total += int(match.group(1)) if match else 0
+        return total
 
     def reset_peak(self) -> None:
-        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
 
     def peak_mib(self) -> float:
         return self._status("VmHWM") / 1024
@@ -230,8 +271,10 @@ async def _open_many(port: int, count: int) -> list[Connection]:
     connections = []
     for _ in range(count):
         try:
-            connections.append(await asyncio.open_connection("127.0.0.1", port))
-        except OSError:
+            # A server that stops accepting lets the kernel queue fill; then connect() waits.
+            connection = asyncio.open_connection("127.0.0.1", port)
+            connections.append(await asyncio.wait_for(connection, timeout=2))
+        except (OSError, TimeoutError):
             break
     return connections
 
@@ -360,19 +403,28 @@ def run_attack(server: Server, mode: str, name: str, seconds: float) -> Result:
 
 _SERVERS = (
     "Servers: `uvicorn-default` is how `nitro-attest serve` ran before (uvicorn's defaults, "
-    "httptools parser), `uvicorn-h11` the same with uvicorn's h11 parser and nothing else, "
-    "`serve` the shipped `nitro-attest serve` (h11 plus the service's deadlines and "
-    'connection cap, docs/deployment.md "Hostile clients"). The app is the same in every row,'
-    " including its 431 for complete heads over 16 KiB or 100 headers; what differs is the "
-    "server. The h11 parser alone bounds the heads (an incomplete head over 16 KiB: 400 and "
-    "close, before more is buffered) and pipelining (it stops reading while answers are "
-    "unread); only the deadlines and the cap, which evicts the longest-waiting slow "
-    "connection when full, keep slowloris connections from holding all descriptors. For the "
-    'oversized heads, "no answer" means the server answered 400 and closed while the attacker'
-    " was still sending, so the attacker's kernel discarded the answer on the reset (the "
-    "tests check the answer with heads that fit in one write). The trickled bodies were held "
-    "15 s, less than the 30 s body deadline: those connections were still open, and a fresh "
-    "request was still answered, because the cap had closed the oldest ones."
+    "httptools parser); `uvicorn-h11` the same with uvicorn's h11 parser and nothing else; "
+    "`hypercorn` (h11, `--read-timeout 10`, a timeout per read) and `granian` (hyper, in "
+    "Rust, `--http1-header-read-timeout 10000`), each with a backlog of 128, the other "
+    "servers measured and not chosen (not dependencies: run the bench with an interpreter "
+    "that has them; this table came from a virtualenv with the same packages as `.venv` plus "
+    "hypercorn 0.18.0 and granian 2.8.9); `serve` the shipped `nitro-attest serve` (h11 plus "
+    'the service\'s deadlines and connection cap, docs/deployment.md "Hostile clients"). Peak '
+    "RSS is summed over the server's processes (hypercorn and granian serve from child "
+    "processes). The app is the same in every row, including its 431 for complete heads over "
+    "16 KiB or 100 headers; what differs is the server. Every server but httptools bounds the"
+    " heads, and none but httptools grows with pipelining. None of the others keeps a fresh "
+    "request answered while 1,100 slow connections are held: uvicorn and hypercorn run out of"
+    " descriptors (hypercorn's per-read timeout closes idle and trickling heads after 10 s, "
+    "but a body trickled a byte a second resets it every time), and granian stops accepting "
+    "past its backpressure limit (backlog / workers, 128), so the kernel queue fills and new "
+    "connections wait. Only `serve`'s deadlines and its cap, which evicts the longest-waiting"
+    ' slow connection when full, do. For the oversized heads, "no answer" means the server '
+    "answered 400 and closed while the attacker was still sending, so the attacker's kernel "
+    "discarded the answer on the reset (the tests check the answer with heads that fit in one"
+    " write). The trickled bodies were held 15 s, less than the 30 s body deadline: under "
+    "`serve` those connections were still open, and a fresh request was still answered, "
+    "because the cap had closed the oldest ones."
 )
 
 
@@ -407,6 +459,9 @@ def _config(work: Path) -> Path:
     config.write_text(
         '[service]\naccess_log = false\n[policies.bench]\npcrs = { 0 = "' + "ab" * 48 + '" }\n'
     )
+    (work / "hostile_app.py").write_text(
+        "from attestation.service import app_from_environment\napp = app_from_environment()\n"
+    )
     return config
 
 
@@ -420,7 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     # The attacker side needs more than 1,100 descriptors.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
-    command = ".venv/bin/python bench/hostile.py" + "".join(
+    python = ".venv/bin/python"
+    if {"hypercorn", "granian"} & set(args.mode or ()):
+        python = "python"  # another virtualenv: the project, hypercorn and granian
+    command = f"{python} bench/hostile.py" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:])
     )
     results = []

@@ -20,6 +20,7 @@ from typing import Any
 
 from cryptography import x509
 
+from attestation._chain import load_certificate
 from attestation._output import certificate_json, hex_or_none, iso_time
 from attestation.document import AttestationDocument
 from attestation.errors import AttestationError, MalformedDocument
@@ -149,7 +150,8 @@ def _decode_input(data: bytes) -> bytes:
     Anything else is refused here with `document.encoding`: parsing it as CBOR would only
     report some CBOR detail about bytes that were never meant to be a document.
     """
-    if data[:1] in (b"\x84", b"\x9f", b"\xd2"):
+    # An envelope array, or a tag (18, in any head form) around it.
+    if data[:1] in (b"\x84", b"\x9f", b"\xd2", b"\xd8", b"\xd9", b"\xda", b"\xdb"):
         return data
     text = b"".join(data.split())
     if text and len(text) % 2 == 0 and _HEX.match(text):
@@ -171,9 +173,9 @@ def _cert_rows(certs: Sequence[x509.Certificate]) -> list[dict[str, str]]:
 
 def _load_certs(ders: Sequence[bytes]) -> list[x509.Certificate] | str:
     try:
-        return [x509.load_der_x509_certificate(d) for d in ders]
-    except ValueError as exc:
-        return f"unparseable certificate: {exc}"
+        return [load_certificate(d, "certificate") for d in ders]
+    except AttestationError as exc:
+        return f"unparseable {exc.reason}"
 
 
 _opt_hex = hex_or_none

@@ -39,11 +39,21 @@ def hex_or_none(value: bytes | None) -> str | None:
     return None if value is None else value.hex()
 
 
+def _name(cert: x509.Certificate, which: str) -> str:
+    # A crafted certificate's name may not decode (bad UTF-8, an 8-bit TeletexString...): the
+    # output says so instead of failing (such a chain never verifies; inspect still shows it).
+    try:
+        name: x509.Name = getattr(cert, which)
+        return name.rfc4514_string()
+    except (ValueError, TypeError, UnicodeError):
+        return f"<undecodable {which}>"
+
+
 def certificate_json(cert: x509.Certificate) -> dict[str, str]:
     """A certificate as the result shape lists it (subject and issuer in RFC 4514 form)."""
     return {
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
+        "subject": _name(cert, "subject"),
+        "issuer": _name(cert, "issuer"),
         "serial": format(cert.serial_number, "x"),
         "not_before": iso_time(cert.not_valid_before_utc),
         "not_after": iso_time(cert.not_valid_after_utc),

@@ -6,7 +6,9 @@ verifier both depend on this module and not on each other).
 
 Envelope (RFC 9052 COSE_Sign1; AWS `attestation_process.md` §3.1, User Guide "COSE and CBOR"):
 
-- optionally wrapped in tag 18 (AWS shows it tagged; no real document is), an array of exactly 4;
+- optionally wrapped in tag 18 (AWS shows it tagged; no real document is), an array of exactly 4.
+  The tag's head may take any length form (`d2`, `d8 12`, `d9 00 12`, ...), like every other
+  head (`_cbor`); any other tag, or a second tag, is refused;
 - protected header: a byte string whose content decodes to exactly `{1: -35}` (alg ES384), no
   other label (so no `crit` either); its bytes are kept as received for the signature;
 - unprotected header: must be the **empty** map. AWS always sends `{}`; it is not signed, so
@@ -29,7 +31,8 @@ this module chooses:
   the epoch, any integer length form), `pcrs` (1..32 entries, index 0..31, value 32/48/64 bytes),
   `certificate` (1..1024 bytes), `cabundle` (1+ byte strings of 1..1024 bytes each).
 - a payload with `nitrotpm_pcrs` instead of `pcrs` is a NitroTPM (EC2 instance) document: it parses
-  as `kind == "nitrotpm"` so that the enclave verifier can refuse it with `document.nitrotpm`.
+  as `kind == "nitrotpm"` so that the enclave verifier can refuse it with `document.nitrotpm`. A
+  payload with both keys (whatever their values, `null` included) is refused.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from typing import Any, Literal
 
 from cryptography import x509
 
-from attestation._cbor import CborError, decode
+from attestation._cbor import CborError, decode, tag_head
 from attestation._cose_writer import sig_structure
 from attestation._output import certificate_json, hex_or_none, iso_time
 from attestation.errors import MalformedDocument
@@ -72,7 +75,7 @@ MAX_PCRS = 32
 PCR_SIZES = frozenset({32, 48, 64})
 _PCR_INDICES = frozenset(range(MAX_PCRS))
 # RFC 9052: tag 18 is COSE_Sign1; label 1 is alg, -35 is ES384.
-_COSE_SIGN1_TAG = 0xD2
+_COSE_SIGN1_TAG = 18
 _PROTECTED_ES384 = {1: -35}
 _PROTECTED_ES384_BYTES = b"\xa1\x01\x38\x22"  # {1: -35}, shortest form
 # P-384 ECDSA in COSE form: r || s, 48 bytes each (RFC 9053 §2.1).
@@ -151,11 +154,13 @@ class AttestationDocument:
         data = bytes(data)
         if not data or len(data) > MAX_DOCUMENT_SIZE:
             raise _malformed("document.size", f"document is {len(data)} bytes")
-        tagged = data[0] == _COSE_SIGN1_TAG
-        body = data[1:] if tagged else data
-        if body and body[0] >> 5 == 6:
-            raise _malformed("envelope.tag", "only tag 18 (COSE_Sign1) may wrap the envelope")
         try:
+            # Tag 18 in any head form (`d2`, `d8 12`, ...): the decoder's rule for every head.
+            tag, start = tag_head(data)
+            tagged = tag == _COSE_SIGN1_TAG
+            body = data[start:]
+            if (tag is not None and not tagged) or tag_head(body)[0] is not None:
+                raise _malformed("envelope.tag", "only tag 18 (COSE_Sign1) may wrap the envelope")
             envelope = decode(body)
         except CborError as exc:
             raise _malformed(exc.code, f"not an attestation document: envelope: {exc}") from exc
@@ -237,7 +242,9 @@ class AttestationDocument:
         tpm_pcrs = fields.get("nitrotpm_pcrs")
         enclave_pcrs = fields.get("pcrs")
         kind: DocumentKind
-        if enclave_pcrs is not None and tpm_pcrs is not None:
+        # The key decides the kind, whatever its value: an enclave document that also names
+        # `nitrotpm_pcrs` (even as null) is neither kind and is refused.
+        if "pcrs" in fields and "nitrotpm_pcrs" in fields:
             raise _malformed("payload.unknown-field", "both pcrs and nitrotpm_pcrs present")
         if enclave_pcrs is not None:
             kind, pcrs = "nitro-enclave", _pcrs(enclave_pcrs, "pcrs")

@@ -39,7 +39,7 @@ from attestation.service._config import (
 from attestation.service._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from attestation.service._metrics import Registry
 from attestation.service._openapi import openapi_schema
-from attestation.service._wire import CBOR, JSON, MAX_NONCE_BYTES
+from attestation.service._wire import CBOR, JSON, MAX_HEAD_BYTES, MAX_HEADERS, MAX_NONCE_BYTES
 from attestation.verifier import Verifier
 from nsm_attestation_cli import error_json
 
@@ -102,6 +102,10 @@ def _error_body(code: str, reason: str, **context: object) -> bytes:
 
 def _dumps(body: Mapping[str, object]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _json(
@@ -192,6 +196,7 @@ class _Service:
         try:
             status, body = await self._answer(scope, receive, state)
         except _Disconnected:
+            state["disconnected"] = True  # nothing to answer; `_Observe` counts it apart
             return
         await send(
             {
@@ -305,8 +310,10 @@ class _Service:
     @staticmethod
     def _json_fields(body: bytes) -> tuple[str, bytes, str | None, str | None]:
         try:
-            fields = json.loads(body)
-        except (ValueError, RecursionError) as exc:
+            # Strict JSON (RFC 8259): UTF-8 only (json.loads would guess UTF-16/32 from bytes),
+            # no NaN/Infinity literals (Python's extension), no byte order mark.
+            fields = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise _RequestError(400, "request.json", "the body is not valid UTF-8 JSON") from exc
         if not isinstance(fields, dict):
             raise _RequestError(400, "request.json", "the body must be a JSON object")
@@ -386,6 +393,42 @@ class _VerifyEndpoint:
         await self.service.verify(scope, receive, send)
 
 
+class _HeadLimits:
+    """431 for a head over `MAX_HEAD_BYTES` or `MAX_HEADERS`, whatever the server let through.
+
+    `nitro-attest serve`'s parser bounds what an incomplete head can make it buffer; this
+    bounds the complete ones, and holds under any ASGI server.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
+            size += sum(len(name) + len(value) + 4 for name, value in headers)
+            if len(headers) > MAX_HEADERS or size > MAX_HEAD_BYTES:
+                state = scope.setdefault("nitro_attest", {})
+                state["code"] = "request.head-too-large"
+                reason = f"request head over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} headers"
+                body = _dumps({"code": state["code"], "reason": reason})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 431,
+                        "headers": [
+                            (b"content-type", _JSON_BYTES),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
 class _Observe:
     """Outermost ASGI layer: request metrics and a structured access log line per request.
 
@@ -395,6 +438,7 @@ class _Observe:
 
     def __init__(self, app: ASGIApp, *, registry: Registry, access_log: bool) -> None:
         self.app = app
+        self.registry = registry  # the server adds its connection series (`_server.serve`)
         self.access_log = access_log
         self.requests = registry.counter(
             "nitro_attest_requests_total", "HTTP requests by route, status, outcome and error code."
@@ -427,6 +471,10 @@ class _Observe:
         route = path if path in _ROUTES else "other"
         state: dict[str, Any] = scope.get("nitro_attest", {})
         code = state.get("code", "")
+        if state.get("disconnected"):
+            # The client left before its body was complete: nothing was answered, nothing
+            # failed. nginx's 499 ("client closed request") labels it in metrics and the log.
+            status = _CLIENT_CLOSED
         outcome = _outcome(status, verify=route == "/v1/verify")
         self.requests.inc(
             (("route", route), ("status", str(status)), ("outcome", outcome), ("code", code))
@@ -469,11 +517,14 @@ def _access_line(
     )
 
 
+_CLIENT_CLOSED = 499
 _OUTCOMES = {
+    _CLIENT_CLOSED: "client_disconnected",
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
     413: "too_large",
+    431: "head_too_large",
     415: "unsupported_media_type",
     422: "rejected",
 }
@@ -530,7 +581,10 @@ def create_app(
         ],
         exception_handlers={HTTPException: _http_error},
     )
-    return _Observe(app, registry=registry, access_log=config.access_log)
+    # Starlette would answer `/v1/verify/` with a 307 whose Location is built from the
+    # client's Host header; no redirect is built from client input: 404 instead.
+    app.router.redirect_slashes = False
+    return _Observe(_HeadLimits(app), registry=registry, access_log=config.access_log)
 
 
 def configure_logging() -> None:
@@ -549,9 +603,9 @@ def configure_logging() -> None:
 def app_from_environment() -> ASGIApp:
     """An app from the config file named by `$NITRO_ATTEST_SERVICE_CONFIG`, for ASGI servers.
 
-    For several workers under one uvicorn (each worker has its own chain cache):
-    `NITRO_ATTEST_SERVICE_CONFIG=/etc/nitro-attest/service.toml uvicorn --factory
-    attestation.service:app_from_environment --workers 4 --no-access-log`.
+    For another ASGI server, one process per port: forked workers sharing a port would each
+    keep their own metrics, and scrapes would see counters go backwards. The connection bounds
+    (deadlines, connection cap) are `nitro-attest serve`'s, not the app's (docs/deployment.md).
     """
     path = os.environ.get(CONFIG_ENV)
     if not path:

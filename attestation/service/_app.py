@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -21,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from attestation._chain import DEFAULT_CACHE_SIZE
 from attestation._output import certificate_json
@@ -38,8 +37,9 @@ from attestation.service._config import (
 )
 from attestation.service._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from attestation.service._metrics import Registry
+from attestation.service._middleware import HeadLimits, Observe, access_log
 from attestation.service._openapi import openapi_schema
-from attestation.service._wire import CBOR, JSON, MAX_HEAD_BYTES, MAX_HEADERS, MAX_NONCE_BYTES
+from attestation.service._wire import CBOR, JSON, MAX_NONCE_BYTES
 from attestation.verifier import Verifier
 from nsm_attestation_cli import error_json
 
@@ -55,11 +55,7 @@ _RFC3339 = re.compile(
 )
 _QUERY_KEYS = frozenset({"policy", "nonce", "at"})
 _JSON_KEYS = frozenset({"document", "policy", "nonce", "at"})
-# Routes with their own metrics label; anything else is "other", so that scanners probing random
-# paths cannot grow the label set without bound.
-_ROUTES = ("/v1/verify", "/healthz", "/metrics", "/openapi.json")
 
-_access_log = logging.getLogger("attestation.service.access")
 _log = logging.getLogger("attestation.service")
 
 
@@ -196,7 +192,7 @@ class _Service:
         try:
             status, body = await self._answer(scope, receive, state)
         except _Disconnected:
-            state["disconnected"] = True  # nothing to answer; `_Observe` counts it apart
+            state["disconnected"] = True  # nothing to answer; `Observe` counts it apart
             return
         await send(
             {
@@ -393,149 +389,6 @@ class _VerifyEndpoint:
         await self.service.verify(scope, receive, send)
 
 
-class _HeadLimits:
-    """431 for a head over `MAX_HEAD_BYTES` or `MAX_HEADERS`, whatever the server let through.
-
-    `nitro-attest serve`'s parser bounds what an incomplete head can make it buffer; this
-    bounds the complete ones, and holds under any ASGI server.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = scope["headers"]
-            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
-            size += sum(len(name) + len(value) + 4 for name, value in headers)
-            if len(headers) > MAX_HEADERS or size > MAX_HEAD_BYTES:
-                state = scope.setdefault("nitro_attest", {})
-                state["code"] = "request.head-too-large"
-                reason = f"request head over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} headers"
-                body = _dumps({"code": state["code"], "reason": reason})
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 431,
-                        "headers": [
-                            (b"content-type", _JSON_BYTES),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
-
-
-class _Observe:
-    """Outermost ASGI layer: request metrics and a structured access log line per request.
-
-    It records what the handler concluded (outcome, error code, policy name), sizes and
-    timings; never a body, a query string (it may carry a nonce) or a header value.
-    """
-
-    def __init__(self, app: ASGIApp, *, registry: Registry, access_log: bool) -> None:
-        self.app = app
-        self.registry = registry  # the server adds its connection series (`_server.serve`)
-        self.access_log = access_log
-        self.requests = registry.counter(
-            "nitro_attest_requests_total", "HTTP requests by route, status, outcome and error code."
-        )
-        self.latency = registry.histogram(
-            "nitro_attest_verify_duration_seconds",
-            "Time to answer POST /v1/verify (reading the body included), in seconds.",
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def observe_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, observe_send)
-        finally:
-            self._record(scope, status, time.perf_counter() - start)
-
-    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
-        path: str = scope.get("path", "")
-        route = path if path in _ROUTES else "other"
-        state: dict[str, Any] = scope.get("nitro_attest", {})
-        code = state.get("code", "")
-        if state.get("disconnected"):
-            # The client left before its body was complete: nothing was answered, nothing
-            # failed. nginx's 499 ("client closed request") labels it in metrics and the log.
-            status = _CLIENT_CLOSED
-        outcome = _outcome(status, verify=route == "/v1/verify")
-        self.requests.inc(
-            (("route", route), ("status", str(status)), ("outcome", outcome), ("code", code))
-        )
-        if route == "/v1/verify":
-            self.latency.observe(elapsed)
-        if self.access_log and _access_log.isEnabledFor(logging.INFO):
-            _access_log.info(_access_line(scope, route, status, outcome, code, state, elapsed))
-
-
-def _quoted(value: str | None) -> str:
-    return f'"{value}"' if value else "null"
-
-
-def _access_line(
-    scope: Scope,
-    route: str,
-    status: int,
-    outcome: str,
-    code: str,
-    state: Mapping[str, Any],
-    elapsed: float,
-) -> str:
-    # Built by hand: json.dumps of a dict cost more than the rest of the service's overhead.
-    # Every value is a number, a literal above, a library/service error code, or a policy name
-    # from the validated config; client address and method come from the server and are quoted
-    # with json.dumps. `policy` is only set for configured names, so a client cannot inject one.
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-    client = scope.get("client")
-    policy = state.get("policy")
-    size = state.get("bytes")
-    return (
-        f'{{"ts":"{stamp}.{int(now % 1 * 1000):03d}Z",'
-        f'"client":{json.dumps(client[0]) if client else "null"},'
-        f'"method":{json.dumps(scope.get("method"))},"path":"{route}","status":{status},'
-        f'"outcome":"{outcome}","code":{_quoted(code)},"policy":{_quoted(policy)},'
-        f'"body_bytes":{size if size is not None else "null"},'
-        f'"duration_ms":{elapsed * 1000:.3f}}}'
-    )
-
-
-_CLIENT_CLOSED = 499
-_OUTCOMES = {
-    _CLIENT_CLOSED: "client_disconnected",
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "too_large",
-    431: "head_too_large",
-    415: "unsupported_media_type",
-    422: "rejected",
-}
-
-
-def _outcome(status: int, *, verify: bool) -> str:
-    if status == 200:
-        return "verified" if verify else "ok"
-    return _OUTCOMES.get(status, "error" if status >= 500 else "other")
-
-
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "request.not-found", 405: "request.method"}.get(exc.status_code, "request.http")
@@ -584,17 +437,17 @@ def create_app(
     # Starlette would answer `/v1/verify/` with a 307 whose Location is built from the
     # client's Host header; no redirect is built from client input: 404 instead.
     app.router.redirect_slashes = False
-    return _Observe(_HeadLimits(app), registry=registry, access_log=config.access_log)
+    return Observe(HeadLimits(app), registry=registry, access_log=config.access_log)
 
 
 def configure_logging() -> None:
     """Access log lines (already JSON) go to stderr as they are; other records get a prefix."""
-    if not _access_log.handlers:  # once per process, however many apps are made
+    if not access_log.handlers:  # once per process, however many apps are made
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        _access_log.addHandler(handler)
-    _access_log.setLevel(logging.INFO)
-    _access_log.propagate = False
+        access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -29,6 +29,7 @@ from attestation.service import ConfigError, _app, create_app, parse_config
 from attestation.service._server import connection_budget
 from attestation.testing import DocumentFactory, default_pcrs
 from tests.attestation.test_chain_property import AT, signed_document
+from tests.output_contract import check_error
 
 REPO = Path(__file__).resolve().parents[2]
 CBOR = {"content-type": "application/cbor"}
@@ -93,6 +94,15 @@ def test_no_redirect_built_from_the_host_header(client: TestClient, path: str) -
 def test_json_is_strict(client: TestClient, body: bytes) -> None:
     response = client.post("/v1/verify", content=body, headers={"content-type": "application/json"})
     assert (response.status_code, response.json()["error"]["code"]) == (400, "request.json")
+
+
+def test_too_many_headers_get_431_in_the_error_shape(client: TestClient) -> None:
+    # Whatever server runs the app: the app's own bound answers in the one error shape.
+    headers = {f"x-filler-{i}": "1" for i in range(150)}
+    response = client.get("/healthz", headers=headers)
+    assert response.status_code == 431
+    error = check_error(response.json(), "request.head-too-large")
+    assert error["hint"]
 
 
 def test_pcr_sets_with_allow_debug(client: TestClient) -> None:

@@ -132,7 +132,7 @@ def real_cases() -> list[Case]:
                 expected_code="chain.expired",
             )
         )
-        wrong = dict(policy.pcrs)
+        wrong = dict(policy.pcr_sets[0])  # own_policy gives one set
         wrong[2] = bytes(b ^ 1 for b in wrong[2])
         cases.append(
             _real_case(

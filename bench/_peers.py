@@ -109,6 +109,8 @@ class Epsilon:
         logging.getLogger("epsilon_verifier").setLevel(logging.CRITICAL)
 
     def applicable(self, job: dict[str, Any]) -> str | None:
+        if isinstance(job["policy"]["pcrs"], list):
+            return "takes one expected PCR0/1/2, not alternative PCR sets"
         return None
 
     def run(self, job: dict[str, Any], b64: str) -> Any:

@@ -62,15 +62,21 @@ def _unhex(value: object) -> bytes | None:
     return None if value is None else bytes.fromhex(str(value))
 
 
+def _pcr_set(data: Mapping[str, str]) -> dict[int, bytes]:
+    return {int(index): bytes.fromhex(value) for index, value in data.items()}
+
+
 @dataclass(frozen=True)
 class PolicySpec:
     """A policy as data: what `Policy(...)` takes, in a form any language can read.
 
-    `None` means "not checked" for `nonce`, `user_data`, `public_key` and `max_age`; an empty
-    byte string is an expected empty value, which a null or absent field never matches.
+    `pcrs` is one PCR set (index -> value), or a tuple of sets of which any one may match
+    (`Policy(pcrs=[...])`; `pcr_sets` gives either form as a tuple). `None` means "not checked"
+    for `nonce`, `user_data`, `public_key` and `max_age`; an empty byte string is an expected
+    empty value, which a null or absent field never matches.
     """
 
-    pcrs: Mapping[int, bytes]
+    pcrs: Mapping[int, bytes] | tuple[Mapping[int, bytes], ...]
     nonce: bytes | None = None
     max_age: timedelta | None = DEFAULT_MAX_AGE
     allow_debug: bool = False
@@ -81,8 +87,9 @@ class PolicySpec:
     def from_json(cls, data: Mapping[str, Any]) -> PolicySpec:
         """The manifest's `policy` object (see vectors/README.md)."""
         max_age_ms = data["max_age_ms"]
+        pcrs = data["pcrs"]
         return cls(
-            pcrs={int(index): bytes.fromhex(value) for index, value in data["pcrs"].items()},
+            pcrs=tuple(_pcr_set(s) for s in pcrs) if isinstance(pcrs, list) else _pcr_set(pcrs),
             nonce=_unhex(data["nonce"]),
             max_age=None if max_age_ms is None else timedelta(milliseconds=max_age_ms),
             allow_debug=bool(data["allow_debug"]),
@@ -92,8 +99,9 @@ class PolicySpec:
 
     def to_json(self) -> dict[str, object]:
         """The manifest's `policy` object, keys in the manifest's order."""
+        sets = [{str(i): v.hex() for i, v in sorted(s.items())} for s in self.pcr_sets]
         return {
-            "pcrs": {str(index): value.hex() for index, value in sorted(self.pcrs.items())},
+            "pcrs": sets if isinstance(self.pcrs, tuple) else sets[0],
             "nonce": _hex(self.nonce),
             "max_age_ms": None if self.max_age is None else self.max_age // _MS,
             "allow_debug": self.allow_debug,
@@ -101,10 +109,16 @@ class PolicySpec:
             "public_key": _hex(self.public_key),
         }
 
+    @property
+    def pcr_sets(self) -> tuple[Mapping[int, bytes], ...]:
+        """The PCR sets, any one of which may match (one set is a tuple of one)."""
+        return self.pcrs if isinstance(self.pcrs, tuple) else (self.pcrs,)
+
     def build(self) -> Policy:
         """The `attestation.Policy` this spec describes."""
+        sets = [dict(s) for s in self.pcr_sets]
         return Policy(
-            pcrs=dict(self.pcrs),
+            pcrs=sets if isinstance(self.pcrs, tuple) else sets[0],
             nonce=self.nonce,
             max_age=self.max_age,
             allow_debug=self.allow_debug,

@@ -5,7 +5,8 @@ this file generates chains instead (names in every string encoding, broken ones 
 extensions; validity windows; key types and signature hashes) and checks the same property on
 each: if the fast path accepts, the engine accepts the same path. Names are written as raw DER
 (cryptography's builder cannot write an invalid UTF8String), so each certificate is built with
-a placeholder name, then its TBS is patched and signed again.
+a placeholder name, then its subject and issuer are replaced and the TBS signed again (the
+corpus's `resign`, which also builds the corpus's undecodable-name cases from `BAD_NAMES`).
 """
 
 from __future__ import annotations
@@ -27,59 +28,10 @@ from attestation import ChainError
 from attestation._chain import ChainValidator, VerifiedChain
 from attestation.builder import derive_key, encode_payload, key_usage, sign_payload
 from tests.attestation.test_chain_crosscheck import _agree, _both
+from vectors.cases._world import BAD_NAMES, GOOD_NAMES, raw_name, resign
 
 AT = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 _SEED = 1010
-_CN = bytes.fromhex("0603550403")  # OID 2.5.4.3 commonName, DER
-
-# --- raw DER ------------------------------------------------------------------------------
-
-
-def _der(tag: int, content: bytes) -> bytes:
-    size = len(content)
-    if size < 0x80:
-        return bytes((tag, size)) + content
-    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(length))) + length + content
-
-
-def _children(der: bytes) -> list[bytes]:
-    """The DER elements inside the SEQUENCE `der`, each with its own tag and length."""
-    out = []
-    pos = 2 + (der[1] & 0x7F if der[1] & 0x80 else 0)
-    while pos < len(der):
-        head = 2
-        size = der[pos + 1]
-        if size & 0x80:
-            head += size & 0x7F
-            size = int.from_bytes(der[pos + 2 : pos + head], "big")
-        out.append(der[pos : pos + head + size])
-        pos += head + size
-    return out
-
-
-def raw_name(tag: int, value: bytes) -> bytes:
-    """A Name of one RDN: commonName with a value of any tag and content (DER)."""
-    return _der(0x30, _der(0x31, _der(0x30, _CN + _der(tag, value))))
-
-
-#: Names the engine decodes, and names it refuses to decode (the fast path must decline them).
-GOOD_NAMES = {
-    "utf8": raw_name(0x0C, "Nitro CA é".encode()),
-    "printable": raw_name(0x13, b"Nitro CA"),
-    "ia5": raw_name(0x16, b"nitro@ca"),
-    "teletex-7bit": raw_name(0x14, b"Nitro CA"),
-    "bmp": raw_name(0x1E, "Nitro".encode("utf-16-be")),
-}
-BAD_NAMES = {
-    "utf8-invalid": raw_name(0x0C, b"Nitro \xff CA"),
-    "utf8-overlong": raw_name(0x0C, b"Nitro \xc0\xaf CA"),
-    "utf8-lone-surrogate": raw_name(0x0C, b"Nitro \xed\xa0\x80 CA"),
-    "utf8-truncated": raw_name(0x0C, b"Nitro \xe2\x82"),
-    "teletex-8bit": raw_name(0x14, b"Nitro \xe9t\xe9"),
-    "sequence-value": raw_name(0x30, _der(0x02, b"\x01")),
-    "bmp-lone-surrogate": raw_name(0x1E, b"\xd8\x00\x00a"),
-}
 
 
 @dataclass(frozen=True)
@@ -99,25 +51,18 @@ class Spec:
     hash: hashes.SHA256 | hashes.SHA384
 
 
-_PLACEHOLDER = "placeholder-{:02d}"
-
-
-def _placeholder(index: int) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _PLACEHOLDER.format(index))])
+#: Subject and issuer of the draft; `resign` replaces both.
+_PLACEHOLDER = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "placeholder")])
 
 
 def _issue(
-    spec: Spec,
-    index: int,
-    issuer_name: bytes,
-    issuer_index: int,
-    issuer_key: ec.EllipticCurvePrivateKey,
+    spec: Spec, index: int, issuer_name: bytes, issuer_key: ec.EllipticCurvePrivateKey
 ) -> bytes:
     """`spec` signed by `issuer_key`, with its subject and issuer replaced by raw DER names."""
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_placeholder(index))
-        .issuer_name(_placeholder(issuer_index))
+        .subject_name(_PLACEHOLDER)
+        .issuer_name(_PLACEHOLDER)
         .public_key(spec.key.public_key())
         .serial_number(1000 + index)
         .not_valid_before(spec.not_before)
@@ -132,17 +77,13 @@ def _issue(
     for extension, critical in spec.extras:
         builder = builder.add_extension(extension, critical)
     draft = builder.sign(issuer_key, spec.hash, ecdsa_deterministic=True)
-    _, algorithm, _ = _children(draft.public_bytes(Encoding.DER))
-    tbs = draft.tbs_certificate_bytes
-    for placeholder, name in (
-        (_placeholder(index).public_bytes(), spec.name),
-        (_placeholder(issuer_index).public_bytes(), issuer_name),
-    ):
-        assert tbs.count(placeholder) == 1 or index == issuer_index
-        tbs = tbs.replace(placeholder, name)
-    tbs = _der(0x30, b"".join(_children(tbs)))
-    signature = issuer_key.sign(tbs, ec.ECDSA(spec.hash, deterministic_signing=True))
-    return _der(0x30, tbs + algorithm + _der(0x03, b"\x00" + signature))
+    return resign(
+        draft.public_bytes(Encoding.DER),
+        issuer_key,
+        hash_algorithm=spec.hash,
+        subject=spec.name,
+        issuer=issuer_name,
+    )
 
 
 def build_chain(leaf: Spec, cas: list[Spec]) -> tuple[x509.Certificate, bytes, tuple[bytes, ...]]:
@@ -150,13 +91,13 @@ def build_chain(leaf: Spec, cas: list[Spec]) -> tuple[x509.Certificate, bytes, t
     root_spec = cas[-1]
     root_index = len(cas)
     root = x509.load_der_x509_certificate(
-        _issue(root_spec, root_index, root_spec.name, root_index, root_spec.key)
+        _issue(root_spec, root_index, root_spec.name, root_spec.key)
     )
     ders = []
     chain = [leaf, *cas]
     for index, spec in enumerate(chain[:-1]):
         parent = chain[index + 1]
-        ders.append(_issue(spec, index, parent.name, index + 1, parent.key))
+        ders.append(_issue(spec, index, parent.name, parent.key))
     return root, ders[0], tuple(reversed(ders[1:]))
 
 

@@ -374,8 +374,9 @@ def corpus_clients() -> dict[tuple[Path, ...], TestClient]:
         policy = case.policy_spec
         assert policy.max_age is not None  # _corpus_cases keeps only those
         policies = groups.setdefault(case.root_paths, {})
+        sets = [{str(i): value.hex() for i, value in s.items()} for s in policy.pcr_sets]
         policies[_corpus_policy_name(case)] = {
-            "pcrs": {str(index): value.hex() for index, value in policy.pcrs.items()},
+            **({"pcrs": sets[0]} if len(sets) == 1 else {"pcr_sets": sets}),
             "max_age_seconds": policy.max_age.total_seconds(),
             "allow_debug": policy.allow_debug,
         }

@@ -209,6 +209,89 @@ def padded_to(size: int, make: Callable[[int, int], x509.Certificate]) -> x509.C
     raise RuntimeError(f"cannot pad a certificate to {size} bytes")
 
 
+# --- Raw DER ------------------------------------------------------------------------------------
+# Certificates that cryptography's builder refuses to write (an invalid UTF8String, a negative
+# serial, another X.509 version) are made from a built one: its TBS fields are replaced as raw
+# DER and the TBS is signed again, so the certificate is broken in that one field only.
+
+
+def der_tlv(tag: int, content: bytes) -> bytes:
+    """One DER element: `tag`, the definite length of `content`, `content`."""
+    size = len(content)
+    if size < 0x80:
+        return bytes((tag, size)) + content
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(length))) + length + content
+
+
+def der_children(element: bytes) -> list[bytes]:
+    """The DER elements inside the constructed element `element`, each with its tag and length."""
+    out = []
+    pos = 2 + (element[1] & 0x7F if element[1] & 0x80 else 0)
+    while pos < len(element):
+        head = 2
+        size = element[pos + 1]
+        if size & 0x80:
+            head += size & 0x7F
+            size = int.from_bytes(element[pos + 2 : pos + head], "big")
+        out.append(element[pos : pos + head + size])
+        pos += head + size
+    return out
+
+
+_CN = bytes.fromhex("0603550403")  # OID 2.5.4.3 commonName, DER
+
+
+def raw_name(tag: int, value: bytes) -> bytes:
+    """A Name of one RDN: commonName with a value of any tag and content (DER)."""
+    return der_tlv(0x30, der_tlv(0x31, der_tlv(0x30, _CN + der_tlv(tag, value))))
+
+
+#: Names a verifier can decode, one per string type AWS-like chains might use.
+GOOD_NAMES = {
+    "utf8": raw_name(0x0C, "Nitro CA é".encode()),
+    "printable": raw_name(0x13, b"Nitro CA"),
+    "ia5": raw_name(0x16, b"nitro@ca"),
+    "teletex-7bit": raw_name(0x14, b"Nitro CA"),
+    "bmp": raw_name(0x1E, "Nitro".encode("utf-16-be")),
+}
+#: Names that cannot be decoded: a certificate carrying one is malformed.
+BAD_NAMES = {
+    "utf8-invalid": raw_name(0x0C, b"Nitro \xff CA"),
+    "utf8-overlong": raw_name(0x0C, b"Nitro \xc0\xaf CA"),
+    "utf8-lone-surrogate": raw_name(0x0C, b"Nitro \xed\xa0\x80 CA"),
+    "utf8-truncated": raw_name(0x0C, b"Nitro \xe2\x82"),
+    "teletex-8bit": raw_name(0x14, b"Nitro \xe9t\xe9"),
+    "sequence-value": raw_name(0x30, der_tlv(0x02, b"\x01")),
+    "bmp-lone-surrogate": raw_name(0x1E, b"\xd8\x00\x00a"),
+}
+
+#: TBSCertificate's leading fields in order (RFC 5280 §4.1), the explicit [0] version included.
+TBS_FIELDS = ("version", "serial", "signature", "issuer", "validity", "subject", "spki")
+
+
+def resign(
+    certificate: bytes,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    hash_algorithm: hashes.SHA256 | hashes.SHA384 | None = None,
+    **fields: bytes,
+) -> bytes:
+    """`certificate` (DER) with the named `TBS_FIELDS` replaced by raw DER, signed again by `key`.
+
+    The signature algorithm is kept, so `hash_algorithm` (default SHA-384) must be the one it
+    names.
+    """
+    tbs, algorithm, _ = der_children(certificate)
+    children = der_children(tbs)
+    for name, value in fields.items():
+        children[TBS_FIELDS.index(name)] = value
+    body = der_tlv(0x30, b"".join(children))
+    digest = hash_algorithm or hashes.SHA384()
+    signature = key.sign(body, ec.ECDSA(digest, deterministic_signing=True))
+    return der_tlv(0x30, body + algorithm + der_tlv(0x03, b"\x00" + signature))
+
+
 # --- Documents ----------------------------------------------------------------------------------
 
 

@@ -19,15 +19,18 @@ from attestation import builder
 from vectors.cases import Built, case, variant
 from vectors.cases._world import (
     AT,
+    BAD_NAMES,
     SEED,
     Changes,
     Doc,
     World,
     der,
+    der_tlv,
     filler,
     ms,
     pem,
     reissue,
+    resign,
     rsa_public_key,
     serial,
 )
@@ -424,3 +427,80 @@ def leaf_malformed_der(w: World) -> bytes:
     """certificate holds bytes that are not a DER certificate (the leaf's DER with its first
     byte changed)."""
     return replace(w.base, leaf_der=b"\x31" + w.base.leaf_der[1:]).encode()
+
+
+def _serial_der(label: str) -> bytes:
+    """A fresh positive serial (DER INTEGER), so no re-signed certificate repeats another's."""
+    return der_tlv(0x02, serial(label).to_bytes(16, "big"))
+
+
+#: What each of `BAD_NAMES` holds, for the descriptions.
+_BAD_NAME_WHAT = {
+    "utf8-invalid": "a UTF8String with an 0xff byte",
+    "utf8-overlong": "a UTF8String with an overlong encoding of '/' (c0 af)",
+    "utf8-lone-surrogate": "a UTF8String with an encoded lone surrogate (ed a0 80)",
+    "utf8-truncated": "a UTF8String ending in the middle of a character (e2 82)",
+    "teletex-8bit": "a TeletexString with 8-bit bytes (e9), which have no agreed decoding",
+    "sequence-value": "a SEQUENCE instead of a string",
+    "bmp-lone-surrogate": "a BMPString with a lone surrogate (d800)",
+}
+
+
+@case(
+    "chain.certificate-malformed",
+    variants=[
+        variant(
+            f"{position}-name-{kind}",
+            position=position,
+            kind=kind,
+            where=where,
+            what=_BAD_NAME_WHAT[kind],
+        )
+        for position, where in (
+            ("leaf", "the leaf's subject"),
+            ("instance", "the instance CA's subject (and the leaf's issuer)"),
+        )
+        for kind in BAD_NAMES
+    ],
+)
+def undecodable_name(w: World, *, position: str, kind: str, where: str, what: str) -> bytes:
+    """The commonName of {where} is {what}: the name cannot be decoded, so the certificate is
+    malformed (every certificate re-signed, so nothing else is wrong)."""
+    name = BAD_NAMES[kind]
+    label = f"{position}-name-{kind}"
+    if position == "leaf":
+        leaf = resign(w.leaf.der, w.pki.instance.key, serial=_serial_der(label), subject=name)
+        return replace(w.base, leaf_der=leaf).encode()
+    instance = resign(
+        der(w.pki.instance.certificate),
+        w.pki.zonal.key,
+        serial=_serial_der(f"{label}/ca"),
+        subject=name,
+    )
+    leaf = resign(w.leaf.der, w.pki.instance.key, serial=_serial_der(label), issuer=name)
+    return replace(w.base, leaf_der=leaf, cabundle=(*w.base.cabundle[:3], instance)).encode()
+
+
+@case("chain.certificate-malformed")
+def leaf_serial_negative(w: World) -> bytes:
+    """The leaf's serial number INTEGER starts with 0x80: negative, which RFC 5280 §4.1.2.2
+    forbids (the leaf is re-signed)."""
+    value = b"\x80" + serial("leaf-serial-negative").to_bytes(16, "big")[1:]
+    leaf = resign(w.leaf.der, w.pki.instance.key, serial=der_tlv(0x02, value))
+    return replace(w.base, leaf_der=leaf).encode()
+
+
+@case(
+    "chain.certificate-malformed",
+    variants=[
+        variant("leaf-x509-v2", number=1, what="1 (X.509 v2)"),
+        variant("leaf-x509-version-5", number=5, what="5, which is no X.509 version"),
+    ],
+)
+def leaf_version(w: World, *, number: int, what: str) -> bytes:
+    """The leaf's version number is {what}; only v3 (2) can carry extensions, and the leaf
+    needs them (the leaf is re-signed)."""
+    label = f"leaf-version-{number}"
+    version = der_tlv(0xA0, der_tlv(0x02, bytes((number,))))
+    leaf = resign(w.leaf.der, w.pki.instance.key, serial=_serial_der(label), version=version)
+    return replace(w.base, leaf_der=leaf).encode()

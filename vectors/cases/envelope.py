@@ -68,6 +68,32 @@ def tag_18_twice(w: World) -> bytes:
 
 
 @case(
+    None,
+    variants=[
+        variant(f"tag-18-head-{len(head) // 2}-bytes", head=head)
+        for head in ("d812", "d90012", "da00000012", "db0000000000000012")
+    ],
+)
+def tag_18_head(w: World, *, head: str) -> bytes:
+    """Tag 18 written with the head {head} instead of d2: valid, a CBOR head may use any of its
+    length forms and its argument is read by value."""
+    return bytes.fromhex(head) + w.document
+
+
+@case(
+    "envelope.tag",
+    variants=[
+        variant("tag-19", head="d813", what="d8 13 (tag 19)"),
+        variant("tag-19-head-3-bytes", head="d90013", what="d9 00 13 (tag 19, 3-byte head)"),
+        variant("tag-18-long-head-twice", head="d812d2", what="d8 12 d2 (tag 18 twice)"),
+    ],
+)
+def tag_long_head(w: World, *, head: str, what: str) -> bytes:
+    """Wrapped in {what}: only a single tag 18 may wrap the envelope, whatever its head form."""
+    return bytes.fromhex(head) + w.document
+
+
+@case(
     "envelope.protected-header",
     variants=[
         variant(f"protected-{name}", header=header, what=what)

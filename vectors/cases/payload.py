@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from attestation.builder import Map, Tag, encode, uint64
+from attestation.builder import Map, Raw, Tag, encode, uint64
 from vectors.cases import case, variant
 from vectors.cases._world import (
     INSTANCE_ID,
@@ -69,6 +69,13 @@ def pcrs_and_nitrotpm_pcrs(w: World) -> bytes:
     """Both pcrs and nitrotpm_pcrs: neither an enclave nor a NitroTPM document."""
     tpm = ("nitrotpm_pcrs", Map(tuple(sorted(w.base.pcrs.items()))))
     return w.base.encode(entries=[*w.base.fields(), tpm])
+
+
+@case("payload.unknown-field")
+def nitrotpm_pcrs_null(w: World) -> bytes:
+    """pcrs and a nitrotpm_pcrs key whose value is null: the key alone makes it neither an
+    enclave nor a NitroTPM document, null or not."""
+    return w.base.encode(entries=[*w.base.fields(), ("nitrotpm_pcrs", None)])
 
 
 @case("cbor.duplicate-key")
@@ -186,6 +193,33 @@ def timestamp_zero(w: World) -> bytes:
 def timestamp_negative(w: World) -> bytes:
     """timestamp is a negative integer (AWS §3.2.2.2: an integer > 0)."""
     return w.base.encode(entries=set_entry(w.base.fields(), "timestamp", -w.base.timestamp_ms))
+
+
+@case(
+    "cbor.invalid",
+    variants=[
+        variant(
+            "module-id-chunked",
+            cut=len(MODULE_ID) // 2,
+            what="between two ASCII characters: valid",
+            error=None,
+        ),
+        variant("module-id-split-character", cut=len(MODULE_ID) + 1, what='inside "é"'),
+    ],
+)
+def module_id_chunks(w: World, *, cut: int, what: str) -> bytes:
+    """module_id is the module id followed by "é" (c3 a9), written as an indefinite-length text
+    string of two chunks whose boundary falls {what}; RFC 8949 §3.2.3: each chunk must be
+    valid UTF-8 on its own."""
+    text = (MODULE_ID + "é").encode()
+    # Shortest heads of major type 3 (text), so that only the chunk boundary is in question.
+    chunks = b"".join(
+        (bytes((0x60 + len(c),)) if len(c) < 24 else bytes((0x78, len(c)))) + c
+        for c in (text[:cut], text[cut:])
+    )
+    return w.base.encode(
+        entries=set_entry(w.base.fields(), "module_id", Raw(b"\x7f" + chunks + b"\xff"))
+    )
 
 
 @case("payload.field-size")

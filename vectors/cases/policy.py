@@ -22,6 +22,7 @@ from vectors.cases._world import (
 from vectors.corpus import PolicySpec
 
 _DEBUG_POLICY = policy_for(debug_pcrs())
+_DEFAULT_PCRS = DEFAULT_POLICY.pcr_sets[0]
 _NONCE = filler("nonce", 32)
 _USER_DATA = filler("user_data", 48)
 _PUBLIC_KEY = filler("public_key", 65)
@@ -29,7 +30,7 @@ _PUBLIC_KEY = filler("public_key", 65)
 
 @case(
     "policy.pcr-mismatch",
-    policy=replace(DEFAULT_POLICY, pcrs={**DEFAULT_POLICY.pcrs, 1: sha384("other-pcr1")}),
+    policy=replace(DEFAULT_POLICY, pcrs={**_DEFAULT_PCRS, 1: sha384("other-pcr1")}),
 )
 def pcr_mismatch(w: World) -> bytes:
     """The policy expects a different PCR1."""
@@ -38,7 +39,7 @@ def pcr_mismatch(w: World) -> bytes:
 
 @case(
     "policy.pcr-mismatch",
-    policy=replace(DEFAULT_POLICY, pcrs={**DEFAULT_POLICY.pcrs, 16: sha384("pcr16")}),
+    policy=replace(DEFAULT_POLICY, pcrs={**_DEFAULT_PCRS, 16: sha384("pcr16")}),
 )
 def pcr_absent(w: World) -> bytes:
     """The policy expects PCR16, which the document does not carry."""
@@ -61,6 +62,24 @@ def debug_refused(w: World) -> bytes:
 @case(None, policy=replace(_DEBUG_POLICY, allow_debug=True))
 def debug_allowed(w: World) -> bytes:
     """The same debug-mode document under allow_debug=true: valid."""
+    return replace(w.base, pcrs=debug_pcrs()).encode()
+
+
+#: Two PCR sets, production's then debug's (all zero): the debug document matches the second.
+_TWO_SETS = (_DEFAULT_PCRS, _DEBUG_POLICY.pcr_sets[0])
+
+
+@case(None, policy=PolicySpec(pcrs=_TWO_SETS, allow_debug=True))
+def debug_pcr_sets_allowed(w: World) -> bytes:
+    """A debug-mode document (all PCRs zero) and a policy of two PCR sets, a production one and
+    the zero one, with allow_debug=true: the second set matches, valid."""
+    return replace(w.base, pcrs=debug_pcrs()).encode()
+
+
+@case("policy.debug", policy=PolicySpec(pcrs=_TWO_SETS))
+def debug_pcr_sets_refused(w: World) -> bytes:
+    """The same debug-mode document and the same two PCR sets without allow_debug: refused as
+    debug, although the second set matches."""
     return replace(w.base, pcrs=debug_pcrs()).encode()
 
 

@@ -149,10 +149,15 @@ class ChainError(AttestationError):
 
 
 class CertificateExpired(ChainError):
+    """A certificate of the path (the pinned root included) expired before the verification
+    time; a stored document still verifies at its own time (`at=document.timestamp`)."""
+
     code = "chain.expired"
 
 
 class CertificateNotYetValid(ChainError):
+    """A certificate's notBefore lies after the verification time (often a wrong clock)."""
+
     code = "chain.not-yet-valid"
 
 
@@ -175,34 +180,52 @@ class InsecurePolicy(PolicyError, ValueError):
 
 
 class PcrMismatch(PolicyError):
+    """An expected PCR is absent from the document or has another value."""
+
     code = "policy.pcr-mismatch"
 
 
 class DebugDocument(PolicyError):
+    """A debug-mode document (PCR0, PCR1 and PCR2 all zero) where the policy does not allow
+    debug documents."""
+
     code = "policy.debug"
 
 
 class NonceMismatch(PolicyError):
+    """The document carries no nonce, or not the one the policy expects."""
+
     code = "policy.nonce-mismatch"
 
 
 class UserDataMismatch(PolicyError):
+    """The document's `user_data` is absent or not what the policy accepts."""
+
     code = "policy.user-data-mismatch"
 
 
 class PublicKeyMismatch(PolicyError):
+    """The document's `public_key` is absent or not what the policy accepts."""
+
     code = "policy.public-key-mismatch"
 
 
 class ModuleIdMismatch(PolicyError):
+    """The document's `module_id` is not one the policy accepts."""
+
     code = "policy.module-id-mismatch"
 
 
 class StaleDocument(PolicyError):
+    """The document is older than the policy's maximum age at the verification time."""
+
     code = "policy.stale"
 
 
 class FutureDocument(PolicyError):
+    """The document's timestamp lies after the verification time by more than the allowed
+    clock skew (`MAX_CLOCK_SKEW`)."""
+
     code = "policy.future"
 
 

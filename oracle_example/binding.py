@@ -259,19 +259,29 @@ def verify_report(
         raise _fail("report", "verify.feed", f"report is for {report.feed}, not {feed}")
     if isinstance(message, PriceReport) and message.config_hash != binding.config_hash:
         raise _fail("report", "verify.config_hash", "report configHash is not the attested one")
-    # 8. freshness, both sides (oracle.md §2.6), and the price itself.
+    # 8. freshness, both sides (oracle.md §2.6), and the price itself. A price's age is that of
+    # its oldest observation; a refusal's, its enclave time. Past expiresAt nothing is current.
     now = int(at.timestamp())
-    if message.timestamp < now - max_age.total_seconds():
+    anchor = (
+        message.observations_timestamp if isinstance(message, PriceReport) else message.timestamp
+    )
+    if anchor < now - max_age.total_seconds():
         raise _fail(
             "freshness",
             "verify.stale_report",
-            f"report is {now - message.timestamp} s old, limit {max_age}",
+            f"report observed {now - anchor} s ago, limit {max_age}",
         )
     if message.timestamp > now + max_ahead.total_seconds():
         raise _fail(
             "freshness",
             "verify.future_report",
             f"report is {message.timestamp - now} s in the future",
+        )
+    if message.expires_at < now:
+        raise _fail(
+            "freshness",
+            "verify.expired_report",
+            f"report expired {now - message.expires_at} s ago",
         )
     # A signed refusal is reported only once it is shown to be current and for this feed: an
     # old OracleError from the same key must not pass for today's state.

@@ -119,6 +119,10 @@ REQUEST_TIMEOUT = 10.0
 MAX_CLIENTS = 64
 _PCR16 = 16
 _PCR_SIZE = 48
+#: Round ids start at (attested boot time in seconds) << 20 and count up per feed, so they keep
+#: increasing across restarts (a contract refuses a round id that is not newer): a boot's ids
+#: stay below the next boot's base unless it signed over 2**20 rounds per second of uptime.
+ROUND_ID_SHIFT = 20
 _FEED_PATH = re.compile(r"/v1/price/([A-Za-z0-9]{1,16})[-/]([A-Za-z0-9]{1,16})")
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 
@@ -166,7 +170,9 @@ class _Published:
 @dataclass(kw_only=True)
 class _State:
     round: int = 0
-    next_round_id: int = 1
+    round_base: int = 1
+    """The first round id of this boot (see ROUND_ID_SHIFT)."""
+    next_round_id: dict[str, int] = field(default_factory=dict)
     clock: _ClockCheck | None = None
     published: dict[str, _Published] = field(default_factory=dict)
     sources: dict[str, SourceState] = field(default_factory=dict)
@@ -238,7 +244,8 @@ class Oracle:
                 self._nsm.lock_pcr(_PCR16)
         except NsmError as exc:
             raise EnclaveBootError(f"NSM: {exc}") from exc
-        self._check_clock()
+        booted = self._check_clock()
+        self._state.round_base = int(booted.attested_at.timestamp()) << ROUND_ID_SHIFT
         log.info(
             "booted",
             extra={
@@ -407,11 +414,10 @@ class Oracle:
     def _publish(self, result: Aggregate | AggregationFailure) -> None:
         if self._key is None:
             raise EnclaveBootError("not booted")
-        round_id = self._state.next_round_id
-        self._state.next_round_id += 1
-        message, detail = message_for(
-            result, round_id=round_id, config_hash=self.config.config_hash
-        )
+        rounds = self._state.next_round_id
+        round_id = rounds.get(result.feed, self._state.round_base)
+        rounds[result.feed] = round_id + 1
+        message, detail = message_for(result, round_id=round_id, config=self.config)
         reports = SignedReport.sign(
             message,
             feed=result.feed,

@@ -315,8 +315,11 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `enclave`, `gateway`, `get` and `demo` to the `nitro-oracle` parser."""
+    """Add `enclave`, `gateway`, `get`, `demo`, `register` and `relay` to `nitro-oracle`."""
+    from oracle_example.relay import add_chain_commands
+
     _add_enclave(subparsers)
     _add_gateway(subparsers)
     _add_get(subparsers)
     _add_demo(subparsers)
+    add_chain_commands(subparsers)  # register, relay

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from oracle_example.chain import Anvil
 from tests.oracle_example._support import (
     CertAuthority,
     Enclave,
@@ -70,3 +71,13 @@ def enclave(netns_reason: str | None) -> Iterator[Enclave]:
         yield ns
     finally:
         ns.close()
+
+
+@pytest.fixture(scope="session")
+def anvil() -> Iterator[Anvil]:
+    """One local EVM for the session: anvil from the pinned npm package, on 127.0.0.1."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: `make test` installs Debian's nodejs and npm")
+    chain = Anvil()
+    yield chain
+    chain.close()

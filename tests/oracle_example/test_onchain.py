@@ -1,17 +1,15 @@
 """The contracts on a real EVM (anvil), fed by reports the enclave's Python signing code made.
 
-Reports come from the enclave's own path (`aggregate_feed` -> `message_for` ->
-`SignedReport.sign`, what `Oracle._publish` runs); a rejection test changes one field of such a
-message before signing, so the signature itself is always good and only the checked rule fails.
-Every time is relative to the chain's latest block, never the wall clock.
+Reports come from the enclave's own path (chain_support.sign_report); a rejection test changes
+one field of such a message before signing, so the signature is good and only the checked rule
+fails. Every time is relative to the chain's latest block, never the wall clock.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import timedelta
 from typing import Any
 
 import coincurve
@@ -20,7 +18,6 @@ import rlp  # type: ignore[import-untyped]
 from eth_abi.abi import encode as eth_abi_encode
 from eth_account import Account
 
-from oracle_example.aggregate import aggregate_feed
 from oracle_example.chain import (
     Anvil,
     ChainError,
@@ -43,10 +40,9 @@ from oracle_example.report import (
     PriceReport,
     SignedReport,
     keccak256,
-    message_for,
     typed_data_digest,
 )
-from oracle_example.sources import Quote
+from tests.oracle_example.chain_support import sign_report
 
 ENCLAVE_KEY = coincurve.PrivateKey(keccak256(b"test enclave key"))
 OWNER = Wallet(coincurve.PrivateKey(keccak256(b"test registry owner")))
@@ -111,56 +107,20 @@ def enclave_signer(chain: Chain) -> bytes:
     return register(chain, ENCLAVE_KEY)
 
 
-class Rounds:
-    """Round ids and observation times that only go up, across the whole module."""
-
-    next_id = 1 << 40
-
-
 def make_report(
     chain: Chain,
     *,
-    symbol: str = "BTC/USD",
     key: coincurve.PrivateKey = ENCLAVE_KEY,
     domain: Eip712Domain | None = None,
-    prices: tuple[str, ...] = ("100000.5", "100001.5", "99999.5", "100000"),
-    age: int = 5,
-    **changes: Any,
+    **kw: Any,
 ) -> SignedReport:
-    """A report as the enclave signs it, `age` s after its oldest observation (chain time).
+    """A report for the BTC feed's domain unless told otherwise, one chain second later.
 
     A block one second later is mined first, so consecutive reports observe strictly later.
     """
     chain.anvil.mine(chain.now() + 1)
-    now = chain.now()
-    observed = datetime.fromtimestamp(now - age, UTC)
-    quotes = [
-        Quote(
-            source=s,
-            feed=symbol,
-            instrument="X",
-            price=Decimal(p),
-            source_time=observed,
-            received_at=observed,
-        )
-        for s, p in zip(("binance", "coinbase", "kraken", "okx"), prices, strict=False)
-    ]
-    when = datetime.fromtimestamp(now, UTC)
-    result = aggregate_feed(chain.config, symbol, quotes, now=when)
-    Rounds.next_id += 1
-    message, _ = message_for(result, round_id=Rounds.next_id, config=chain.config)
-    assert isinstance(message, PriceReport)
-    message = dataclasses.replace(message, **changes)
     target = domain or feed_domain(chain.anvil.chain_id, chain.feed.address)
-    domains = chain.config.domains if target in chain.config.domains else (target,)
-    (report,) = (
-        r
-        for r in SignedReport.sign(
-            message, feed=symbol, key=key, domains=domains, sources=result.outcomes
-        )
-        if r.domain == target
-    )
-    return report
+    return sign_report(config=chain.config, key=key, domain=target, now=chain.now(), **kw)
 
 
 def submit(chain: Chain, report: SignedReport, feed: Contract | None = None) -> dict[str, Any]:

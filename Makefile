@@ -73,6 +73,7 @@ bench: $(STAMP) $(NODE_STAMP) deps
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/egress.py
 	$(BIN)/python bench/oracle.py
+	$(BIN)/python bench/onchain.py
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

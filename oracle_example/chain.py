@@ -443,6 +443,8 @@ class Contract:
     def __init__(self, rpc: RpcClient, address: bytes, abi: Sequence[Mapping[str, Any]]) -> None:
         self.rpc = rpc
         self.address = address
+        self.deploy_receipt: dict[str, Any] | None = None
+        """The creation transaction's receipt, when this object deployed the contract."""
         self._functions = {e["name"]: e for e in abi if e.get("type") == "function"}
         self._errors = {
             selector(f"{e['name']}({','.join(canonical_type(i) for i in e['inputs'])})"): e
@@ -504,8 +506,9 @@ class Contract:
         inputs: Sequence[AbiParam] = constructor["inputs"] if constructor else []  # type: ignore[assignment]
         data = artifact.bytecode + abi_encode(inputs, args)
         receipt = rpc.transact(wallet, None, data)
-        address = _unhex(receipt["contractAddress"])
-        return cls(rpc, address, artifact.abi), receipt
+        contract = cls(rpc, _unhex(receipt["contractAddress"]), artifact.abi)
+        contract.deploy_receipt = receipt
+        return contract, receipt
 
 
 def gas_used(receipt: Mapping[str, Any]) -> int:

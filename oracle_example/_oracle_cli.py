@@ -315,11 +315,11 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `enclave`, `gateway`, `get`, `demo`, `register` and `relay` to `nitro-oracle`."""
+    """Add `enclave`, `gateway`, `get`, `demo`, and the chain tools to `nitro-oracle`."""
     from oracle_example.relay import add_chain_commands
 
     _add_enclave(subparsers)
     _add_gateway(subparsers)
     _add_get(subparsers)
     _add_demo(subparsers)
-    add_chain_commands(subparsers)  # register, relay
+    add_chain_commands(subparsers)  # deploy, register, relay

@@ -505,7 +505,10 @@ class Contract:
         constructor = next((e for e in artifact.abi if e.get("type") == "constructor"), None)
         inputs: Sequence[AbiParam] = constructor["inputs"] if constructor else []  # type: ignore[assignment]
         data = artifact.bytecode + abi_encode(inputs, args)
-        receipt = rpc.transact(wallet, None, data)
+        try:
+            receipt = rpc.transact(wallet, None, data)
+        except RpcError as exc:  # the constructor's own errors, decoded from the ABI
+            raise cls(rpc, bytes(20), artifact.abi).revert_error(exc) from exc
         contract = cls(rpc, _unhex(receipt["contractAddress"]), artifact.abi)
         contract.deploy_receipt = receipt
         return contract, receipt

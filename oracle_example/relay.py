@@ -1,5 +1,7 @@
-"""`nitro-oracle register` and `nitro-oracle relay`: the parent-side chain tools, and the demo leg.
+"""`nitro-oracle deploy | register | relay`: the parent-side chain tools, and the demo leg.
 
+- `deploy` (the registry owner): `OracleRegistry` and a `PriceFeed`; prints the feed's EIP-712
+  domain for the enclave config.
 - `register` (the registry owner): fetch a fresh nonce-bound attestation from the gateway (or
   read one from a file), verify it with this project's verifier from the pinned root to
   user_data (`onchain.verify_registration`), and only then send `OracleRegistry.register`.
@@ -9,7 +11,7 @@
   first simulated with `eth_call`; a report the contract would reject is logged with the
   contract's error name and never sent.
 
-`add_chain_commands(subparsers)` adds both to the `nitro-oracle` parser; `chain_demo` is the
+`add_chain_commands(subparsers)` adds the three to the `nitro-oracle` parser; `chain_demo` is the
 demo's chain leg (deploy, register, relay two rounds, read `latestRoundData`).
 """
 
@@ -33,6 +35,8 @@ from oracle_example.chain import ChainError, Contract, RevertError, RpcClient, W
 from oracle_example.config import Eip712Domain, OracleConfig
 from oracle_example.errors import OracleExampleError
 from oracle_example.onchain import (
+    DEFAULT_HISTORY,
+    DEFAULT_MAX_AGE,
     DEFAULT_SIGNER_VALIDITY,
     artifacts,
     deploy_feed,
@@ -335,9 +339,31 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def add_chain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `register` and `relay` to the `nitro-oracle` parser."""
+    """Add `deploy`, `register` and `relay` to the `nitro-oracle` parser."""
     # Lazy: that module wires this one in. One PCR parser and one error guard for every command.
     from oracle_example._oracle_cli import _guarded, _pcr
+
+    p = sub.add_parser(
+        "deploy",
+        help="deploy OracleRegistry (unless --registry) and a PriceFeed; print the feed's domain",
+        description="Deploys with the owner key. Add the printed domain to the enclave config's "
+        "`domains` before the enclave boots: the domain list is in the config hash (PCR16), so "
+        "the enclave signs for exactly the feeds it was attested for.",
+    )
+    _add_common(p)
+    p.add_argument("--symbol", required=True, metavar="BASE/QUOTE", help="e.g. BTC/USD")
+    p.add_argument("--registry", type=_address, metavar="ADDRESS", help="reuse this registry")
+    p.add_argument("--decimals", type=int, default=8)
+    p.add_argument("--min-sources", type=int, default=3, metavar="N", help="the feed's quorum")
+    p.add_argument(
+        "--max-age",
+        type=float,
+        default=DEFAULT_MAX_AGE.total_seconds(),
+        metavar="SECONDS",
+        help="oldest observation accepted",
+    )
+    p.add_argument("--history", type=int, default=DEFAULT_HISTORY, metavar="ROUNDS")
+    p.set_defaults(func=_guarded(_run_deploy))
 
     p = sub.add_parser(
         "register",
@@ -383,6 +409,31 @@ def add_chain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N")
     p.add_argument("--once", action="store_true", help="one step, then exit")
     p.set_defaults(func=_guarded(_run_relay))
+
+
+def _run_deploy(args: argparse.Namespace) -> int:
+    import json
+
+    rpc = RpcClient(args.rpc, timeout=args.rpc_timeout)
+    owner = _wallet(args)
+    registry = args.registry or deploy_registry(rpc, owner).address
+    feed = deploy_feed(
+        rpc,
+        owner,
+        registry=registry,
+        symbol=args.symbol,
+        decimals=args.decimals,
+        min_sources=args.min_sources,
+        max_age=_dt.timedelta(seconds=args.max_age),
+        history=args.history,
+    )
+    print(f"OracleRegistry {to_checksum_address(registry)}")
+    print(f"PriceFeed {feed.checksum} ({args.symbol})")
+    print(
+        "domain for the enclave config: "
+        + json.dumps(feed_domain(rpc.chain_id(), feed.address).to_json())
+    )
+    return 0
 
 
 def _run_register(args: argparse.Namespace) -> int:

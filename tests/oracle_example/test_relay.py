@@ -402,3 +402,35 @@ def test_chain_demo_registers_relays_two_rounds_and_reads_back(
     ]
     with pytest.raises(RevertError, match="RoundNotFound"):
         demo.feed.call("getRoundData", round_id + 1)
+
+
+def test_deploy_cli_prints_the_domain_the_config_needs(
+    tmp_path: Path, anvil: Anvil, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key_file = tmp_path / "owner.key"
+    key_file.write_text(OWNER.key.secret.hex())
+    args = ["deploy", "--rpc", anvil.url, "--key-file", str(key_file), "--symbol", "ETH/USD"]
+    assert main([*args, "--min-sources", "4", "--history", "4"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    feed_address = bytes.fromhex(out[1].split()[1][2:])
+    domain = Eip712Domain.from_json(json.loads(out[2].split(": ", 1)[1]))
+    assert domain == feed_domain(anvil.chain_id, feed_address)
+    from oracle_example.chain import Contract
+    from oracle_example.onchain import artifacts
+
+    feed = Contract(anvil.rpc, feed_address, artifacts()["PriceFeed"].abi)
+    assert feed.call("description") == ("ETH / USD",)
+    assert feed.call("MIN_SOURCES") == (4,)
+    assert feed.call("FEED_ID") == (keccak256(b"ETH/USD"),)
+    # A history of 0 is refused by the constructor, by name.
+    assert main([*args, "--history", "0"]) == 2
+    assert "BadConstructorArgument" in capsys.readouterr().err
+
+
+def test_a_new_domain_is_a_new_config_hash_and_pcr16(config: OracleConfig) -> None:
+    # A feed added later is a config change: a new PCR16, a new attestation, a new registration.
+    extra = Eip712Domain(chain_id=8453, verifying_contract=b"\x09" * 20)
+    grown = OracleConfig(min_sources=3, domains=(*config.domains, extra))
+    assert grown.config_hash != config.config_hash
+    assert expected_pcr16(grown) != expected_pcr16(config)
+    assert grown.domains_hash != config.domains_hash

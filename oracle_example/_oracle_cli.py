@@ -322,4 +322,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_gateway(subparsers)
     _add_get(subparsers)
     _add_demo(subparsers)
-    add_chain_commands(subparsers)  # deploy, register, relay
+    add_chain_commands(subparsers, pcr=_pcr, guard=_guarded)  # deploy, register, relay

@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 from oracle_example.aggregate import should_publish
 from oracle_example.chain import ChainError, Contract, RevertError, RpcClient, Wallet, gas_used
+from oracle_example.client import NONCE_BYTES, ClientError, http_get
 from oracle_example.config import Eip712Domain, OracleConfig
 from oracle_example.errors import OracleExampleError
 from oracle_example.onchain import (
@@ -83,8 +84,6 @@ class GatewaySource:
         self._index: dict[Eip712Domain, int] = {}
 
     def latest(self, symbol: str, domain: Eip712Domain) -> SignedReport:
-        from oracle_example.client import http_get
-
         path = "/v1/price/" + quote(symbol.replace("/", "-"))
         index = self._index.get(domain, 0)
         answer = http_get(self.url, f"{path}?domain={index}", timeout=self.timeout)
@@ -338,10 +337,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rpc-timeout", type=float, default=10.0, metavar="SECONDS")
 
 
-def add_chain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `deploy`, `register` and `relay` to the `nitro-oracle` parser."""
-    # Lazy: that module wires this one in. One PCR parser and one error guard for every command.
-    from oracle_example._oracle_cli import _guarded, _pcr
+_Run = Callable[[argparse.Namespace], int]
+
+
+def add_chain_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    *,
+    pcr: Callable[[str], tuple[int, bytes]],
+    guard: Callable[[_Run], _Run],
+) -> None:
+    """Add `deploy`, `register` and `relay` to the `nitro-oracle` parser.
+
+    `pcr` parses `--pcr I=HEX` and `guard` turns errors into one line and exit status 2: the
+    CLI's own, passed in, so every command shares them and this module never imports the CLI.
+    """
+    _pcr, _guarded = pcr, guard
 
     p = sub.add_parser(
         "deploy",
@@ -441,7 +451,6 @@ def _run_register(args: argparse.Namespace) -> int:
 
     from attestation import Policy, Verifier, load_pem_roots
     from oracle_example._oracle_errors import ReportVerificationError
-    from oracle_example.client import NONCE_BYTES, ClientError, http_get
 
     if not args.pcr:
         raise ChainError("pin at least PCR0 with --pcr 0=HEX: without it any enclave passes")

@@ -1,4 +1,4 @@
-"""Reports as the enclave signs them, for the contract and relay tests.
+"""Quotes, and reports as the enclave signs them, for the enclave, contract and relay tests.
 
 The path is the enclave's own (`aggregate_feed` -> `message_for` -> `SignedReport.sign`, what
 `Oracle._publish` runs); `changes` replaces fields of the message before signing, so a rejection
@@ -25,6 +25,23 @@ DEFAULT_PRICES = ("100000.5", "100001.5", "99999.5", "100000")
 _ROUNDS = itertools.count(1 << 40)
 
 
+def quotes(
+    symbol: str, observed: datetime, prices: tuple[str, ...] = DEFAULT_PRICES
+) -> list[Quote]:
+    """One quote per source of the default config, all observed at `observed`."""
+    return [
+        Quote(
+            source=s,
+            feed=symbol,
+            instrument="X",
+            price=Decimal(p),
+            source_time=observed,
+            received_at=observed,
+        )
+        for s, p in zip(("binance", "coinbase", "kraken", "okx"), prices, strict=False)
+    ]
+
+
 def sign_report(
     *,
     config: OracleConfig,
@@ -38,18 +55,8 @@ def sign_report(
 ) -> SignedReport:
     """One report for `symbol` signed under `domain`, `age` s after its observations."""
     observed = datetime.fromtimestamp(now - age, UTC)
-    quotes = [
-        Quote(
-            source=s,
-            feed=symbol,
-            instrument="X",
-            price=Decimal(p),
-            source_time=observed,
-            received_at=observed,
-        )
-        for s, p in zip(("binance", "coinbase", "kraken", "okx"), prices, strict=False)
-    ]
-    result = aggregate_feed(config, symbol, quotes, now=datetime.fromtimestamp(now, UTC))
+    at = datetime.fromtimestamp(now, UTC)
+    result = aggregate_feed(config, symbol, quotes(symbol, observed, prices), now=at)
     message, _ = message_for(result, round_id=next(_ROUNDS), config=config)
     assert isinstance(message, PriceReport), result
     message = dataclasses.replace(message, **changes)

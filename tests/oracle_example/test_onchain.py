@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import coincurve
@@ -42,6 +43,7 @@ from oracle_example.report import (
     keccak256,
     typed_data_digest,
 )
+from oracle_example.solc import CompileError, compile_contracts
 from tests.oracle_example.chain_support import sign_report
 
 ENCLAVE_KEY = coincurve.PrivateKey(keccak256(b"test enclave key"))
@@ -380,3 +382,19 @@ def test_registry_is_owner_only_and_refuses_debug_pcrs(chain: Chain) -> None:
         )
     assert info.value.name == "BadPcrLength"
     assert chain.registry.call("status", signer) == (0, 0, False)
+
+
+def test_solc_errors_are_typed_and_artifacts_cached(tmp_path: Path) -> None:
+    sources = tmp_path / "src"
+    sources.mkdir()
+    head = "// SPDX-License-Identifier: Apache-2.0\npragma solidity 0.8.37;\n"
+    (sources / "Broken.sol").write_text(head + "contract Broken { uint x = ; }\n")
+    with pytest.raises(CompileError, match=r"Broken\.sol"):
+        compile_contracts(contracts_dir=sources, build_dir=tmp_path / "build")
+    (sources / "Broken.sol").write_text(head + "contract Fine { uint public x = 1; }\n")
+    first = compile_contracts(contracts_dir=sources, build_dir=tmp_path / "build")
+    (cached,) = (tmp_path / "build").glob("*.json")
+    assert first["Fine"].bytecode and cached.stat().st_size > 0
+    # The second call is served from the cache: the same artifact, no new file.
+    assert compile_contracts(contracts_dir=sources, build_dir=tmp_path / "build") == first
+    assert list((tmp_path / "build").glob("*.json")) == [cached]

@@ -246,6 +246,14 @@ def test_register_cli_needs_the_root_it_is_told_to_trust(
         *pins,
     ]
     signer = Wallet(ENCLAVE_KEY).address
+    # From a file, verification only: --dry-run sends nothing.
+    document = tmp_path / "attestation.cbor"
+    document.write_bytes(attestation(factory, config))
+    from_file = [a if a != "--gateway" else "--attestation" for a in args]
+    from_file[from_file.index(gateway.url)] = str(document)
+    assert main([*from_file, "--root", str(root), "--dry-run"]) == 0
+    assert f"verified signer {to_checksum_address(signer)}" in capsys.readouterr().out
+    assert deployment.registry.call("status", signer)[1] == 0
     # Without --root the AWS root is pinned: the emulator's document is refused, nothing sent.
     assert main(args) == 1
     assert "NOT REGISTERED" in capsys.readouterr().out

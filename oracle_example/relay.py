@@ -344,14 +344,17 @@ def add_chain_commands(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     *,
     pcr: Callable[[str], tuple[int, bytes]],
-    guard: Callable[[_Run], _Run],
+    guard: Callable[[_Run], _Run] | None = None,
 ) -> None:
     """Add `deploy`, `register` and `relay` to the `nitro-oracle` parser.
 
-    `pcr` parses `--pcr I=HEX` and `guard` turns errors into one line and exit status 2: the
-    CLI's own, passed in, so every command shares them and this module never imports the CLI.
+    `pcr` parses `--pcr I=HEX`; `guard`, if given, wraps each command (the CLI's error-to-exit-2
+    wrapper). Both are the CLI's own, passed in, so this module never imports the CLI.
     """
-    _pcr, _guarded = pcr, guard
+    _pcr = pcr
+
+    def _guarded(run: _Run) -> _Run:
+        return run if guard is None else guard(run)
 
     p = sub.add_parser(
         "deploy",

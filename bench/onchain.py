@@ -1,11 +1,12 @@
-"""On-chain cost: gas per `PriceFeed.submit` (first and steady state) and per registration.
+"""On-chain cost: gas per `PriceFeed.submit` (first and steady state), per registration, renewal.
 
     .venv/bin/python bench/onchain.py [--updates 100] [--history 64] [--json]
 
 Starts anvil (the pinned npm package) on 127.0.0.1, deploys `OracleRegistry` and a `PriceFeed`
-(BTC/USD, 8 decimals, quorum 3) compiled by the pinned solcjs, registers an enclave signer, and
-submits `--updates` consecutive reports, each signed by the enclave's Python code for the feed's
-domain and sent by a relay key as an EIP-1559 transaction. Gas is the receipt's `gasUsed`: the
+(BTC/USD, 8 decimals, quorum 3) compiled by the pinned solcjs, registers an enclave signer and
+renews it (a second `register` with a later expiry and new evidence), and submits `--updates`
+consecutive reports, each signed by the enclave's Python code for the feed's domain and sent by
+a relay key as an EIP-1559 transaction. Gas is the receipt's `gasUsed`: the
 whole transaction (21,000 intrinsic + calldata + execution), what the relay pays for.
 
 "First" is the first report on a fresh feed; "steady" are the rest, which include a pass over
@@ -71,6 +72,15 @@ def measure(updates: int, history: int) -> dict[str, Any]:
             keccak256(b"attestation document"),
             rpc.block_timestamp() + 86_400,
         )
+        anvil.mine(rpc.block_timestamp() + 60)
+        renewal = registry.transact(
+            owner,
+            "register",
+            Wallet(enclave).address,
+            *pcrs,
+            keccak256(b"a fresher attestation document"),
+            rpc.block_timestamp() + 2 * 86_400,
+        )
         gas: list[int] = []
         for _ in range(updates):
             anvil.mine(rpc.block_timestamp() + 1)
@@ -91,6 +101,7 @@ def measure(updates: int, history: int) -> dict[str, Any]:
         "deploy_registry": deploy_registry_gas,
         "deploy_feed": deploy_feed_gas,
         "registration": gas_used(registration),
+        "renewal": gas_used(renewal),
         "first_update": gas[0],
         "steady_min": min(steady),
         "steady_median": int(statistics.median(steady)),
@@ -117,6 +128,7 @@ def main() -> None:
     print(f"| deploy OracleRegistry | {result['deploy_registry']:,} |")
     print(f"| deploy PriceFeed (history {result['history']}) | {result['deploy_feed']:,} |")
     print(f"| register a signer (OracleRegistry.register) | {result['registration']:,} |")
+    print(f"| renew it (register again, new expiry and evidence) | {result['renewal']:,} |")
     print(f"| first report update (PriceFeed.submit) | {result['first_update']:,} |")
     print(
         f"| steady report update, {result['updates'] - 1} updates: min / median / max | "

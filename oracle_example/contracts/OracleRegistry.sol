@@ -43,7 +43,6 @@ contract OracleRegistry {
     error BadPcrLength(uint256 index, uint256 length);
     error AllZeroPcrs();
     error ExpiryNotInFuture(uint64 expiresAt, uint256 blockTimestamp);
-    error AlreadyRegistered(address signer);
     error UnknownSigner(address signer);
     error AlreadyRevoked(address signer);
 
@@ -76,8 +75,9 @@ contract OracleRegistry {
         return keccak256(abi.encodePacked(pcr0, pcr1, pcr2, pcr16));
     }
 
-    /// @notice Register an enclave signer after verifying its attestation off-chain.
-    /// A signer is registered once: a new enclave boot has a new key, hence a new address.
+    /// @notice Register an enclave signer after verifying its attestation off-chain, or renew it
+    /// with a fresh attestation: the enclave key lives until the enclave restarts, while a
+    /// registration expires. A revoked signer stays revoked.
     function register(
         address signer,
         bytes calldata pcr0,
@@ -88,16 +88,10 @@ contract OracleRegistry {
         uint64 expiresAt
     ) external onlyOwner {
         if (signer == address(0)) revert ZeroAddress();
-        if (_status[signer].registeredAt != 0) revert AlreadyRegistered(signer);
-        _checkPcr(0, pcr0);
-        _checkPcr(1, pcr1);
-        _checkPcr(2, pcr2);
-        _checkPcr(16, pcr16);
-        // A debug-mode enclave reports all-zero PCRs: its memory is readable from the parent.
-        if (_isZero(pcr0) && _isZero(pcr1) && _isZero(pcr2)) revert AllZeroPcrs();
+        if (_status[signer].revoked) revert AlreadyRevoked(signer);
+        bytes32 h = _checkedPcrsHash(pcr0, pcr1, pcr2, pcr16);
         if (expiresAt <= block.timestamp) revert ExpiryNotInFuture(expiresAt, block.timestamp);
-        bytes32 h = pcrsHash(pcr0, pcr1, pcr2, pcr16);
-        _status[signer] = Status({expiresAt: expiresAt, registeredAt: uint64(block.timestamp), revoked: false});
+        _setExpiry(signer, expiresAt);
         evidence[signer] = Evidence({pcrsHash: h, attestationHash: attestationHash});
         emit SignerRegistered(signer, h, attestationHash, expiresAt, pcr0, pcr1, pcr2, pcr16);
     }
@@ -115,6 +109,27 @@ contract OracleRegistry {
     function status(address signer) external view returns (uint64 expiresAt, uint64 registeredAt, bool revoked) {
         Status memory s = _status[signer];
         return (s.expiresAt, s.registeredAt, s.revoked);
+    }
+
+    function _checkedPcrsHash(
+        bytes calldata pcr0,
+        bytes calldata pcr1,
+        bytes calldata pcr2,
+        bytes calldata pcr16
+    ) private pure returns (bytes32) {
+        _checkPcr(0, pcr0);
+        _checkPcr(1, pcr1);
+        _checkPcr(2, pcr2);
+        _checkPcr(16, pcr16);
+        // A debug-mode enclave reports all-zero PCRs: its memory is readable from the parent.
+        if (_isZero(pcr0) && _isZero(pcr1) && _isZero(pcr2)) revert AllZeroPcrs();
+        return pcrsHash(pcr0, pcr1, pcr2, pcr16);
+    }
+
+    function _setExpiry(address signer, uint64 expiresAt) private {
+        Status storage s = _status[signer];
+        s.expiresAt = expiresAt;
+        if (s.registeredAt == 0) s.registeredAt = uint64(block.timestamp);
     }
 
     function _checkPcr(uint256 index, bytes calldata pcr) private pure {

@@ -287,6 +287,10 @@ def test_revoked_signer(chain: Chain, enclave_signer: bytes) -> None:
     with pytest.raises(RevertError) as info:
         chain.registry.transact(OWNER, "revoke", signer)
     assert info.value.name == "AlreadyRevoked"
+    # Revoked stays revoked: no renewal brings the signer back.
+    with pytest.raises(RevertError) as info:
+        register(chain, key)
+    assert info.value.name == "AlreadyRevoked"
 
 
 def test_wrong_chain_id(chain: Chain, enclave_signer: bytes) -> None:

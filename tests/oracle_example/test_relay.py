@@ -266,9 +266,12 @@ def test_register_cli_needs_the_root_it_is_told_to_trust(
     assert registered > 0 and not revoked and expires > registered
     evidence = deployment.registry.call("evidence", signer)
     assert evidence[0] != b"\x00" * 32
-    # Registering the same signer twice is refused by the contract, named.
-    assert main([*args, "--root", str(root)]) == 2
-    assert "AlreadyRegistered" in capsys.readouterr().err
+    # Registering again (a fresh attestation, a later expiry) renews the same signer.
+    anvil.mine(anvil.rpc.block_timestamp() + 5)
+    assert main([*args, "--root", str(root), "--valid-for", "48"]) == 0
+    assert capsys.readouterr().out.count("registered") == 1
+    renewed, again, _ = deployment.registry.call("status", signer)
+    assert renewed > expires and again == registered
 
 
 def test_relay_cli_submits_once_then_waits_for_a_newer_round(

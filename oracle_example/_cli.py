@@ -1,4 +1,5 @@
-"""`nitro-oracle`: the oracle's command line: `enclave`, `get`, `doctor`, `demo`.
+"""`nitro-oracle`: the oracle's command line: `enclave`, `get`, `doctor`, `demo`, and the chain
+tools `deploy`, `register`, `relay` (from `relay.py`).
 
 `nitro-oracle ...` or `python -m oracle_example._cli ...` (as the demo starts the enclave). The
 networking tools (the parent's egress proxy, the gateway, fetch, the generic doctor) are
@@ -294,6 +295,8 @@ def _run_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from oracle_example.relay import add_chain_commands
+
     parser = argparse.ArgumentParser(
         prog="nitro-oracle",
         description="The reference Nitro enclave price oracle. Networking tools (egress "
@@ -304,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_get(sub)
     _add_doctor(sub)
     _add_demo(sub)
+    # deploy, register, relay; errors are handled centrally by run_command, so no guard
+    add_chain_commands(sub, pcr=_pcr)
     return parser
 
 

@@ -190,6 +190,9 @@ class OracleConfig:
     request_timeout: timedelta = timedelta(seconds=2)
     heartbeat: timedelta = timedelta(seconds=60)
     publish_deviation_bps: int = 50
+    # A signed report's `expiresAt` is its enclave time plus this: two heartbeats, so a consumer
+    # always holds an unexpired report while the enclave publishes on time.
+    report_ttl: timedelta = timedelta(seconds=120)
 
     def __post_init__(self) -> None:
         ids = [s.id for s in self.sources]
@@ -217,6 +220,7 @@ class OracleConfig:
             "max_clock_skew",
             "request_timeout",
             "heartbeat",
+            "report_ttl",
         ):
             _ms(getattr(self, name), name)
 
@@ -249,6 +253,7 @@ class OracleConfig:
             "requestTimeoutMs": _ms(self.request_timeout, "request_timeout"),
             "heartbeatMs": _ms(self.heartbeat, "heartbeat"),
             "publishDeviationBps": self.publish_deviation_bps,
+            "reportTtlMs": _ms(self.report_ttl, "report_ttl"),
         }
 
     def canonical_bytes(self) -> bytes:
@@ -304,6 +309,7 @@ class OracleConfig:
                 request_timeout=timedelta(milliseconds=_int(top["requestTimeoutMs"])),
                 heartbeat=timedelta(milliseconds=_int(top["heartbeatMs"])),
                 publish_deviation_bps=_int(top["publishDeviationBps"]),
+                report_ttl=timedelta(milliseconds=_int(top["reportTtlMs"])),
             )
         except ReportFormatError as exc:
             raise ConfigError(f"bad domain in config: {exc}") from exc
@@ -324,6 +330,7 @@ _TOP_KEYS = frozenset(
         "requestTimeoutMs",
         "heartbeatMs",
         "publishDeviationBps",
+        "reportTtlMs",
     }
 )
 

@@ -53,6 +53,7 @@ from oracle_example.binding import Binding, public_key_bytes
 from oracle_example.config import OracleConfig
 from oracle_example.errors import (
     EnclaveBootError,
+    ReportFormatError,
     SourceBlocked,
     SourceError,
     SourceRateLimited,
@@ -64,6 +65,7 @@ from oracle_example.report import (
     Message,
     OracleError,
     OracleErrorCode,
+    Outcome,
     PriceReport,
     SignedReport,
     detail_hash,
@@ -94,6 +96,10 @@ DEFAULT_INTERVAL = _dt.timedelta(seconds=5)
 DEFAULT_CLOCK_CHECK = _dt.timedelta(seconds=60)
 _PCR16 = 16
 _PCR_SIZE = 48
+#: Round ids start at (attested boot time in seconds) << 20 and count up per feed, so they keep
+#: increasing across restarts (a contract refuses a round id that is not newer): a boot's ids
+#: stay below the next boot's base unless it signed over 2**20 rounds per second of uptime.
+ROUND_ID_SHIFT = 20
 
 
 def _utcnow() -> _dt.datetime:
@@ -142,7 +148,9 @@ class _Published:
 @dataclass(kw_only=True)
 class _State:
     round: int = 0
-    next_round_id: int = 1
+    round_base: int = 1
+    """The first round id of this boot (see ROUND_ID_SHIFT)."""
+    next_round_id: dict[str, int] = field(default_factory=dict)
     clock: _ClockCheck | None = None
     published: dict[str, _Published] = field(default_factory=dict)
     sources: dict[str, SourceState] = field(default_factory=dict)
@@ -214,7 +222,8 @@ class Oracle:
                 self._nsm.lock_pcr(_PCR16)
         except NsmError as exc:
             raise EnclaveBootError(f"NSM: {exc}") from exc
-        self._check_clock()
+        booted = self._check_clock()
+        self._state.round_base = int(booted.attested_at.timestamp()) << ROUND_ID_SHIFT
         log.info(
             "booted",
             extra={
@@ -381,11 +390,10 @@ class Oracle:
     def _publish(self, result: Aggregate | AggregationFailure) -> None:
         if self._key is None:
             raise EnclaveBootError("not booted")
-        round_id = self._state.next_round_id
-        self._state.next_round_id += 1
-        message, detail = message_for(
-            result, round_id=round_id, config_hash=self.config.config_hash
-        )
+        rounds = self._state.next_round_id
+        round_id = rounds.get(result.feed, self._state.round_base)
+        rounds[result.feed] = round_id + 1
+        message, detail = message_for(result, round_id=round_id, config=self.config)
         reports = SignedReport.sign(
             message,
             feed=result.feed,
@@ -495,26 +503,38 @@ def message_for(
     result: Aggregate | AggregationFailure,
     *,
     round_id: int,
-    config_hash: bytes,
+    config: OracleConfig,
     timestamp: int | None = None,
 ) -> tuple[Message, str | None]:
     """The message to sign for one aggregation round, and the detail text for an `OracleError`.
 
-    `timestamp` defaults to the round's observation time in whole seconds (floor).
+    `timestamp` (the enclave time) defaults to the round's aggregation time in whole seconds
+    (floor). `observationsTimestamp` is the oldest used source time (floor); `validFrom` is the
+    enclave time less the clock skew the config tolerates (rounded up to whole seconds), so a
+    chain whose clock trails ours by that much still accepts it; `expiresAt` adds `report_ttl`.
     """
     when = int(result.observed_at.timestamp()) if timestamp is None else timestamp
+    used = [o for o in result.outcomes if o.outcome == Outcome.USED]
+    expires_at = when + _whole_seconds(config.report_ttl)
     if isinstance(result, Aggregate):
+        times = [o.source_time for o in used if o.source_time is not None]
+        if len(times) != len(used) or len(used) != result.num_sources:
+            raise ReportFormatError("every used source needs its observation time")
         return (
             PriceReport(
                 feed_id=feed_id(result.feed),
                 price=result.price,
                 decimals=result.decimals,
-                timestamp=when,
                 round_id=round_id,
+                observations_timestamp=min(int(t.timestamp()) for t in times),
+                valid_from=when - _whole_seconds(config.max_clock_skew),
+                expires_at=expires_at,
+                timestamp=when,
                 num_sources=result.num_sources,
+                min_sources=config.min_sources,
                 dispersion_bps=result.dispersion_bps,
                 sources_hash=result.sources_hash,
-                config_hash=config_hash,
+                config_hash=config.config_hash,
             ),
             None,
         )
@@ -522,12 +542,20 @@ def message_for(
         OracleError(
             feed_id=feed_id(result.feed),
             code=int(result.code),
-            timestamp=when,
             round_id=round_id,
+            timestamp=when,
+            expires_at=expires_at,
+            num_sources=len(used),
+            min_sources=config.min_sources,
             detail_hash=detail_hash(result.detail),
+            config_hash=config.config_hash,
         ),
         result.detail,
     )
+
+
+def _whole_seconds(delta: _dt.timedelta) -> int:
+    return -(-delta // _dt.timedelta(seconds=1))
 
 
 def _key_from_nsm(nsm: Nsm) -> coincurve.PrivateKey:

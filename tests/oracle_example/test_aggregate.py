@@ -157,11 +157,13 @@ def test_too_few_sources_gives_the_error_report_type() -> None:
         "s2": Outcome.FAILED,
         "s3": Outcome.MISSING,
     }
-    message, detail = message_for(result, round_id=7, config_hash=CONFIG.config_hash)
+    message, detail = message_for(result, round_id=7, config=CONFIG)
     assert isinstance(message, OracleError)
     assert message.code == 1 and detail == result.detail
     assert message.detail_hash == keccak256(result.detail.encode())
     assert message.timestamp == int(NOW.timestamp())
+    assert (message.num_sources, message.min_sources) == (1, CONFIG.min_sources)
+    assert message.config_hash == CONFIG.config_hash
 
 
 def test_all_blocked_or_rate_limited() -> None:
@@ -185,17 +187,25 @@ def test_dispersion_too_high() -> None:
     # All within 100 bps of the first median (100), spread 190 bps.
     result = run(feed, [quote("s0", "99.1"), quote("s1", "100"), quote("s2", "100.8")])
     assert isinstance(result, AggregationFailure) and result.code == OracleErrorCode.DISPERSION
-    message, _ = message_for(result, round_id=1, config_hash=b"\x00" * 32)
+    message, _ = message_for(result, round_id=1, config=CONFIG)
     assert isinstance(message, OracleError) and message.code == 2
 
 
 def test_price_report_from_an_aggregate() -> None:
     result = aggregate_feed(CONFIG, "BTC/USD", fixture_quotes("BTC/USD"), now=NOW)
     assert isinstance(result, Aggregate)
-    message, detail = message_for(result, round_id=3, config_hash=CONFIG.config_hash)
+    message, detail = message_for(result, round_id=3, config=CONFIG)
     assert isinstance(message, PriceReport) and detail is None
     assert message.price == result.price and message.num_sources == 4
     assert message.feed_id == keccak256(b"BTC/USD")
+    # Times on the wire: the oldest used observation, the enclave time less the tolerated skew,
+    # and the enclave time plus the report TTL.
+    oldest = min(o.source_time for o in result.outcomes if o.source_time is not None)
+    assert message.observations_timestamp == int(oldest.timestamp())
+    assert message.timestamp == int(NOW.timestamp())
+    assert message.valid_from == message.timestamp - 2
+    assert message.expires_at == message.timestamp + 120
+    assert (message.round_id, message.min_sources) == (3, CONFIG.min_sources)
 
 
 def test_inconsistent_inputs_are_programming_errors() -> None:
@@ -329,7 +339,7 @@ def test_fewer_than_minimum_is_always_an_error_report(min_sources: int, n: int) 
     result = run(feed, [quote(f"s{i}", "100") for i in range(n)], min_sources=min_sources)
     assert isinstance(result, AggregationFailure)
     assert result.code in (OracleErrorCode.TOO_FEW_SOURCES,)
-    message, detail = message_for(result, round_id=1, config_hash=b"\x01" * 32)
+    message, detail = message_for(result, round_id=1, config=CONFIG)
     assert isinstance(message, OracleError) and detail is not None
 
 
@@ -342,7 +352,7 @@ def test_clock_skew_beyond_the_bound_is_a_signed_error() -> None:
     early = clock_failure("BTC/USD", now=NOW, attested_at=NOW + timedelta(seconds=3), max_skew=skew)
     for failure in (late, early):
         assert failure is not None and failure.code == OracleErrorCode.CLOCK_UNTRUSTED
-        message, detail = message_for(failure, round_id=1, config_hash=CONFIG.config_hash)
+        message, detail = message_for(failure, round_id=1, config=CONFIG)
         assert isinstance(message, OracleError) and message.code == 3 and detail
 
 

@@ -245,7 +245,7 @@ def make_report(
     config: OracleConfig = CONFIG,
 ) -> dict[str, object]:
     result = aggregate_feed(config, "BTC/USD", round_quotes(at, prices), now=at)
-    message, detail = message_for(result, round_id=1, config_hash=config.config_hash)
+    message, detail = message_for(result, round_id=1, config=config)
     reports = SignedReport.sign(
         message,
         feed="BTC/USD",
@@ -462,6 +462,24 @@ def test_stale_and_future_reports_fail(factory, verifier) -> None:  # type: igno
         make_report(at - timedelta(seconds=20)),
         document(factory),
         max_age=timedelta(seconds=10),
+    )
+    # A looser age bound does not outlive the signed expiresAt (enclave time + 120 s).
+    expect(
+        "freshness",
+        "verify.expired_report",
+        check,
+        factory,
+        verifier,
+        make_report(at - timedelta(seconds=121)),
+        document(factory),
+        max_age=timedelta(minutes=10),
+    )
+    check(
+        factory,
+        verifier,
+        make_report(at - timedelta(seconds=120)),
+        document(factory),
+        max_age=timedelta(minutes=10),
     )
 
 

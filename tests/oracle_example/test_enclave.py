@@ -28,16 +28,18 @@ from nsm._server import EmulatorServer
 from nsm.client import Nsm
 from nsm.emulator import Emulator
 from oracle_example import _cli
+from oracle_example.aggregate import aggregate_feed
 from oracle_example.binding import Binding
 from oracle_example.client import GetResult
 from oracle_example.config import OracleConfig
 from oracle_example.demo import OracleStack
 from oracle_example.errors import EnclaveBootError
 from oracle_example.eth import address_of, to_checksum_address
-from oracle_example.oracle import EnclaveOptions, Oracle, expected_pcr16
+from oracle_example.oracle import ROUND_ID_SHIFT, EnclaveOptions, Oracle, expected_pcr16
 from oracle_example.replay import Rule
 from oracle_example.report import OracleError, OracleErrorCode
 from tests.enclave_net._support import REPO, short_tempdir
+from tests.oracle_example.chain_support import quotes
 from tests.oracle_example.oracle_stack import oracle_stack, outcomes, wait_until
 
 # --- boot, in process -----------------------------------------------------------------------------
@@ -114,6 +116,25 @@ def test_boot_binds_key_config_and_pcr16(emulator_at: tuple[Emulator, Path]) -> 
         # Booting twice on one NSM is refused: PCR16 is no longer fresh.
         with pytest.raises(EnclaveBootError, match="PCR16"):
             Oracle(nsm, _options(False), emulated=True).boot()
+
+
+def test_round_ids_count_per_feed_from_the_attested_boot_time(
+    emulator_at: tuple[Emulator, Path],
+) -> None:
+    _, path = emulator_at
+    with Nsm.emulator(path) as nsm:
+        oracle = Oracle(nsm, _options(False), emulated=True)
+        oracle.boot()
+        booted = AttestationDocument.parse(oracle._document).timestamp
+        base = int(booted.timestamp()) << ROUND_ID_SHIFT
+        now = _dt.datetime.now(_dt.UTC)
+        for symbol in ("BTC/USD", "BTC/USD", "ETH/USD"):
+            oracle._publish(aggregate_feed(oracle.config, symbol, quotes(symbol, now), now=now))
+            oracle._publish(aggregate_feed(oracle.config, symbol, [], now=now))  # an error round
+        ids = {f: oracle.report(f).message.round_id for f in ("BTC/USD", "ETH/USD")}  # type: ignore[union-attr]
+        # Each feed counts on its own (an OracleError is a round too); the next boot, a second
+        # or more later, starts above anything this boot can reach.
+        assert ids == {"BTC/USD": base + 3, "ETH/USD": base + 1}
 
 
 # --- end to end -----------------------------------------------------------------------------------

@@ -169,7 +169,11 @@ def _add_get(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--root", type=Path, metavar="PEM", help="trust this root, not AWS's")
     p.add_argument("--config", type=Path, metavar="JSON", help="pin the enclave's config hash")
     p.add_argument(
-        "--min-sources", type=int, default=1, metavar="N", help="fewest sources to accept"
+        "--min-sources",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fewest sources to accept (default 3, the enclave's default quorum)",
     )
     p.add_argument("--max-age", type=float, default=120.0, metavar="SECONDS", help="report age")
     p.add_argument("--allow-debug", action="store_true", help="accept debug documents (unsafe)")

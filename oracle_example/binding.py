@@ -53,6 +53,7 @@ from oracle_example.report import (
 __all__ = [
     "DEFAULT_MAX_AHEAD",
     "DEFAULT_MAX_REPORT_AGE",
+    "DEFAULT_MIN_SOURCES",
     "MAGIC",
     "PUBLIC_KEY_LENGTH",
     "USER_DATA_LENGTH",
@@ -80,6 +81,8 @@ DEFAULT_MAX_REPORT_AGE = timedelta(seconds=120)
 #: How far a report may be ahead of the verifier's clock (RedStone allows 1 min, oracle.md §1.6;
 #: the enclave's clock is checked against the NSM's to 2 s, so 5 s is generous).
 DEFAULT_MAX_AHEAD = timedelta(seconds=5)
+#: A consumer's quorum when it does not pin the config: the enclave's default (config.py).
+DEFAULT_MIN_SOURCES = 3
 
 
 def public_key_bytes(key: coincurve.PrivateKey | coincurve.PublicKey) -> bytes:
@@ -249,7 +252,7 @@ def verify_report(
     config: OracleConfig | None = None,
     config_hash: bytes | None = None,
     domain: Eip712Domain | None = None,
-    min_sources: int = 1,
+    min_sources: int | None = None,
     max_dispersion_bps: int | None = None,
     max_age: timedelta = DEFAULT_MAX_REPORT_AGE,
     max_ahead: timedelta = DEFAULT_MAX_AHEAD,
@@ -261,7 +264,8 @@ def verify_report(
       and the caller's policy (PCRs, nonce, max age, debug refusal).
     - `config` / `config_hash`: the configuration you expect the enclave to run; `domain`: the
       EIP-712 domain you expect the report signed under (default: any attested domain).
-    - `min_sources`, `max_dispersion_bps`: refuse thin or dispersed data.
+    - `min_sources`, `max_dispersion_bps`: refuse thin or dispersed data. `min_sources`
+      defaults to the feed's quorum in `config` when given, else to `DEFAULT_MIN_SOURCES` (3).
     - `check_detail`: recompute sourcesHash, numSources, the median and dispersion from the
       unsigned per-source detail, so it cannot misdescribe the signed numbers.
     """
@@ -325,6 +329,13 @@ def verify_report(
     if message.price <= 0:
         raise _fail("report", "verify.price", f"price {message.price} is not positive")
     # 9. source count and dispersion.
+    if min_sources is None:
+        known = config is not None and any(f.symbol == report.feed for f in config.feeds)
+        min_sources = (
+            config.quorum(config.feed(report.feed))
+            if config is not None and known
+            else DEFAULT_MIN_SOURCES
+        )
     if message.num_sources < min_sources:
         raise _fail(
             "sources",

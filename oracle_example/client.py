@@ -103,7 +103,7 @@ def get_report(
     allow_debug: bool = False,
     max_document_age: _dt.timedelta = DEFAULT_MAX_DOCUMENT_AGE,
     max_report_age: _dt.timedelta = DEFAULT_MAX_REPORT_AGE,
-    min_sources: int = 1,
+    min_sources: int | None = None,
     config_hash: bytes | None = None,
     timeout: float = 5.0,
     nonce: bytes | None = None,

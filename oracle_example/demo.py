@@ -335,7 +335,8 @@ class OracleStack:
             "verifier": self.verifier(),
             "pcrs": self.pinned_pcrs,
             "config_hash": self.config.config_hash,
-            "min_sources": self.config.min_sources,
+            # the quorum the config gives this feed (USDT/USD declares 2, the others 3)
+            "min_sources": self.config.quorum(self.config.feed(feed)),
         }
         options.update(kwargs)
         return get_report(self.gateway_url, feed, **options)

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import coincurve
 
@@ -331,7 +332,8 @@ class Oracle:
                     self._state.last_error[source] = worst
             elif any(isinstance(o, Quote) for o in outcomes):
                 self._state.sources[source] = state.succeeded()
-        for feed in self.config.feeds:
+        rates: dict[str, Decimal] = {}  # rate feed symbol -> this round's price
+        for feed in self.config.feeds_in_order():
             quotes: list[Quote] = []
             failures: list[SourceError] = []
             for (symbol, _), result in zip(pairs, results, strict=True):
@@ -341,11 +343,21 @@ class Oracle:
                     quotes.append(result)
                 elif isinstance(result, SourceError):
                     failures.append(result)
-            self._publish(
-                aggregate_feed(
-                    self.config, feed.symbol, quotes, now=self.options.clock(), failures=failures
-                )
+            aggregated = aggregate_feed(
+                self.config,
+                feed.symbol,
+                quotes,
+                now=self.options.clock(),
+                failures=failures,
+                rates={
+                    q: rates[feed.rate_feed(q)]
+                    for q in feed.convert_quotes
+                    if feed.rate_feed(q) in rates
+                },
             )
+            if isinstance(aggregated, Aggregate):
+                rates[feed.symbol] = Decimal(aggregated.price).scaleb(-aggregated.decimals)
+            self._publish(aggregated)
         log.info(
             "round",
             extra={
@@ -514,6 +526,7 @@ def message_for(
     chain whose clock trails ours by that much still accepts it; `expiresAt` adds `report_ttl`.
     """
     when = int(result.observed_at.timestamp()) if timestamp is None else timestamp
+    quorum = config.quorum(config.feed(result.feed))
     used = [o for o in result.outcomes if o.outcome == Outcome.USED]
     expires_at = when + _whole_seconds(config.report_ttl)
     if isinstance(result, Aggregate):
@@ -531,7 +544,7 @@ def message_for(
                 expires_at=expires_at,
                 timestamp=when,
                 num_sources=result.num_sources,
-                min_sources=config.min_sources,
+                min_sources=quorum,
                 dispersion_bps=result.dispersion_bps,
                 sources_hash=result.sources_hash,
                 config_hash=config.config_hash,
@@ -546,7 +559,7 @@ def message_for(
             timestamp=when,
             expires_at=expires_at,
             num_sources=len(used),
-            min_sources=config.min_sources,
+            min_sources=quorum,
             detail_hash=detail_hash(result.detail),
             config_hash=config.config_hash,
         ),

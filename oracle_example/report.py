@@ -122,6 +122,8 @@ class OracleErrorCode(IntEnum):
     CLOCK_UNTRUSTED = 3
     ALL_SOURCES_BLOCKED = 4
     INTERNAL = 5
+    QUOTE_DEPEG = 6
+    """A market needed a stablecoin conversion whose rate is off peg beyond `maxDepegBps`."""
 
 
 class Outcome(StrEnum):

@@ -88,27 +88,49 @@ def run(
 # --- the recorded round -----------------------------------------------------------------------
 
 
+def recorded_rate() -> Decimal:
+    result = aggregate_feed(CONFIG, "USDT/USD", fixture_quotes("USDT/USD"), now=NOW)
+    assert isinstance(result, Aggregate) and result.num_sources == 2
+    return Decimal(result.price).scaleb(-result.decimals)
+
+
 def test_recorded_btc_round() -> None:
-    result = aggregate_feed(CONFIG, "BTC/USD", fixture_quotes("BTC/USD"), now=NOW)
+    rate = recorded_rate()
+    assert rate == (Decimal("0.99995") + Decimal("0.9999")) / 2
+    result = aggregate_feed(
+        CONFIG, "BTC/USD", fixture_quotes("BTC/USD"), now=NOW, rates={"USDT": rate}
+    )
     assert isinstance(result, Aggregate)
-    scaled = sorted([9651234000000, 9651500000000, 9651010000000, 9650830000000])
-    assert result.price == (scaled[1] + scaled[2]) // 2 == 9651122000000
+    # Binance and OKX quote USDT: converted at the rate; Coinbase and Kraken quote USD.
+    usd = {
+        "binance": Decimal("96512.34") * rate,
+        "coinbase": Decimal("96515.00"),
+        "kraken": Decimal("96510.10"),
+        "okx": Decimal("96508.3") * rate,
+    }
+    scaled = sorted(scale_price(p, 8) for p in usd.values())
+    assert result.price == median(scaled) == 9650760078725
     assert result.num_sources == 4 and result.decimals == 8
-    # (96515.00 - 96508.3) / 96511.22 = 0.694 bps, rounded up.
-    assert result.dispersion_bps == 1
+    assert result.dispersion_bps == dispersion_bps(scaled, result.price) == 2
     assert result.sources_hash == keccak256(
         b"".join(keccak256(s.encode()) for s in ("binance", "coinbase", "kraken", "okx"))
     )
     assert [o.outcome for o in result.outcomes] == [Outcome.USED] * 4
     assert [o.source for o in result.outcomes] == ["binance", "coinbase", "kraken", "okx"]
+    assert [o.price for o in result.outcomes] == [usd[s] for s in sorted(usd)]
 
 
 def test_recorded_eth_round() -> None:
-    result = aggregate_feed(CONFIG, "ETH/USD", fixture_quotes("ETH/USD"), now=NOW)
+    rate = recorded_rate()
+    result = aggregate_feed(
+        CONFIG, "ETH/USD", fixture_quotes("ETH/USD"), now=NOW, rates={"USDT": rate}
+    )
     assert isinstance(result, Aggregate)
     assert result.num_sources == 4
-    # 3611.98, 3612.47, 3612.60, 3612.9: the mean of the middle two.
-    assert Decimal(result.price).scaleb(-8) == Decimal("3612.535")
+    # 3611.98 and 3612.47 USDT converted at 0.999925 = 3611.709 and 3612.199; then 3612.60 and
+    # 3612.9 USD: the mean of the middle two.
+    middle = median([scale_price(Decimal("3612.47") * rate, 8), 361260000000])
+    assert result.price == middle
 
 
 def test_stale_and_future_quotes_are_dropped_by_source_time() -> None:
@@ -192,7 +214,9 @@ def test_dispersion_too_high() -> None:
 
 
 def test_price_report_from_an_aggregate() -> None:
-    result = aggregate_feed(CONFIG, "BTC/USD", fixture_quotes("BTC/USD"), now=NOW)
+    result = aggregate_feed(
+        CONFIG, "BTC/USD", fixture_quotes("BTC/USD"), now=NOW, rates={"USDT": recorded_rate()}
+    )
     assert isinstance(result, Aggregate)
     message, detail = message_for(result, round_id=3, config=CONFIG)
     assert isinstance(message, PriceReport) and detail is None

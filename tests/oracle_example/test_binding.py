@@ -122,7 +122,8 @@ def test_config_round_trips_and_hashes_canonically() -> None:
 @pytest.mark.parametrize(
     "change",
     [
-        {"min_sources": 3},
+        {"min_sources": 4},
+        {"max_depeg_bps": 99},
         {"max_deviation_bps": 101},
         {"max_dispersion_bps": 149},
         {"max_source_age": timedelta(seconds=31)},
@@ -137,11 +138,11 @@ def test_every_setting_moves_the_config_hash(change: dict[str, object]) -> None:
 
 def test_quote_currency_choice_is_in_the_hash() -> None:
     base = OracleConfig()
-    btc = base.feeds[0]
-    only_usd = FeedConfig(symbol="BTC/USD", markets=btc.markets[1:3])
-    changed = replace(base, feeds=(only_usd, base.feeds[1]))
+    btc = base.feed("BTC/USD")
+    only_usd = FeedConfig(symbol="BTC/USD", markets=btc.markets[1:3], min_sources=2)
+    changed = replace(base, feeds=tuple(only_usd if f is btc else f for f in base.feeds))
     assert changed.config_hash != base.config_hash
-    with pytest.raises(ConfigError, match="accepted_quotes"):
+    with pytest.raises(ConfigError, match="convert_quotes"):
         FeedConfig(symbol="BTC/USD", markets=btc.markets)  # USDT markets without declaring it
 
 
@@ -219,6 +220,10 @@ def document(
     return factory.document(**args)  # type: ignore[arg-type]
 
 
+# USDT at par: these tests are about the binding, not the conversion (test_market_truth.py)
+PAR = {"USDT": Decimal(1)}
+
+
 def round_quotes(
     at: datetime, prices: tuple[str, ...] = ("100.1", "100.2", "100.0")
 ) -> list[Quote]:
@@ -244,7 +249,7 @@ def make_report(
     prices: tuple[str, ...] = ("100.1", "100.2", "100.0"),
     config: OracleConfig = CONFIG,
 ) -> dict[str, object]:
-    result = aggregate_feed(config, "BTC/USD", round_quotes(at, prices), now=at)
+    result = aggregate_feed(config, "BTC/USD", round_quotes(at, prices), now=at, rates=PAR)
     message, detail = message_for(result, round_id=1, config=config)
     reports = SignedReport.sign(
         message,
@@ -574,7 +579,9 @@ def test_garbage_report_json_fails_at_the_report_step(factory, verifier) -> None
 
 def test_aggregate_used_here_is_a_price(factory) -> None:  # type: ignore[no-untyped-def]
     at = factory.timestamp
-    assert isinstance(aggregate_feed(CONFIG, "BTC/USD", round_quotes(at), now=at), Aggregate)
+    assert isinstance(
+        aggregate_feed(CONFIG, "BTC/USD", round_quotes(at), now=at, rates=PAR), Aggregate
+    )
 
 
 def test_market_helpers() -> None:

@@ -67,8 +67,8 @@ def test_demo_verifies_both_feeds_and_leaves_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 0, output
     assert "REPLAY FORCED" in output
     assert "network namespace with no interface up" in output
-    assert output.count("  VERIFIED  ") == 2, output
-    assert "RESULT: 2 feeds verified end to end (REPLAY)" in output
+    assert output.count("  VERIFIED  ") == 3, output  # USDT/USD, BTC/USD, ETH/USD
+    assert "RESULT: 3 feeds verified end to end (REPLAY)" in output
     # The attestation behind the reports, for a person: module id and the chain with validity.
     assert "attestation      " in output and ", module i-" in output
     assert output.count(" UTC\n") >= 6  # the document's time, then five certificates
@@ -77,6 +77,7 @@ def test_demo_verifies_both_feeds_and_leaves_nothing(tmp_path: Path) -> None:
     for name in (
         "BTC-USD.report.json",
         "ETH-USD.report.json",
+        "USDT-USD.report.json",
         "attestation.cbor",
         "emulator-root.pem",
         "summary.json",

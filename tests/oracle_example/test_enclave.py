@@ -201,8 +201,9 @@ def test_verified_reports_and_the_api() -> None:
 def test_thin_data_gives_a_signed_oracle_error() -> None:
     with oracle_stack() as stack:
         assert stack.replay is not None
-        for host in ("api.exchange.coinbase.com", "api.kraken.com", "www.okx.com"):
-            stack.replay.add_rule(Rule(host=host, drop=True))
+        # Binance answers 451 from US regions, OKX drops: 2 of 4 sources left for BTC/USD.
+        stack.replay.add_rule(Rule(host="api.binance.com", file="binance_451_restricted.json"))
+        stack.replay.add_rule(Rule(host="www.okx.com", drop=True))
 
         def refused() -> GetResult | None:
             result = stack.get("BTC/USD")
@@ -212,12 +213,16 @@ def test_thin_data_gives_a_signed_oracle_error() -> None:
         assert result.verified is None
         assert _error_code(result) == OracleErrorCode.TOO_FEW_SOURCES
         assert outcomes(result.report_json) == {
-            "binance": "used",
-            "coinbase": "failed",
-            "kraken": "failed",
+            "binance": "blocked",
+            "coinbase": "used",
+            "kraken": "used",
             "okx": "failed",
         }
-        assert "1 usable source(s), 2 required" in result.report_json["detail"]
+        assert "2 usable source(s), 3 required" in result.report_json["detail"]
+        # a signed refusal that verifies against the attested key, carrying the quorum
+        assert result.refusal is not None
+        error = result.refusal.error
+        assert isinstance(error, OracleError) and (error.num_sources, error.min_sources) == (2, 3)
 
 
 def _until_outcome(stack: OracleStack, source: str, outcome: str) -> GetResult:
@@ -239,10 +244,10 @@ def _error_code(result: GetResult) -> int:
 def test_a_stale_source_is_dropped() -> None:
     with oracle_stack() as stack:
         assert stack.replay is not None
-        stack.replay.add_rule(Rule(host="api.kraken.com", age=_dt.timedelta(seconds=120)))
-        result = _until_outcome(stack, "kraken", "stale")
+        stack.replay.add_rule(Rule(host="www.okx.com", age=_dt.timedelta(seconds=120)))
+        result = _until_outcome(stack, "okx", "stale")
         assert result.verified is not None and result.verified.message.num_sources == 3
-        line = next(s for s in result.report_json["sources"] if s["source"] == "kraken")
+        line = next(s for s in result.report_json["sources"] if s["source"] == "okx")
         assert "s old" in line["detail"]
 
 

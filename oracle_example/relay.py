@@ -26,12 +26,23 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+import coincurve
+
 from oracle_example.aggregate import should_publish
-from oracle_example.chain import ChainError, Contract, RevertError, RpcClient, Wallet, gas_used
+from oracle_example.chain import (
+    Anvil,
+    ChainError,
+    Contract,
+    RevertError,
+    RpcClient,
+    Wallet,
+    gas_used,
+)
 from oracle_example.client import NONCE_BYTES, http_get
 from oracle_example.config import OracleConfig
 from oracle_example.errors import ClientError, OracleExampleError
@@ -52,6 +63,7 @@ from oracle_example.report import OracleError, PriceReport, SignedReport
 
 __all__ = [
     "ChainDeployment",
+    "DemoChain",
     "GatewaySource",
     "OnChainRound",
     "Relay",
@@ -299,9 +311,70 @@ def chain_demo(
     when = _dt.datetime.fromtimestamp(updated, _dt.UTC).isoformat()
     out(
         f"latestRoundData() = roundId {round_id}, answer {answer} "
-        f"({answer / 10**decimals:.{decimals}f} {deployment.symbol}), updatedAt {when}"
+        f"({Decimal(answer).scaleb(-decimals)} {deployment.symbol}), updatedAt {when}"
     )
     return round_id, answer, started, updated, answered
+
+
+class DemoChain:
+    """`make demo`'s chain: a local anvil with a registry and a `symbol` feed, fresh keys.
+
+    Start it before the enclave: `domain` must be in the enclave's config (and so in PCR16)
+    before it boots. `close()` stops anvil. The owner and relayer keys are random per run,
+    funded on the local chain only, and never printed.
+    """
+
+    def __init__(self, *, symbol: str, decimals: int, min_sources: int) -> None:
+        self.anvil = Anvil()
+        try:
+            self.owner = Wallet(coincurve.PrivateKey())
+            self.relayer = Wallet(coincurve.PrivateKey())
+            for wallet in (self.owner, self.relayer):
+                self.anvil.fund(wallet.address)
+            self.deployment = deploy_demo_feed(
+                self.anvil.rpc,
+                self.owner,
+                symbol=symbol,
+                decimals=decimals,
+                min_sources=min_sources,
+            )
+        except BaseException:
+            self.anvil.close()
+            raise
+
+    @property
+    def domain(self) -> Eip712Domain:
+        return self.deployment.domain
+
+    def run(
+        self,
+        *,
+        gateway: str,
+        attestation: bytes,
+        verifier: Any,
+        policy: Any,
+        config: OracleConfig,
+        out: Callable[[str], None],
+    ) -> tuple[int, int, int, int, int]:
+        d = self.deployment
+        out(
+            f"chain            anvil {self.anvil.url} (chain id {self.anvil.chain_id}): "
+            f"OracleRegistry {d.registry.checksum}, PriceFeed {d.feed.checksum} ({d.symbol})"
+        )
+        return chain_demo(
+            d,
+            owner=self.owner,
+            relayer=self.relayer,
+            source=GatewaySource(gateway),
+            attestation=attestation,
+            verifier=verifier,
+            policy=policy,
+            config=config,
+            out=out,
+        )
+
+    def close(self) -> None:
+        self.anvil.close()
 
 
 # --- CLI ------------------------------------------------------------------------------------------

@@ -68,7 +68,12 @@ def test_demo_verifies_both_feeds_and_leaves_nothing(tmp_path: Path) -> None:
     assert "REPLAY FORCED" in output
     assert "network namespace with no interface up" in output
     assert output.count("  VERIFIED  ") == 3, output  # USDT/USD, BTC/USD, ETH/USD
-    assert "RESULT: 3 feeds verified end to end (REPLAY)" in output
+    assert "RESULT: 3 feeds verified end to end (REPLAY); 2 rounds relayed on-chain" in output
+    # the chain leg: registered after verifying the attestation, two rounds, read back
+    assert "registered signer " in output
+    assert output.count("relayed round ") == 2
+    assert "latestRoundData() = roundId " in output and " BTC/USD), updatedAt " in output
+    assert "anvil" in output.split("stopped: ")[1]
     # The attestation behind the reports, for a person: module id and the chain with validity.
     assert "attestation      " in output and ", module i-" in output
     assert output.count(" UTC\n") >= 6  # the document's time, then five certificates

@@ -283,7 +283,10 @@ class Oracle:
         try:
             check = self._state.clock
             now = self.options.clock()
-            if check is None or now - check.checked_at >= self.options.clock_check:
+            # An untrusted clock is re-checked every round: the refusal is stamped with a
+            # fresh attested time, and prices resume as soon as the clocks agree again.
+            stale = check is None or now - check.checked_at >= self.options.clock_check
+            if check is None or stale or check.failure is not None:
                 check = await asyncio.to_thread(self._check_clock)
             if check.failure is not None:
                 for feed in self.config.feeds:
@@ -291,7 +294,9 @@ class Oracle:
                         feed=feed.symbol,
                         code=OracleErrorCode.CLOCK_UNTRUSTED,
                         detail=f"{feed.symbol}: {check.failure}",
-                        observed_at=self.options.clock(),
+                        # The NSM's signed time, not the clock just found skewed: a consumer
+                        # with a correct clock must be able to accept the refusal.
+                        observed_at=check.attested_at,
                         outcomes=(),
                     )
                     self._publish(failure)

@@ -292,12 +292,18 @@ def test_451_disables_the_source_for_the_session() -> None:
 def test_clock_skew_signs_oracle_errors_instead_of_prices() -> None:
     with oracle_stack(enclave_args=["--clock-offset", "10"]) as stack:
         for feed in ("BTC/USD", "ETH/USD"):
-            # The consumer's clock agrees with the NSM; the report timestamp is the enclave's.
-            later = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=10)
-            result = stack.get(feed, at=later)
+            # The enclave clock runs 10 s ahead (beyond the consumer's 5 s bound); the consumer's
+            # clock agrees with the NSM. The refusal carries the attested time, so it verifies
+            # at the consumer's own, correct time.
+            before = int(_dt.datetime.now(_dt.UTC).timestamp())
+            result = stack.get(feed)
             assert result.refusal is not None
             assert _error_code(result) == OracleErrorCode.CLOCK_UNTRUSTED
             assert "from the attested time" in result.report_json["detail"]
+            error = result.refusal.error
+            assert isinstance(error, OracleError)
+            assert before - 10 <= error.timestamp <= before + 2  # not 10 s ahead
+            assert error.expires_at == error.timestamp + 120
         assert stack.health()["clock"]["ok"] is False
         assert stack.replay is not None and stack.replay.requests == []  # no prices fetched
 

@@ -130,7 +130,13 @@ class RelayOutcome:
 
 
 class Relay:
-    """Submits due reports for one `PriceFeed`. Needs no trust: the contract checks everything."""
+    """Submits due reports for one `PriceFeed`. Needs no trust: the contract checks everything.
+
+    Due means `aggregate.should_publish` (the one implementation of the publish policy): a newer
+    round whose price moved `deviation_bps` from the stored one, or `heartbeat` after it. With
+    `config` (the enclave's attested config) both come from its `heartbeat` and
+    `publishDeviationBps` unless given, and a report signed under another config is not sent.
+    """
 
     def __init__(
         self,
@@ -139,17 +145,22 @@ class Relay:
         wallet: Wallet,
         source: ReportSource,
         symbol: str,
-        heartbeat: _dt.timedelta = _dt.timedelta(seconds=60),
-        deviation_bps: int = 50,
+        heartbeat: _dt.timedelta | None = None,
+        deviation_bps: int | None = None,
+        config: OracleConfig | None = None,
         retries: int = DEFAULT_RETRIES,
         pause: Callable[[float], None] = time.sleep,
     ) -> None:
+        policy = config or OracleConfig()
         self.feed = feed
         self.wallet = wallet
         self.source = source
         self.symbol = symbol
-        self.heartbeat = heartbeat
-        self.deviation_bps = deviation_bps
+        self.config_hash = None if config is None else config.config_hash
+        self.heartbeat = policy.heartbeat if heartbeat is None else heartbeat
+        self.deviation_bps = (
+            policy.publish_deviation_bps if deviation_bps is None else deviation_bps
+        )
         self.retries = retries
         self._pause = pause
         self.domain = feed_domain(feed.rpc.chain_id(), feed.address)
@@ -175,6 +186,8 @@ class Relay:
             )
         if report.recover() == self.wallet.address:
             raise ChainError("the relay key is the enclave key: use a separate transaction key")
+        if self.config_hash is not None and message.config_hash != self.config_hash:
+            return RelayOutcome(submitted=False, reason="other config", round_id=message.round_id)
         latest = self.latest_on_chain()
         if latest is not None:
             if message.round_id <= latest.round_id:
@@ -483,7 +496,8 @@ def add_chain_commands(
         "relay",
         help="submit the enclave's due reports to a PriceFeed (permissionless)",
         description="Polls the gateway for the report signed under the feed's EIP-712 domain; "
-        "submits a newer round when the price moved --deviation-bps or --heartbeat passed. "
+        "submits a newer round when the price moved --deviation-bps or --heartbeat passed "
+        "(by default the publishDeviationBps and heartbeat of --config, the attested config). "
         "Each submission is simulated first; a report the contract would reject is never sent.",
     )
     _add_common(p)
@@ -491,8 +505,11 @@ def add_chain_commands(
     p.add_argument("--gateway", required=True, metavar="URL", help="http://HOST:PORT")
     p.add_argument("--symbol", metavar="BASE/QUOTE", help="default: the feed's description")
     p.add_argument("--interval", type=float, default=5.0, metavar="SECONDS")
-    p.add_argument("--heartbeat", type=float, default=60.0, metavar="SECONDS")
-    p.add_argument("--deviation-bps", type=int, default=50, metavar="BPS")
+    p.add_argument(
+        "--config", type=Path, metavar="FILE", help="the enclave's config: its publish policy"
+    )
+    p.add_argument("--heartbeat", type=float, metavar="SECONDS", help="override the config's")
+    p.add_argument("--deviation-bps", type=int, metavar="BPS", help="override the config's")
     p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N")
     p.add_argument("--once", action="store_true", help="one step, then exit")
     p.set_defaults(func=_guarded(_run_relay))
@@ -523,15 +540,20 @@ def _run_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_register(args: argparse.Namespace) -> int:
+def _read_config(path: Path) -> OracleConfig:
     import json
+
+    return OracleConfig.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _run_register(args: argparse.Namespace) -> int:
 
     from attestation import Policy, Verifier, load_pem_roots
     from oracle_example.errors import ReportVerificationError
 
     if not args.pcr:
         raise ChainError("pin at least PCR0 with --pcr 0=HEX: without it any enclave passes")
-    config = OracleConfig.from_json(json.loads(args.config.read_text(encoding="utf-8")))
+    config = _read_config(args.config)
     verifier = Verifier(roots=load_pem_roots(args.root.read_bytes())) if args.root else None
     nonce: bytes | None = None
     if args.gateway:
@@ -579,8 +601,9 @@ def _run_relay(args: argparse.Namespace) -> int:
         wallet=_wallet(args),
         source=GatewaySource(args.gateway),
         symbol=symbol,
-        heartbeat=_dt.timedelta(seconds=args.heartbeat),
+        heartbeat=None if args.heartbeat is None else _dt.timedelta(seconds=args.heartbeat),
         deviation_bps=args.deviation_bps,
+        config=None if args.config is None else _read_config(args.config),
         retries=args.retries,
     )
     while True:

@@ -154,6 +154,9 @@ class _State:
     next_round_id: dict[str, int] = field(default_factory=dict)
     clock: _ClockCheck | None = None
     published: dict[str, _Published] = field(default_factory=dict)
+    """The latest round per feed, a price or a refusal."""
+    last_price: dict[str, tuple[SignedReport, ...]] = field(default_factory=dict)
+    """The latest PriceReport per feed: served until it expires, refusals or not."""
     sources: dict[str, SourceState] = field(default_factory=dict)
     last_error: dict[str, SourceError] = field(default_factory=dict)
 
@@ -421,6 +424,8 @@ class Oracle:
         )
         self._state.published[result.feed] = _Published(reports=reports, result=result)
         if isinstance(result, Aggregate):
+            self._state.last_price[result.feed] = reports
+        if isinstance(result, Aggregate):
             log.info(
                 "signed PriceReport",
                 extra={
@@ -457,8 +462,21 @@ class Oracle:
     # --- what the API serves -------------------------------------------------------------
 
     def report(self, feed: str, domain: int = 0) -> SignedReport | None:
+        """The last good price while it has not expired, even after newer refusals (they are
+        served beside it, `error`); otherwise the latest round, a refusal or an expired price."""
         published = self._state.published.get(feed)
         if published is None:
+            return None
+        good = self._state.last_price.get(feed)
+        now = int(self.options.clock().timestamp())
+        if good is not None and good[domain].message.expires_at > now:
+            return good[domain]
+        return published.reports[domain]
+
+    def error(self, feed: str, domain: int = 0) -> SignedReport | None:
+        """The latest round's signed `OracleError`, or None when the latest round priced."""
+        published = self._state.published.get(feed)
+        if published is None or isinstance(published.result, Aggregate):
             return None
         return published.reports[domain]
 

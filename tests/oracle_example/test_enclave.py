@@ -33,7 +33,7 @@ from oracle_example.binding import Binding
 from oracle_example.client import GetResult
 from oracle_example.config import OracleConfig
 from oracle_example.demo import OracleStack
-from oracle_example.errors import EnclaveBootError
+from oracle_example.errors import ClientError, EnclaveBootError
 from oracle_example.eth import address_of, to_checksum_address
 from oracle_example.oracle import ROUND_ID_SHIFT, EnclaveOptions, Oracle, expected_pcr16
 from oracle_example.replay import Rule
@@ -206,10 +206,19 @@ def test_thin_data_gives_a_signed_oracle_error() -> None:
         stack.replay.add_rule(Rule(host="www.okx.com", drop=True))
 
         def refused() -> GetResult | None:
-            result = stack.get("BTC/USD")
+            try:
+                result = stack.get("BTC/USD", error=True)
+            except ClientError:  # 404 error.none: the latest round still priced
+                return None
             return result if result.refusal is not None else None
 
         result: GetResult = wait_until(refused)
+        # The last good price is still served (until its expiresAt), beside the refusal.
+        price = stack.get("BTC/USD")
+        assert price.verified is not None
+        assert (
+            price.verified.message.round_id < result.report_json["typedData"]["message"]["roundId"]
+        )
         assert result.verified is None
         assert _error_code(result) == OracleErrorCode.TOO_FEW_SOURCES
         assert outcomes(result.report_json) == {

@@ -157,11 +157,15 @@ def aggregate(
     max_ahead: timedelta,
     failures: Iterable[SourceError] = (),
     rates: Mapping[str, Decimal] | None = None,
+    rate_times: Mapping[str, datetime] | None = None,
     max_depeg_bps: int = BPS,
 ) -> Aggregate | AggregationFailure:
     """Aggregate one round for `feed`. Thin or dispersed data is a result, not an exception.
 
-    `rates` maps a quote currency of `feed.convert_quotes` to this round's `Q/<quote>` price.
+    `rates` maps a quote currency of `feed.convert_quotes` to this round's `Q/<quote>` price, and
+    `rate_times` to that rate's oldest observation: a converted quote is only as fresh as the
+    older of its own time and its rate's, so that time is its line's `source_time` (and so counts
+    for staleness and for the signed `observationsTimestamp`).
     Every configured market gets one outcome line: used, dropped (and why), failed, or missing.
     `AggregationError` means the inputs were inconsistent (a quote for another feed, a source
     outside the feed's markets, two answers from one source).
@@ -190,7 +194,7 @@ def aggregate(
             raise AggregationError(f"quote for {quote.feed} passed to {feed.symbol}")
         claim(quote.source)
         quoted = feed.market(quote.source).quote
-        converted, note = quote.price, ""
+        converted, note, observed = quote.price, "", quote.source_time
         if quoted != feed.quote:
             rate = rates.get(quoted)
             if quoted not in feed.convert_quotes or rate is None:
@@ -208,14 +212,18 @@ def aggregate(
                 ctx.prec = _PRECISION
                 converted = quote.price * rate  # exact: both are short decimals
             note = f"{quote.price} {quoted} at {feed.rate_feed(quoted)} {rate}"
+            rate_time = (rate_times or {}).get(quoted)
+            if rate_time is not None and rate_time < observed:
+                observed = rate_time
+                note += f" (rate observed {rate_time.isoformat()})"
         line = SourceOutcome(
             source=quote.source,
             outcome=Outcome.USED,
             price=converted,
-            source_time=quote.source_time,
+            source_time=observed,
             detail=note,
         )
-        age = now - quote.source_time
+        age = now - observed
         if age > max_age:
             outcomes[quote.source] = _with(line, Outcome.STALE, f"{age.total_seconds():.3f} s old")
             continue
@@ -312,6 +320,7 @@ def aggregate_feed(
     now: datetime,
     failures: Iterable[SourceError] = (),
     rates: Mapping[str, Decimal] | None = None,
+    rate_times: Mapping[str, datetime] | None = None,
 ) -> Aggregate | AggregationFailure:
     """`aggregate` with the thresholds of `config` (and the feed's own quorum)."""
     feed = config.feed(symbol)
@@ -326,6 +335,7 @@ def aggregate_feed(
         max_ahead=config.max_source_ahead,
         failures=failures,
         rates=rates,
+        rate_times=rate_times,
         max_depeg_bps=config.max_depeg_bps,
     )
 

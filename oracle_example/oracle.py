@@ -341,6 +341,7 @@ class Oracle:
             elif any(isinstance(o, Quote) for o in outcomes):
                 self._state.sources[source] = state.succeeded()
         rates: dict[str, Decimal] = {}  # rate feed symbol -> this round's price
+        rate_times: dict[str, _dt.datetime] = {}  # ... -> its oldest observation
         for feed in self.config.feeds_in_order():
             quotes: list[Quote] = []
             failures: list[SourceError] = []
@@ -362,9 +363,19 @@ class Oracle:
                     for q in feed.convert_quotes
                     if feed.rate_feed(q) in rates
                 },
+                rate_times={
+                    q: rate_times[feed.rate_feed(q)]
+                    for q in feed.convert_quotes
+                    if feed.rate_feed(q) in rate_times
+                },
             )
             if isinstance(aggregated, Aggregate):
                 rates[feed.symbol] = Decimal(aggregated.price).scaleb(-aggregated.decimals)
+                rate_times[feed.symbol] = min(
+                    o.source_time
+                    for o in aggregated.outcomes
+                    if o.outcome == Outcome.USED and o.source_time is not None
+                )
             self._publish(aggregated)
         log.info(
             "round",

@@ -3,7 +3,7 @@ a depeg bound), and a price needs a quorum of distinct sources, else a signed re
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import coincurve
@@ -94,6 +94,31 @@ def test_a_usd_feed_cannot_list_a_usdt_market_without_a_conversion() -> None:
     feed = FeedConfig(symbol="BTC/USD", markets=markets, convert_quotes=("USDT",))
     with pytest.raises(ConfigError, match="no USDT/USD feed"):
         OracleConfig(feeds=(feed,), min_sources=2)
+
+
+def test_a_converted_quote_is_as_old_as_its_rate() -> None:
+    # The rate was observed 40 s ago (older than maxSourceAge, 30 s): the USDT quotes, fresh
+    # themselves, are stale once converted with it; the signed observationsTimestamp would
+    # otherwise claim a freshness the price does not have.
+    rate_time = NOW - timedelta(seconds=40)
+    result = btc_round_at({"USDT": Decimal("0.995")}, {"USDT": rate_time})
+    lines = {o.source: o for o in result.outcomes}
+    assert lines["binance"].outcome == Outcome.STALE
+    assert lines["binance"].source_time == rate_time
+    # 20 s old: used, and the report's observationsTimestamp is the rate's time
+    rate_time = NOW - timedelta(seconds=20)
+    result = btc_round_at({"USDT": Decimal("0.995")}, {"USDT": rate_time})
+    assert isinstance(result, Aggregate) and result.num_sources == 4
+    message, _ = message_for(result, round_id=1, config=CONFIG)
+    assert not isinstance(message, OracleError)
+    assert message.observations_timestamp == int(rate_time.timestamp())
+
+
+def btc_round_at(
+    rates: dict[str, Decimal], rate_times: dict[str, datetime]
+) -> Aggregate | AggregationFailure:
+    quotes = [q("coinbase", USD_AT), q("kraken", USD_AT), q("binance", USDT_AT), q("okx", USDT_AT)]
+    return aggregate_feed(CONFIG, "BTC/USD", quotes, now=NOW, rates=rates, rate_times=rate_times)
 
 
 def test_a_usdt_feed_is_named_so_and_signs_its_own_feed_id() -> None:

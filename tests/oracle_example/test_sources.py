@@ -231,6 +231,17 @@ def test_okx_rate_limit_code_with_http_200() -> None:
         SOURCES["okx"].parse("BTC/USD", status=200, headers={}, body=body, now=RECORDED_AT)
 
 
+def test_binance_asks_for_trading_symbols_and_a_halted_one_is_not_priced() -> None:
+    request = SOURCES["binance"].request("BTC/USD")
+    assert request.url.endswith("symbol=BTCUSDT&type=MINI&symbolStatus=TRADING")
+    # What Binance answers for a symbol whose status is not TRADING (error -1220): an error
+    # for this source this round, never its last price.
+    body = b'{"code":-1220,"msg":"The symbol is not trading."}'
+    with pytest.raises(SourceHttpError) as info:
+        SOURCES["binance"].parse("BTC/USD", status=400, headers={}, body=body, now=RECORDED_AT)
+    assert info.value.status == 400 and "-1220" in str(info.value)
+
+
 def test_5xx_is_an_http_error() -> None:
     with pytest.raises(SourceHttpError) as info:
         SOURCES["coinbase"].parse(

@@ -513,6 +513,31 @@ def test_thin_or_dispersed_reports_fail_the_consumer_bounds(factory, verifier) -
     )
 
 
+def test_a_consumer_defaults_to_a_quorum_of_three_or_the_pinned_configs(factory, verifier) -> None:  # type: ignore[no-untyped-def]
+    # An enclave configured with a quorum of 2 signs a 2-source price; a consumer that pins only
+    # the config hash refuses it by default (3), one that pins the config itself accepts it.
+    thin = replace(CONFIG, min_sources=2)
+    at = factory.timestamp
+    report = make_report(at, prices=("100.1", "100.2"), config=thin)
+    doc = document(factory, config=thin)
+    default = {"min_sources": None}  # what verify_report does when the caller gives none
+    error = expect(
+        "sources",
+        "verify.too_few_sources",
+        check,
+        factory,
+        verifier,
+        report,
+        doc,
+        config=None,
+        config_hash=thin.config_hash,
+        **default,
+    )
+    assert "2 sources, 3 required" in str(error)
+    verified = check(factory, verifier, report, doc, config=thin, **default)
+    assert verified.message.num_sources == 2
+
+
 def test_detail_that_misdescribes_the_signed_numbers_fails(factory, verifier) -> None:  # type: ignore[no-untyped-def]
     report = make_report(factory.timestamp)
     (line,) = [s for s in report["sources"] if s["source"] == "kraken"]  # type: ignore[attr-defined]

@@ -178,6 +178,8 @@ def test_verified_reports_and_the_api() -> None:
             assert status == 200 and body["feed"] == "BTC/USD"
         cases = [
             (b"GET /v1/price/DOGE-USD HTTP/1.1\r\nHost: x\r\n\r\n", 404, "price.unknown_feed"),
+            # every round priced: no refusal to serve beside the price
+            (b"GET /v1/error/BTC-USD HTTP/1.1\r\nHost: x\r\n\r\n", 404, "error.none"),
             (b"GET /v1/attestation?nonce=zz HTTP/1.1\r\nHost: x\r\n\r\n", 400, "attestation.nonce"),
             (
                 b"GET /v1/attestation?nonce=" + b"ab" * 65 + b" HTTP/1.1\r\nHost: x\r\n\r\n",

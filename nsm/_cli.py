@@ -1,24 +1,50 @@
 """`nsm`: talk to the Nitro Secure Module, or run its emulator.
 
-Exit status: 0 on success, 1 when the module or its transport fails, 2 for usage errors.
+Exit status: 0 on success, 1 when the module or its transport fails, 2 for usage errors
+(including arguments the module itself refuses, and output files that cannot be written).
+With `--json`, results and errors are JSON on stdout (docs/schemas/nsm.schema.json, error).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import json
 import logging
 import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from nsm._transport import emulator_address
-from nsm.client import Nsm
-from nsm.errors import NsmError
+from nsm.client import ATTESTATION_FIELD_MAX, Nsm
+from nsm.errors import (
+    ArgumentError,
+    DeviceNotFound,
+    ModuleError,
+    NsmError,
+    ProtocolError,
+    TransportError,
+)
+from nsm.models import ErrorCode
 
-__all__ = ["main"]
+# The output contract every command shares (standard library only, no attestation).
+from nsm_attestation_cli import (
+    EXIT_USAGE,
+    CliParser,
+    UsageError,
+    dump,
+    epilog_everywhere,
+    error_json,
+    report_usage_error,
+    stdout_closed,
+    wants_json,
+)
+
+if TYPE_CHECKING:
+    from nsm.emulator import Emulator
+
+__all__ = ["emulator_from_args", "main"]
 
 _EPILOG = """\
 Selecting the module: inside an enclave the default is /dev/nsm. Off-enclave, start the
@@ -26,6 +52,19 @@ emulator (`nsm emulator serve --socket /tmp/nsm.sock --root-out root.pem`) and s
 explicitly with --emulator unix:/tmp/nsm.sock or NSM_EMULATOR=unix:/tmp/nsm.sock.
 A missing /dev/nsm never falls back to the emulator.
 """
+_EXIT_CODES = """\
+exit status:
+  0    done
+  1    the module or its transport failed (no /dev/nsm, emulator gone, locked PCR...)
+  2    usage error: bad arguments, arguments the module refused (InvalidIndex,
+       InvalidArgument, InputTooLarge), a file or socket path that cannot be written
+  141  stdout closed early (e.g. | head)
+"""
+_EXIT_FAILED = 1
+# What the module says about the arguments themselves: the caller's mistake, as a usage error.
+_ARGUMENT_CODES = frozenset(
+    {ErrorCode.INVALID_INDEX, ErrorCode.INVALID_ARGUMENT, ErrorCode.INPUT_TOO_LARGE}
+)
 
 
 def _hex(value: str) -> bytes:
@@ -35,12 +74,37 @@ def _hex(value: str) -> bytes:
         raise argparse.ArgumentTypeError(f"{value!r} is not hex") from None
 
 
+#: The emulator's production profiles (attestation._profiles.PROFILES), oldest first.
+_PROFILE_NAMES = ("2021", "2022", "2024", "2026")
+#: Boot PCRs the emulator lets a caller set: the ones the enclave's launch fixes (0-15).
+_BOOT_PCRS = range(16)
+_PCR_BYTES = 48
+
+
+def _boot_pcr(value: str) -> tuple[int, bytes]:
+    index, sep, data = value.partition("=")
+    if not sep or not index.strip().isdigit() or int(index) not in _BOOT_PCRS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not INDEX=HEX with INDEX in 0..15")
+    digest = _hex(data)
+    if len(digest) != _PCR_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"PCR{int(index)} must be {_PCR_BYTES} bytes (96 hex digits), got {len(digest)}"
+        )
+    return int(index), digest
+
+
+def _field_max(value: str) -> int | None:
+    if value == "none":
+        return None
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a byte count or 'none'")
+    return int(value)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="nsm",
         description="Talk to the AWS Nitro Secure Module (/dev/nsm), or run its emulator.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--device", metavar="PATH", help="the NSM device (default /dev/nsm)")
@@ -73,9 +137,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "attest", help="Attestation: a signed document (base64 on stdout by default)"
     )
-    p.add_argument("--nonce", type=_hex, help="nonce as hex (at most 1024 bytes)")
-    p.add_argument("--user-data", type=_hex, help="user data as hex (at most 1024 bytes)")
-    p.add_argument("--public-key", type=_hex, help="public key as hex (at most 1024 bytes)")
+    p.add_argument("--nonce", type=_hex, help="nonce as hex (AWS documents at most 1024 bytes)")
+    p.add_argument("--user-data", type=_hex, help="user data as hex (AWS: at most 1024 bytes)")
+    p.add_argument("--public-key", type=_hex, help="public key as hex (AWS: at most 1024 bytes)")
     p.add_argument("--out", type=Path, help="write the raw document (CBOR) to this file")
 
     emu = sub.add_parser("emulator", help="run the NSM emulator")
@@ -91,8 +155,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for a deterministic PKI and PCRs")
     p.add_argument("--debug", action="store_true", help="debug mode: PCR0/1/2 are zero")
     p.add_argument(
-        "--indefinite", action="store_true", help="indefinite-length payload map (as AWS in 2025+)"
+        "--profile",
+        default="2026",
+        choices=_PROFILE_NAMES,
+        help="the era of real NSM output to reproduce (default 2026, today's production shape)",
     )
+    p.add_argument(
+        "--indefinite",
+        action="store_true",
+        help="force an indefinite-length payload map (the 2026 profile has one already)",
+    )
+    p.add_argument(
+        "--pcr",
+        action="append",
+        default=[],
+        type=_boot_pcr,
+        metavar="INDEX=HEX",
+        help="set a boot PCR (0-15) to 48 bytes of hex; repeatable. Real enclaves have PCR3 = "
+        "the parent's IAM role hash and PCR8 = the EIF signing certificate hash",
+    )
+    p.add_argument(
+        "--iam-role",
+        metavar="ARN",
+        help="set PCR3 the way AWS computes it from the parent's role: SHA384(0^48 || ARN)",
+    )
+    p.add_argument(
+        "--field-max",
+        type=_field_max,
+        default=ATTESTATION_FIELD_MAX,
+        metavar="BYTES|none",
+        help=f"refuse user_data, nonce or public_key longer than this (default "
+        f"{ATTESTATION_FIELD_MAX}, AWS's documented limit; real modules sign larger ones: none)",
+    )
+    epilog_everywhere(parser, _EXIT_CODES)
+    parser.epilog = _EPILOG + "\n" + _EXIT_CODES
     return parser
 
 
@@ -155,7 +251,7 @@ def _pcr(module: Nsm, args: argparse.Namespace) -> int:
 
 def _print(fields: dict[str, object], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(fields, indent=2))
+        print(dump(fields))
         return
     width = max(len(k) for k in fields)
     for key, value in fields.items():
@@ -163,14 +259,39 @@ def _print(fields: dict[str, object], as_json: bool) -> None:
         print(f"{key:<{width}}  {shown}")
 
 
+def emulator_from_args(args: argparse.Namespace) -> Emulator:
+    """The emulator `nsm emulator serve` runs for these parsed arguments."""
+    from nsm.emulator import Emulator, extend
+
+    pcrs = dict(args.pcr)
+    if args.iam_role is not None:
+        if 3 in pcrs:
+            raise NsmError("give PCR3 either as --pcr 3=HEX or as --iam-role, not both")
+        pcrs[3] = extend(bytes(_PCR_BYTES), args.iam_role.encode())
+    return Emulator(
+        seed=args.seed,
+        debug=args.debug,
+        profile=args.profile,
+        indefinite=True if args.indefinite else None,
+        pcrs=pcrs,
+        attestation_field_max=args.field_max,
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     from nsm._server import EmulatorServer, write_root_pem
-    from nsm.emulator import Emulator
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    emulator = Emulator(seed=args.seed, debug=args.debug, indefinite=args.indefinite)
-    write_root_pem(args.root_out, emulator.root_pem)
-    server = EmulatorServer(args.socket, emulator)
+    emulator = emulator_from_args(args)
+    # Name the path the user gave, not the temporary file or the bare socket call that failed.
+    try:
+        write_root_pem(args.root_out, emulator.root_pem)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, f"--root-out {args.root_out}") from exc
+    try:
+        server = EmulatorServer(args.socket, emulator)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, f"--socket {args.socket}") from exc
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -191,13 +312,61 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _failure(exc: Exception, args: argparse.Namespace) -> tuple[int, str, str, str | None]:
+    """Exit status, error code, message and hint (naming this command's flags) for `exc`."""
+    if isinstance(exc, DeviceNotFound):
+        return (
+            _EXIT_FAILED,
+            "nsm.no-device",
+            f"{args.device or '/dev/nsm'} does not exist: this is not a Nitro enclave",
+            "off-enclave, start `nsm emulator serve --socket /tmp/nsm.sock --root-out root.pem`"
+            " and pass --emulator unix:/tmp/nsm.sock (or set NSM_EMULATOR)",
+        )
+    if isinstance(exc, ModuleError):
+        kebab = exc.code.name.lower().replace("_", "-")
+        status = EXIT_USAGE if exc.code in _ARGUMENT_CODES else _EXIT_FAILED
+        hint = (
+            "PCRs 0-15 are locked by the enclave's launch; extend 16-31"
+            if exc.code is ErrorCode.READ_ONLY_INDEX
+            else None
+        )
+        return status, f"nsm.module.{kebab}", str(exc), hint
+    if isinstance(exc, ArgumentError):
+        return EXIT_USAGE, "usage", str(exc), "see nsm --help"
+    if isinstance(exc, OSError):  # --out, --root-out, --socket
+        where = f"{exc.filename}: " if exc.filename else ""
+        return EXIT_USAGE, "io", f"{where}{exc.strerror or exc}", None
+    code = {ProtocolError: "nsm.protocol", TransportError: "nsm.transport"}
+    return (
+        _EXIT_FAILED,
+        next((c for t, c in code.items() if isinstance(exc, t)), "nsm"),
+        str(exc),
+        None,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    as_json = wants_json(argv)
     try:
-        return _run(args)
-    except NsmError as exc:
-        print(f"nsm: error: {exc}", file=sys.stderr)
-        return 1
+        try:
+            args = _parser().parse_args(argv)
+        except UsageError as exc:
+            return report_usage_error(exc, prog="nsm", as_json=as_json)
+        try:
+            return _run(args)
+        except (NsmError, OSError) as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            status, code, message, hint = _failure(exc, args)
+            if as_json:
+                print(dump(error_json(code, message, hint)))
+            else:
+                print(f"nsm: error: {message}", file=sys.stderr)
+                if hint:
+                    print(f"hint: {hint}", file=sys.stderr)
+            return status
+    except BrokenPipeError:
+        return stdout_closed()
 
 
 if __name__ == "__main__":  # pragma: no cover

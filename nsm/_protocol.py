@@ -5,13 +5,26 @@ The module speaks serde_cbor's externally tagged enums: a unit variant is a bare
 (`{"ExtendPCR": {"index": 16, "data": h'..'}}`). Encoding follows the Rust field declaration
 order, which makes the §2.5 examples byte-exact; decoding never depends on key order.
 Anything that is not a well-formed message of the expected variant raises `ProtocolError`.
+
+Decoding is as lenient as the Rust types it mirrors (`Request` and `Response` in
+aws-nitro-enclaves-nsm-api's src/api/mod.rs, plain `#[derive(Deserialize)]`), and no more:
+- keys a variant does not define are ignored (no `deny_unknown_fields`), so a newer module's
+  extra answer field or a caller's extra request key is not an error; QEMU's device also skips
+  them;
+- an `Option` field that is absent is None (serde's derive treats a missing `Option` as None), so
+  `{"Attestation": {}}` and `{"Attestation": {"nonce": h'..'}}` are requests; QEMU agrees;
+- a unit variant may also come as a one-key map with a null body (`{"GetRandom": null}`), which
+  serde_cbor's unit-variant access accepts; QEMU's device refuses that form (InvalidOperation);
+- a byte field may come as a text string (serde_bytes reads it as its UTF-8 bytes; QEMU too);
+- a required field that is missing, or has the wrong type, is still an error.
+Encoding never uses that leeway: it writes exactly what the Rust side writes.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import cbor2
 
@@ -137,7 +150,7 @@ def _loads(data: bytes) -> object:
     return value
 
 
-_UNIT = object()  # marks a bare-text (unit) variant, as opposed to a map with a null body
+_UNIT = object()  # marks a bare-text (unit) variant, as opposed to a map with a body
 
 
 def _variant(data: bytes, kind: str) -> tuple[str, object]:
@@ -151,15 +164,22 @@ def _variant(data: bytes, kind: str) -> tuple[str, object]:
     raise ProtocolError(f"an NSM {kind} is a text string or a one-key map, not {value!r:.80}")
 
 
-def _fields(body: object, variant: str, names: tuple[str, ...]) -> dict[str, Any]:
+def _fields(
+    body: object, variant: str, names: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The variant's fields: `names` required, `optional` None when absent, others ignored."""
     if not isinstance(body, Mapping):
         raise ProtocolError(f"{variant}: expected a map of fields, got {type(body).__name__}")
-    keys = set(body)
-    if keys != set(names):
-        raise ProtocolError(
-            f"{variant}: expected fields {sorted(names)}, got {sorted(map(str, keys))}"
-        )
-    return dict(body)
+    missing = [name for name in names if name not in body]
+    if missing:
+        raise ProtocolError(f"{variant}: missing field(s) {missing} (has {sorted(map(str, body))})")
+    return {name: body.get(name) for name in (*names, *optional)}
+
+
+def _unit_body(name: str, body: object) -> None:
+    # `"GetRandom"` or `{"GetRandom": null}`: serde reads `()` from either form.
+    if body is not _UNIT and body is not None:
+        raise ProtocolError(f"{name} is a unit variant: a text string, or a map with a null body")
 
 
 def _uint(value: object, what: str, maximum: int = _U16_MAX) -> int:
@@ -172,6 +192,10 @@ def _uint(value: object, what: str, maximum: int = _U16_MAX) -> int:
 
 
 def _bytes(value: object, what: str) -> bytes:
+    # serde_bytes (every byte field of the Rust types) also reads a text string as its UTF-8
+    # bytes, and QEMU's device takes text for ExtendPCR.data and the attestation fields.
+    if isinstance(value, str):
+        return value.encode()
     if not isinstance(value, bytes):
         raise ProtocolError(f"{what} must be a byte string, got {type(value).__name__}")
     return value
@@ -202,7 +226,7 @@ def _req_lock_pcrs(body: object) -> Request:
 
 
 def _req_attestation(body: object) -> Request:
-    f = _fields(body, "Attestation", ("user_data", "nonce", "public_key"))
+    f = _fields(body, "Attestation", (), ("user_data", "nonce", "public_key"))
     return Attestation(
         user_data=_opt(f["user_data"], "Attestation.user_data"),
         nonce=_opt(f["nonce"], "Attestation.nonce"),
@@ -220,16 +244,28 @@ _REQUESTS: dict[str, Callable[[object], Request]] = {
 _UNIT_REQUESTS: dict[str, Request] = {"DescribeNSM": DescribeNSM(), "GetRandom": GetRandom()}
 
 
+_V = TypeVar("_V")
+
+
+def _decode_variant(
+    data: bytes,
+    side: str,
+    units: Mapping[str, _V],
+    variants: Mapping[str, Callable[[object], _V]],
+) -> _V:
+    """One externally tagged enum value: a unit variant, or a one-key map to its decoder."""
+    name, body = _variant(data, side)
+    if name in units:
+        _unit_body(name, body)
+        return units[name]
+    if name in variants and body is not _UNIT:
+        return variants[name](body)
+    raise ProtocolError(f"unknown NSM {side} {name!r:.60}")
+
+
 def decode_request(data: bytes) -> Request:
     """Decode a request (the emulator's side of the codec)."""
-    name, body = _variant(data, "request")
-    if name in _UNIT_REQUESTS:
-        if body is not _UNIT:
-            raise ProtocolError(f"{name} is a bare text variant and carries no fields")
-        return _UNIT_REQUESTS[name]
-    if name in _REQUESTS and body is not _UNIT:
-        return _REQUESTS[name](body)
-    raise ProtocolError(f"unknown NSM request {name!r:.60}")
+    return _decode_variant(data, "request", _UNIT_REQUESTS, _REQUESTS)
 
 
 def _resp_describe_nsm(body: object) -> Response:
@@ -310,11 +346,4 @@ _UNIT_RESPONSES: dict[str, Response] = {"LockPCR": PcrLocked(), "LockPCRs": Pcrs
 
 def decode_response(data: bytes) -> Response:
     """Decode a module's answer; an `{"Error": ...}` answer becomes an `ErrorResponse`."""
-    name, body = _variant(data, "response")
-    if name in _UNIT_RESPONSES:
-        if body is not _UNIT:
-            raise ProtocolError(f"{name} is a bare text variant and carries no fields")
-        return _UNIT_RESPONSES[name]
-    if name in _RESPONSES and body is not _UNIT:
-        return _RESPONSES[name](body)
-    raise ProtocolError(f"unknown NSM response {name!r:.60}")
+    return _decode_variant(data, "response", _UNIT_RESPONSES, _RESPONSES)

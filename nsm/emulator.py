@@ -5,13 +5,17 @@
   `SHA384(0^48 || instance-id)` as AWS documents. In debug mode PCR0/1/2 are zero, as in the
   real debug documents (reference/nsm.md §6). PCRs 16-31 start at zero, extend as
   `SHA384(old || data)` and can be locked.
-- Error answers follow QEMU's device where AWS says nothing (reference/nsm.md §2.7):
-  InvalidIndex for an index past max_pcrs, ReadOnlyIndex for changing a locked PCR,
-  InputTooLarge for an oversize request or attestation field, InvalidOperation for anything
-  that does not decode.
+- Error answers follow QEMU's device where AWS says nothing: InvalidIndex for an index past
+  max_pcrs, ReadOnlyIndex for changing a locked PCR, InputTooLarge for an oversize request or
+  attestation field, InvalidOperation for anything that does not decode.
+- Attestation fields (user_data, nonce, public_key) are refused past `attestation_field_max`
+  bytes, AWS's documented 1024 by default; real modules were seen signing larger ones, so
+  `attestation_field_max=None` lifts the limit (see nsm.client.ATTESTATION_FIELD_MAX).
 - Attestation documents have AWS's exact shape (built by `attestation.builder`) and are signed
   by a locally generated PKI that no default verifier trusts: its root is written out for the
-  caller to pin explicitly.
+  caller to pin explicitly. `profile` picks the era of real output to reproduce (serial numbers,
+  extension order, payload map encoding, leaf lifetime, module_id format; see
+  attestation._profiles): "2026", today's production shape, unless told otherwise.
 """
 
 from __future__ import annotations
@@ -22,32 +26,11 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
-from attestation import builder
-from nsm import _protocol
+from attestation import _profiles, builder
+from nsm import _protocol, models
 from nsm._transport import REQUEST_MAX
 from nsm.client import ATTESTATION_FIELD_MAX, MAX_PCRS
 from nsm.errors import ProtocolError
-from nsm.models import (
-    Attestation,
-    AttestationResponse,
-    DescribeNSM,
-    DescribePCR,
-    Description,
-    Digest,
-    ErrorCode,
-    ErrorResponse,
-    ExtendPCR,
-    GetRandom,
-    LockPCR,
-    LockPCRs,
-    PcrExtended,
-    PcrLocked,
-    PcrsLocked,
-    PcrState,
-    RandomBytes,
-    Request,
-    Response,
-)
 
 __all__ = ["BOOT_LOCKED_PCRS", "PCR_SIZE", "RANDOM_SIZE", "Emulator"]
 
@@ -93,7 +76,9 @@ class Emulator:
         debug: bool = False,
         pcrs: Mapping[int, bytes] | None = None,
         region: str = "us-east-1",
-        indefinite: bool = False,
+        profile: str | _profiles.Profile = "2026",
+        indefinite: bool | None = None,
+        attestation_field_max: int | None = ATTESTATION_FIELD_MAX,
         clock: Clock = _utc_now,
         random_source: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -103,14 +88,24 @@ class Emulator:
         # Replaceable only so that tests can compare two emulators byte for byte.
         self._random = random_source
         self._region = region
-        self._indefinite = indefinite
+        self._profile = _profiles.profile(profile)
+        # None: the profile's payload encoding; True/False override it.
+        self._indefinite = self._profile.indefinite_payload if indefinite is None else indefinite
+        if attestation_field_max is not None and attestation_field_max < 0:
+            raise ValueError("attestation_field_max must be None or a non-negative size")
+        self._field_max = attestation_field_max
         ident = (
             hashlib.sha256(b"nsm-emulator" + seed.to_bytes(16, "big", signed=True)).digest()
             if seed is not None
             else os.urandom(32)
         )
         self.instance_id = "i-" + ident[:9].hex()[:17]
-        self.module_id = f"{self.instance_id}-enc{ident[9:17].hex()}"
+        # The enclave id starts with the launch time; a seeded emulator launches at the top of
+        # the hour, so that two runs within the same hour agree.
+        launch = self._now()
+        if seed is not None:
+            launch = launch.replace(minute=0, second=0, microsecond=0)
+        self.module_id = f"{self.instance_id}-enc{_profiles.enclave_id(launch, seed=seed)}"
         self.debug = debug
 
         self._pcrs = [bytes(PCR_SIZE) for _ in range(MAX_PCRS)]
@@ -125,8 +120,11 @@ class Emulator:
                 raise ValueError(f"boot PCR {index} must be in 0..15 and {PCR_SIZE} bytes long")
             self._pcrs[index] = bytes(value)
 
-        self._pki = builder.generate_pki(
-            seed=seed, region=region, instance_id=self.instance_id, not_before=self._ca_start()
+        self._pki = _profiles.apply(
+            builder.generate_pki(
+                seed=seed, region=region, instance_id=self.instance_id, not_before=self._ca_start()
+            ),
+            self._profile,
         )
         self._leaf: builder.CertifiedKey | None = None
 
@@ -141,9 +139,27 @@ class Emulator:
     def pki(self) -> builder.Pki:
         return self._pki
 
+    @property
+    def profile(self) -> _profiles.Profile:
+        """The era of real NSM output this emulator reproduces."""
+        return self._profile
+
     def pcr(self, index: int) -> bytes:
         with self._lock:
             return self._pcrs[index]
+
+    def restart(self) -> None:
+        """The enclave relaunched from the same EIF on the same instance: a new enclave id (so a
+        new `module_id` and leaf certificate), the app-extendable PCRs (16 and up) zero and
+        unlocked again; the boot PCRs, the instance and the PKI (the root callers pinned)
+        stay."""
+        with self._lock:
+            enclave = _profiles.enclave_id(self._now(), seed=self._seed)
+            self.module_id = f"{self.instance_id}-enc{enclave}"
+            self._leaf = None
+            for index in range(BOOT_LOCKED_PCRS, MAX_PCRS):
+                self._pcrs[index] = bytes(PCR_SIZE)
+                self._locked[index] = False
 
     def handle(self, request: bytes) -> bytes:
         """Answer one encoded request with one encoded response."""
@@ -151,61 +167,62 @@ class Emulator:
 
     # --- request handling ---------------------------------------------------------------
 
-    def _answer(self, raw: bytes) -> Response:
+    def _answer(self, raw: bytes) -> models.Response:
         if len(raw) > REQUEST_MAX:
-            return ErrorResponse(ErrorCode.INPUT_TOO_LARGE)
+            return models.ErrorResponse(models.ErrorCode.INPUT_TOO_LARGE)
         try:
             request = _protocol.decode_request(raw)
         except ProtocolError:
-            return ErrorResponse(ErrorCode.INVALID_OPERATION)
+            return models.ErrorResponse(models.ErrorCode.INVALID_OPERATION)
         with self._lock:
             return self._dispatch(request)
 
-    def _dispatch(self, request: Request) -> Response:
+    def _dispatch(self, request: models.Request) -> models.Response:
         match request:
-            case DescribeNSM():
-                return Description(
+            case models.DescribeNSM():
+                return models.Description(
                     version_major=1,
                     version_minor=0,
                     version_patch=0,
                     module_id=self.module_id,
                     max_pcrs=MAX_PCRS,
                     locked_pcrs=frozenset(i for i in range(MAX_PCRS) if self._locked[i]),
-                    digest=Digest.SHA384,
+                    digest=models.Digest.SHA384,
                 )
-            case DescribePCR(index=index):
+            case models.DescribePCR(index=index):
                 if index >= MAX_PCRS:
-                    return ErrorResponse(ErrorCode.INVALID_INDEX)
-                return PcrState(locked=self._locked[index], data=self._pcrs[index])
-            case ExtendPCR(index=index, data=data):
+                    return models.ErrorResponse(models.ErrorCode.INVALID_INDEX)
+                return models.PcrState(locked=self._locked[index], data=self._pcrs[index])
+            case models.ExtendPCR(index=index, data=data):
                 if index >= MAX_PCRS:
-                    return ErrorResponse(ErrorCode.INVALID_INDEX)
+                    return models.ErrorResponse(models.ErrorCode.INVALID_INDEX)
                 if self._locked[index]:
-                    return ErrorResponse(ErrorCode.READ_ONLY_INDEX)
+                    return models.ErrorResponse(models.ErrorCode.READ_ONLY_INDEX)
                 self._pcrs[index] = extend(self._pcrs[index], data)
-                return PcrExtended(self._pcrs[index])
-            case LockPCR(index=index):
+                return models.PcrExtended(self._pcrs[index])
+            case models.LockPCR(index=index):
                 if index >= MAX_PCRS:
-                    return ErrorResponse(ErrorCode.INVALID_INDEX)
+                    return models.ErrorResponse(models.ErrorCode.INVALID_INDEX)
                 if self._locked[index]:
-                    return ErrorResponse(ErrorCode.READ_ONLY_INDEX)
+                    return models.ErrorResponse(models.ErrorCode.READ_ONLY_INDEX)
                 self._locked[index] = True
-                return PcrLocked()
-            case LockPCRs(range=range_):
+                return models.PcrLocked()
+            case models.LockPCRs(range=range_):
                 if range_ > MAX_PCRS:
-                    return ErrorResponse(ErrorCode.INVALID_INDEX)
+                    return models.ErrorResponse(models.ErrorCode.INVALID_INDEX)
                 for i in range(range_):
                     self._locked[i] = True
-                return PcrsLocked()
-            case GetRandom():
-                return RandomBytes(self._random(RANDOM_SIZE))
-            case Attestation():
+                return models.PcrsLocked()
+            case models.GetRandom():
+                return models.RandomBytes(self._random(RANDOM_SIZE))
+            case models.Attestation():
                 return self._attest(request)
 
-    def _attest(self, request: Attestation) -> Response:
+    def _attest(self, request: models.Attestation) -> models.Response:
         fields = (request.user_data, request.nonce, request.public_key)
-        if any(f is not None and len(f) > ATTESTATION_FIELD_MAX for f in fields):
-            return ErrorResponse(ErrorCode.INPUT_TOO_LARGE)
+        limit = self._field_max
+        if limit is not None and any(f is not None and len(f) > limit for f in fields):
+            return models.ErrorResponse(models.ErrorCode.INPUT_TOO_LARGE)
         now = self._now()
         leaf = self._current_leaf(now)
         document = builder.build_document(
@@ -220,7 +237,7 @@ class Emulator:
             nonce=request.nonce,
             indefinite=self._indefinite,
         )
-        return AttestationResponse(document)
+        return models.AttestationResponse(document)
 
     # --- PKI upkeep ---------------------------------------------------------------------
 
@@ -242,12 +259,13 @@ class Emulator:
         if self._pki.instance.certificate.not_valid_after_utc - now < _CA_MARGIN:
             # Real intermediates rotate (the instance CA lives one day); so do ours. The root,
             # which callers have pinned, stays the same.
-            self._pki = self._pki.renew_intermediates(not_before=self._ca_start())
+            renewed = self._pki.renew_intermediates(not_before=self._ca_start())
+            self._pki = _profiles.apply(renewed, self._profile, root=self._pki.root)
             self._leaf = None
         leaf = self._leaf
         if leaf is None or leaf.certificate.not_valid_after_utc - now < _LEAF_MARGIN:
-            leaf = self._pki.issue_leaf(
-                module_id=self.module_id, not_before=now - timedelta(minutes=1)
+            leaf = _profiles.issue_leaf(
+                self._pki, self._profile, module_id=self.module_id, issued=now
             )
             self._leaf = leaf
         return leaf

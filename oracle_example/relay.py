@@ -26,16 +26,12 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import quote
-
-import coincurve
 
 from oracle_example.aggregate import should_publish
 from oracle_example.chain import (
-    Anvil,
     ChainError,
     Contract,
     RevertError,
@@ -50,7 +46,6 @@ from oracle_example.eth import Eip712Domain, to_checksum_address
 from oracle_example.onchain import (
     DEFAULT_HISTORY,
     DEFAULT_MAX_AGE,
-    DEFAULT_SIGNER_VALIDITY,
     artifacts,
     deploy_feed,
     deploy_registry,
@@ -62,16 +57,12 @@ from oracle_example.onchain import (
 from oracle_example.report import OracleError, PriceReport, SignedReport
 
 __all__ = [
-    "ChainDeployment",
-    "DemoChain",
     "GatewaySource",
     "OnChainRound",
     "Relay",
     "RelayOutcome",
     "ReportSource",
     "add_chain_commands",
-    "chain_demo",
-    "deploy_demo_feed",
 ]
 
 log = logging.getLogger(__name__)
@@ -231,163 +222,6 @@ class Relay:
                 submitted=True, reason="submitted", round_id=message.round_id, gas_used=used
             )
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
-
-
-# --- the demo's chain leg -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChainDeployment:
-    registry: Contract
-    feed: Contract
-    domain: Eip712Domain
-    symbol: str
-
-
-def deploy_demo_feed(
-    rpc: RpcClient, owner: Wallet, *, symbol: str, decimals: int, min_sources: int
-) -> ChainDeployment:
-    """Registry and feed; add `domain` to the enclave's config before it boots."""
-    registry = deploy_registry(rpc, owner)
-    feed = deploy_feed(
-        rpc,
-        owner,
-        registry=registry.address,
-        symbol=symbol,
-        decimals=decimals,
-        min_sources=min_sources,
-    )
-    return ChainDeployment(
-        registry=registry,
-        feed=feed,
-        domain=feed_domain(rpc.chain_id(), feed.address),
-        symbol=symbol,
-    )
-
-
-def chain_demo(
-    deployment: ChainDeployment,
-    *,
-    owner: Wallet,
-    relayer: Wallet,
-    source: ReportSource,
-    attestation: bytes,
-    verifier: Any,
-    policy: Any,
-    config: OracleConfig,
-    rounds: int = 2,
-    timeout: float = 60.0,
-    out: Callable[[str], None] = print,
-) -> tuple[int, int, int, int, int]:
-    """Register the enclave after verifying its attestation, relay `rounds` rounds, read back.
-
-    Returns `latestRoundData()`. Raises `ReportVerificationError` if the attestation does not
-    verify (nothing is registered then) and `ChainError` if rounds do not land within `timeout`.
-    """
-    now = _dt.datetime.now(_dt.UTC)
-    registration = verify_registration(
-        attestation,
-        verifier=verifier,
-        policy=policy,
-        at=now,
-        config=config,
-        domain=deployment.domain,
-    )
-    expires = int((now + DEFAULT_SIGNER_VALIDITY).timestamp())
-    receipt = register_signer(deployment.registry, owner, registration, expires_at=expires)
-    out(
-        f"registered signer {to_checksum_address(registration.signer)} in OracleRegistry "
-        f"{deployment.registry.checksum} ({gas_used(receipt)} gas)"
-    )
-    # Heartbeat 0: every newer round is due, so the demo shows consecutive rounds landing.
-    relay = Relay(
-        feed=deployment.feed,
-        wallet=relayer,
-        source=source,
-        symbol=deployment.symbol,
-        heartbeat=_dt.timedelta(0),
-    )
-    landed = 0
-    deadline = time.monotonic() + timeout
-    while landed < rounds:
-        outcome = relay.step()
-        if outcome.submitted:
-            landed += 1
-            out(f"relayed round {outcome.round_id} to PriceFeed ({outcome.gas_used} gas)")
-            continue
-        if time.monotonic() > deadline:
-            raise ChainError(f"only {landed} of {rounds} rounds landed: {outcome.reason}")
-        time.sleep(0.5)
-    data = deployment.feed.call("latestRoundData")
-    round_id, answer, started, updated, answered = data
-    decimals = deployment.feed.call("decimals")[0]
-    when = _dt.datetime.fromtimestamp(updated, _dt.UTC).isoformat()
-    out(
-        f"latestRoundData() = roundId {round_id}, answer {answer} "
-        f"({Decimal(answer).scaleb(-decimals)} {deployment.symbol}), updatedAt {when}"
-    )
-    return round_id, answer, started, updated, answered
-
-
-class DemoChain:
-    """`make demo`'s chain: a local anvil with a registry and a `symbol` feed, fresh keys.
-
-    Start it before the enclave: `domain` must be in the enclave's config (and so in PCR16)
-    before it boots. `close()` stops anvil. The owner and relayer keys are random per run,
-    funded on the local chain only, and never printed.
-    """
-
-    def __init__(self, *, symbol: str, decimals: int, min_sources: int) -> None:
-        self.anvil = Anvil()
-        try:
-            self.owner = Wallet(coincurve.PrivateKey())
-            self.relayer = Wallet(coincurve.PrivateKey())
-            for wallet in (self.owner, self.relayer):
-                self.anvil.fund(wallet.address)
-            self.deployment = deploy_demo_feed(
-                self.anvil.rpc,
-                self.owner,
-                symbol=symbol,
-                decimals=decimals,
-                min_sources=min_sources,
-            )
-        except BaseException:
-            self.anvil.close()
-            raise
-
-    @property
-    def domain(self) -> Eip712Domain:
-        return self.deployment.domain
-
-    def run(
-        self,
-        *,
-        gateway: str,
-        attestation: bytes,
-        verifier: Any,
-        policy: Any,
-        config: OracleConfig,
-        out: Callable[[str], None],
-    ) -> tuple[int, int, int, int, int]:
-        d = self.deployment
-        out(
-            f"chain            anvil {self.anvil.url} (chain id {self.anvil.chain_id}): "
-            f"OracleRegistry {d.registry.checksum}, PriceFeed {d.feed.checksum} ({d.symbol})"
-        )
-        return chain_demo(
-            d,
-            owner=self.owner,
-            relayer=self.relayer,
-            source=GatewaySource(gateway),
-            attestation=attestation,
-            verifier=verifier,
-            policy=policy,
-            config=config,
-            out=out,
-        )
-
-    def close(self) -> None:
-        self.anvil.close()
 
 
 # --- CLI ------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,13 @@ import pytest
 from nsm._server import EmulatorServer
 from nsm.client import Nsm
 from nsm.emulator import Emulator
-from tests.nsm.shimtools import build_shim_or_skip, short_socket_dir
+from tests.nsm.shimtools import (
+    FakeNsmServer,
+    Handler,
+    build_shim_or_skip,
+    preload_env,
+    short_socket_dir,
+)
 
 
 @pytest.fixture
@@ -46,3 +53,32 @@ def emulator_socket(sock_dir: Path, emulator: Emulator) -> Iterator[Path]:
 def module(emulator_socket: Path) -> Iterator[Nsm]:
     with Nsm.emulator(emulator_socket) as nsm:
         yield nsm
+
+
+# ---- the shim against a fake NSM (thin wrappers over shimtools) --------------------------------
+
+
+@pytest.fixture
+def socket_path(sock_dir: Path) -> Path:
+    return sock_dir / "nsm.sock"
+
+
+@pytest.fixture
+def shim_env(shim_lib: Path) -> Callable[..., dict[str, str]]:
+    """`shim_env(socket_path, **kw)`: the environment of a process whose /dev/nsm is that socket."""
+    return functools.partial(preload_env, shim_lib)
+
+
+@pytest.fixture
+def serve(socket_path: Path) -> Iterator[Callable[[Handler], FakeNsmServer]]:
+    """`serve(handler)`: start a fake NSM on `socket_path`; stopped after the test."""
+    servers: list[FakeNsmServer] = []
+
+    def start(handler: Handler) -> FakeNsmServer:
+        server = FakeNsmServer(socket_path, handler).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

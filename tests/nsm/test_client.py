@@ -12,11 +12,18 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from nsm import _protocol
+from nsm import _cli, _protocol
 from nsm._transport import UnixTransport
 from nsm.client import Nsm
 from nsm.emulator import Emulator
-from nsm.errors import ArgumentError, DeviceNotFound, ModuleError, ProtocolError, TransportError
+from nsm.errors import (
+    ArgumentError,
+    DeviceNotFound,
+    ModuleError,
+    NsmError,
+    ProtocolError,
+    TransportError,
+)
 from nsm.models import ErrorCode, RandomBytes
 
 
@@ -97,17 +104,16 @@ def test_mismatched_answer_is_a_protocol_error(emulator: Emulator) -> None:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda m: m.describe_pcr(32), "0..31"),
-        (lambda m: m.describe_pcr(-1), "0..31"),
-        (lambda m: m.describe_pcr(True), "0..31"),
-        (lambda m: m.describe_pcr("1"), "0..31"),
+        (lambda m: m.describe_pcr(0x10000), "u16"),
+        (lambda m: m.describe_pcr(-1), "u16"),
+        (lambda m: m.describe_pcr(True), "u16"),
+        (lambda m: m.describe_pcr("1"), "u16"),
         (lambda m: m.extend_pcr(16, "text"), "bytes"),
-        (lambda m: m.lock_pcr(99), "0..31"),
-        (lambda m: m.lock_pcrs(33), "0..32"),
+        (lambda m: m.lock_pcr(70000), "u16"),
+        (lambda m: m.lock_pcrs(0x10000), "u16"),
         (lambda m: m.get_random(-1), "non-negative"),
-        (lambda m: m.attestation(user_data=bytes(1025)), "at most 1024"),
         (lambda m: m.attestation(nonce="abc"), "bytes"),
-        (lambda m: m.attestation(public_key=bytes(2000)), "at most 1024"),
+        (lambda m: m.attestation(public_key=bytes(4090)), "at most 4096"),
         (lambda m: m.extend_pcr(16, bytes(5000)), "at most 4096"),
     ],
 )
@@ -118,6 +124,44 @@ def test_arguments_are_checked_before_anything_is_sent(
     with pytest.raises(ArgumentError, match=message):
         call(Nsm(transport))  # type: ignore[operator]
     assert transport.requests == []
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.describe_pcr(32),
+        lambda m: m.extend_pcr(40, b"x"),
+        lambda m: m.lock_pcr(0xFFFF),
+        lambda m: m.lock_pcrs(33),
+    ],
+)
+def test_index_past_max_pcrs_is_the_modules_answer(emulator: Emulator, call: object) -> None:
+    """Like AWS's Rust client, only the u16 wire range is checked locally: the module knows its
+    own max_pcrs and answers InvalidIndex."""
+    transport = RecordingTransport(emulator)
+    with pytest.raises(ModuleError) as caught:
+        call(Nsm(transport))  # type: ignore[operator]
+    assert caught.value.code is ErrorCode.INVALID_INDEX
+    assert len(transport.requests) == 1
+
+
+def test_attestation_field_size_is_the_modules_answer() -> None:
+    """No local 1024-byte cap: real modules sign larger fields (an ML-KEM-768 key is 1,184 bytes);
+    the emulator refuses them by default (AWS's documented limit) and takes them when told."""
+    key = bytes(range(256)) * 4 + bytes(160)
+    assert len(key) == 1184
+    strict = RecordingTransport(Emulator(seed=7))
+    with pytest.raises(ModuleError) as caught:
+        Nsm(strict).attestation(public_key=key)
+    assert caught.value.code is ErrorCode.INPUT_TOO_LARGE
+    assert len(strict.requests) == 1
+    lenient = Nsm(RecordingTransport(Emulator(seed=7, attestation_field_max=None)))
+    payload = cbor2.loads(cbor2.loads(lenient.attestation(public_key=key))[2])
+    assert payload["public_key"] == key
+    wider = Nsm(RecordingTransport(Emulator(seed=7, attestation_field_max=2048)))
+    assert cbor2.loads(cbor2.loads(wider.attestation(nonce=bytes(2048)))[2])["nonce"] == bytes(2048)
+    with pytest.raises(ModuleError):
+        wider.attestation(nonce=bytes(2049))
 
 
 def test_emulator_socket_missing_says_what_to_run(tmp_path: Path) -> None:
@@ -164,14 +208,43 @@ def test_transport_reconnects_in_a_forked_child(emulator_socket: Path) -> None:
     module.close()  # idempotent
 
 
+ROLE_ARN = "arn:aws:iam::123456789012:role/Webserver"
+#: AWS's worked example for PCR3 (the User Guide's "Where to get an enclave's measurements").
+ROLE_PCR3 = hashlib.sha384(bytes(48) + ROLE_ARN.encode()).hexdigest()
+
+
+def test_cli_sets_boot_pcrs() -> None:
+    signing = hashlib.sha384(b"signing certificate").hexdigest()
+    serve = ["emulator", "serve", "--socket", "s", "--root-out", "r", "--seed", "3"]
+    args = _cli._parser().parse_args([*serve, "--pcr", f"8={signing}", "--iam-role", ROLE_ARN])
+    emulator = _cli.emulator_from_args(args)
+    assert emulator.pcr(3).hex() == ROLE_PCR3
+    assert ROLE_PCR3.startswith("78fce75d")  # the value AWS prints for this ARN
+    assert emulator.pcr(8).hex() == signing
+    # PCR3/PCR8 are boot PCRs: locked, and in every document
+    payload = cbor2.loads(cbor2.loads(Nsm(RecordingTransport(emulator)).attestation())[2])
+    assert payload["pcrs"][3].hex() == ROLE_PCR3
+    assert payload["pcrs"][8].hex() == signing
+    both = _cli._parser().parse_args([*serve, "--pcr", f"3={signing}", "--iam-role", ROLE_ARN])
+    with pytest.raises(NsmError, match="either"):
+        _cli.emulator_from_args(both)
+    assert _cli._parser().parse_args([*serve, "--field-max", "none"]).field_max is None
+    assert _cli._parser().parse_args([*serve, "--field-max", "2048"]).field_max == 2048
+
+
+@pytest.mark.parametrize(
+    "bad", [["--pcr", "16=" + "00" * 48], ["--pcr", "3=00"], ["--pcr", "x"], ["--field-max", "-1"]]
+)
+def test_cli_refuses_bad_boot_values(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli.main(["emulator", "serve", "--socket", "s", "--root-out", "r", *bad]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
 def test_cli_serves_a_debug_emulator(sock_dir: Path) -> None:
     sock, root = sock_dir / "debug.sock", sock_dir / "root.pem"
     nsm = [sys.executable, "-m", "nsm._cli"]
-    server = subprocess.Popen(
-        [*nsm, "emulator", "serve", "--socket", str(sock), "--root-out", str(root), "--debug"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    serve = [*nsm, "emulator", "serve", "--socket", str(sock), "--root-out", str(root), "--debug"]
+    server = subprocess.Popen([*serve, "--iam-role", ROLE_ARN], stderr=subprocess.PIPE, text=True)
     try:
         assert server.stderr is not None
         assert "serving on unix:" in server.stderr.readline()
@@ -183,6 +256,13 @@ def test_cli_serves_a_debug_emulator(sock_dir: Path) -> None:
         )
         assert got.returncode == 0, got.stderr
         assert f'"data": "{"00" * 48}"' in got.stdout
+        pcr3 = subprocess.run(
+            [*nsm, "--emulator", f"unix:{sock}", "pcr", "get", "3", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert f'"data": "{ROLE_PCR3}"' in pcr3.stdout
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -133,6 +133,21 @@ def test_lock_range(emulator: Emulator) -> None:
     assert ask(emulator, ExtendPCR(31, b"x")) == error(ErrorCode.READ_ONLY_INDEX)
 
 
+def test_restart_resets_application_pcrs_only(emulator: Emulator) -> None:
+    boot = [emulator.pcr(i) for i in range(16)]
+    root, module_id, instance_id = emulator.root_pem, emulator.module_id, emulator.instance_id
+    ask(emulator, ExtendPCR(16, b"config"))
+    ask(emulator, LockPCRs(32))
+    emulator.restart()
+    assert [emulator.pcr(i) for i in range(16)] == boot
+    assert emulator.root_pem == root and emulator.instance_id == instance_id
+    assert emulator.module_id != module_id
+    assert emulator.module_id.startswith(instance_id + "-enc")
+    assert ask(emulator, DescribePCR(16)) == PcrState(locked=False, data=ZERO)
+    assert ask(emulator, ExtendPCR(0, b"x")) == error(ErrorCode.READ_ONLY_INDEX)
+    assert ask(emulator, ExtendPCR(31, b"x")) == PcrExtended(hashlib.sha384(ZERO + b"x").digest())
+
+
 @pytest.mark.parametrize(
     "request_", [DescribePCR(32), ExtendPCR(32, b"x"), LockPCR(32), DescribePCR(0xFFFF)]
 )
@@ -147,6 +162,20 @@ def test_oversize_and_malformed_requests(emulator: Emulator) -> None:
     assert ask_raw(emulator, huge) == error(ErrorCode.INPUT_TOO_LARGE)
     assert ask_raw(emulator, b"\xff\x00garbage") == error(ErrorCode.INVALID_OPERATION)
     assert ask_raw(emulator, cbor2.dumps("Reboot")) == error(ErrorCode.INVALID_OPERATION)
+
+
+def test_requests_the_rust_types_accept_are_answered(emulator: Emulator) -> None:
+    empty = ask_raw(emulator, cbor2.dumps({"Attestation": {}}))
+    assert isinstance(empty, AttestationResponse)
+    payload = cbor2.loads(cbor2.loads(empty.document)[2])
+    assert (payload["user_data"], payload["nonce"], payload["public_key"]) == (None, None, None)
+    nonce_only = ask_raw(emulator, cbor2.dumps({"Attestation": {"nonce": b"n", "x": 1}}))
+    assert isinstance(nonce_only, AttestationResponse)
+    assert cbor2.loads(cbor2.loads(nonce_only.document)[2])["nonce"] == b"n"
+    assert isinstance(ask_raw(emulator, cbor2.dumps({"GetRandom": None})), RandomBytes)
+    # a required field missing is still not a request
+    missing = ask_raw(emulator, cbor2.dumps({"ExtendPCR": {"index": 16}}))
+    assert missing == error(ErrorCode.INVALID_OPERATION)
 
 
 def ask_raw(emulator: Emulator, raw: bytes) -> Response:
@@ -175,7 +204,8 @@ def test_document_has_aws_shape(emulator: Emulator) -> None:
     assert protected == bytes.fromhex("a1013822")
     assert unprotected == {}
     assert len(signature) == 96
-    assert payload_bytes[0] == 0xA9  # definite map of nine
+    # today's production profile: an indefinite-length map (0xbf ... 0xff)
+    assert (payload_bytes[0], payload_bytes[-1]) == (0xBF, 0xFF)
     payload = cbor2.loads(payload_bytes)
     assert list(payload) == AWS_KEY_ORDER
     assert payload["digest"] == "SHA384"
@@ -189,11 +219,20 @@ def test_document_has_aws_shape(emulator: Emulator) -> None:
     assert b"\x69timestamp\x1b" in payload_bytes
 
 
-def test_indefinite_payload_option() -> None:
-    document = attest(Emulator(seed=3, indefinite=True))
+@pytest.mark.parametrize(
+    ("profile", "indefinite", "first"),
+    [
+        ("2024", None, 0xA9),  # definite map of nine until 2025
+        ("2021", None, 0xA9),
+        ("2024", True, 0xBF),  # the override wins
+        ("2026", False, 0xA9),
+    ],
+)
+def test_payload_map_follows_the_profile(profile: str, indefinite: bool | None, first: int) -> None:
+    document = attest(Emulator(seed=3, profile=profile, indefinite=indefinite))
     payload_bytes = cbor2.loads(document)[2]
-    assert payload_bytes[0] == 0xBF
-    assert payload_bytes[-1] == 0xFF
+    assert payload_bytes[0] == first
+    assert (payload_bytes[-1] == 0xFF) == (first == 0xBF)
     assert list(cbor2.loads(payload_bytes)) == AWS_KEY_ORDER
 
 
@@ -234,7 +273,7 @@ def test_document_verifies_with_plain_cryptography(emulator: Emulator) -> None:
     for cert in chain:
         assert cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
     leaf = chain[-1]
-    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(hours=3)
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(hours=3, seconds=3)
     sig_structure = cbor2.dumps(["Signature1", protected, b"", payload_bytes])
     r, s = int.from_bytes(signature[:48], "big"), int.from_bytes(signature[48:], "big")
     public = leaf.public_key()

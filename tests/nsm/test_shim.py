@@ -7,7 +7,6 @@ shim must be in place before libc's open/ioctl/close are first bound.
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import json
 import os
@@ -15,7 +14,7 @@ import shutil
 import subprocess
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,38 +26,8 @@ from tests.nsm.shimtools import (
     Handler,
     RawReply,
     compile_c,
-    preload_env,
     run_in_shim,
 )
-
-# ---- fixtures (thin wrappers over shimtools, so other test files can reuse the same pieces) ---
-
-
-@pytest.fixture
-def socket_path(sock_dir: Path) -> Path:
-    return sock_dir / "nsm.sock"
-
-
-@pytest.fixture
-def shim_env(shim_lib: Path) -> Callable[..., dict[str, str]]:
-    """`shim_env(socket_path, **kw)`: the environment of a process whose /dev/nsm is that socket."""
-    return functools.partial(preload_env, shim_lib)
-
-
-@pytest.fixture
-def serve(socket_path: Path) -> Iterator[Callable[[Handler], FakeNsmServer]]:
-    """`serve(handler)`: start a fake NSM on `socket_path`; stopped after the test."""
-    servers: list[FakeNsmServer] = []
-
-    def start(handler: Handler) -> FakeNsmServer:
-        server = FakeNsmServer(socket_path, handler).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
 
 # ---- helpers -------------------------------------------------------------------------------------
 
@@ -113,7 +82,30 @@ def test_shim_exports_every_entry_point(shim_lib: Path) -> None:
         "__openat_2",
         "__openat64_2",
         "close",
+        "close_range",
         "ioctl",
+        "dup",
+        "dup2",
+        "dup3",
+        "fcntl",
+        "fcntl64",
+        "read",
+        "write",
+        "readv",
+        "writev",
+        "pread64",
+        "pwrite64",
+        "fstat",
+        "fstat64",
+        "stat",
+        "stat64",
+        "lstat",
+        "lstat64",
+        "fstatat",
+        "fstatat64",
+        "statx",
+        "access",
+        "faccessat",
     } <= exported
 
 
@@ -321,7 +313,9 @@ def test_other_paths_and_fds_are_untouched(
         rc = lib.ioctl(r, termios.FIONREAD, n)
         errs = {{}}
         root = os.open("/", os.O_RDONLY)
-        for p, kw in [("/dev/nsmx", {{}}), ("/dev/nsm/", {{}}), ("dev/nsm", {{"dir_fd": root}})]:
+        near = [("/dev/nsmx", {{}}), ("/dev/nsm2/", {{}}), ("dev/nsmx", {{"dir_fd": root}}),
+                ("/tmp/nsm", {{}}), ("nsm", {{"dir_fd": d}})]
+        for p, kw in near:
             try:
                 os.close(os.open(p, os.O_RDONLY, **kw))
                 errs[p] = 0
@@ -337,11 +331,14 @@ def test_other_paths_and_fds_are_untouched(
     assert got["via_stdio"] == "hello"
     assert got["mode"] == "0o600"  # the mode argument still reaches the real open
     assert got["fionread"] == [0, 5]
-    # Only the exact path is the NSM; near misses reach the real filesystem (no /dev/nsm here).
+    # Only paths that resolve to /dev/nsm are the NSM (tests/nsm/test_shim_device.py has the
+    # spellings that do); near misses reach the real filesystem.
     assert got["errs"] == {
         "/dev/nsmx": errno.ENOENT,
-        "/dev/nsm/": errno.ENOENT,
-        "dev/nsm": errno.ENOENT,
+        "/dev/nsm2/": errno.ENOENT,
+        "dev/nsmx": errno.ENOENT,
+        "/tmp/nsm": errno.ENOENT,
+        "nsm": errno.ENOENT,
     }
     assert server.accepted == 1  # the one real /dev/nsm open
 

@@ -74,6 +74,14 @@ def test_demo_verifies_both_feeds_and_leaves_nothing(tmp_path: Path) -> None:
     assert output.count("relayed round ") == 2
     assert "latestRoundData() = roundId " in output and " BTC/USD), updatedAt " in output
     assert "anvil" in output.split("stopped: ")[1]
+    # --sealed-key: one signer address before and after the enclave restart, the second
+    # boot unsealed through the KMS double, and the reports signed by that same key.
+    before = re.findall(r"signer address   (0x[0-9a-fA-F]{40}) before the restart", output)
+    after = re.findall(r"signer address   (0x[0-9a-fA-F]{40}) after the restart \(unsealed", output)
+    assert len(before) == len(after) == 1 and before == after, output
+    assert "KMS double       served Encrypt, Decrypt\n" in output
+    assert output.count(f"recovers {before[0]} = the key attested") == 3, output
+    assert f"registered signer {before[0]} in OracleRegistry" in output
     # The attestation behind the reports, for a person: module id and the chain with validity.
     assert "attestation      " in output and ", module i-" in output
     assert output.count(" UTC\n") >= 6  # the document's time, then five certificates

@@ -26,6 +26,7 @@ from oracle_example._cli import main
 from oracle_example.binding import Binding, public_key_bytes
 from oracle_example.chain import Anvil, RevertError, Wallet
 from oracle_example.config import OracleConfig
+from oracle_example.demo_chain import ChainDeployment, chain_demo
 from oracle_example.errors import ReportVerificationError
 from oracle_example.eth import Eip712Domain, keccak256, to_checksum_address
 from oracle_example.onchain import (
@@ -35,7 +36,7 @@ from oracle_example.onchain import (
     verify_registration,
 )
 from oracle_example.oracle import expected_pcr16
-from oracle_example.relay import ChainDeployment, Relay, chain_demo
+from oracle_example.relay import Relay
 from oracle_example.report import SignedReport
 from tests.oracle_example.chain_support import sign_report
 
@@ -405,7 +406,7 @@ def _ensure_registered(anvil: Anvil, deployment: ChainDeployment) -> None:
 def test_chain_demo_registers_relays_two_rounds_and_reads_back(
     anvil: Anvil, factory: DocumentFactory
 ) -> None:
-    from oracle_example.relay import deploy_demo_feed
+    from oracle_example.demo_chain import deploy_demo_feed
 
     demo = deploy_demo_feed(anvil.rpc, OWNER, symbol="BTC/USD", decimals=8, min_sources=3)
     config = OracleConfig(min_sources=3, domains=(Eip712Domain(), demo.domain))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from attestation import builder
-from vectors.cases import case
+from attestation import _profiles, builder
+from vectors.cases import case, variant
 from vectors.cases._world import (
     DEFAULT_POLICY,
+    LEAF_START,
+    MODULE_ID,
     Doc,
     World,
     big_leaf,
@@ -152,3 +154,35 @@ def certificate_1024_bytes(w: World) -> bytes:
     """The leaf certificate is exactly 1024 bytes (AWS's maximum), padded with a non-critical
     private extension."""
     return replace(w.base, leaf_der=der(big_leaf(w, 1024))).encode()
+
+
+#: What each era of real NSM output looks like (attestation._profiles has the evidence).
+_ERA_SHAPES = {
+    "2021": "definite payload map, instance CA with BC and KU only, leaf valid 3 h from issue",
+    "2022": "definite payload map, instance CA with BC and KU only, leaf valid from 3 s before "
+    "issue to 3 h after",
+    "2024": "definite payload map, instance CA with BC, KU, SKI and AKI, leaf 3:00:03",
+    "2026": "indefinite payload map, instance CA with BC, KU, SKI and AKI, leaf 3:00:03",
+}
+
+
+_ERA_VARIANTS = [variant(f"profile-{era}", era=era, shape=s) for era, s in _ERA_SHAPES.items()]
+
+
+@case(None, variants=_ERA_VARIANTS)
+def production_profile(w: World, era: str, shape: str) -> bytes:
+    """Real NSM output of the {era} era ({shape}): the intermediates reissued under the same root
+    with that era's random serials (128-bit CA serials, a 160-bit instance CA serial) and extension
+    order, the leaf's serial the enclave id, four zero bytes and its issue time."""
+    profile = _profiles.profile(era)
+    pki = _profiles.apply(w.pki, profile, root=w.pki.root)
+    leaf = _profiles.issue_leaf(
+        pki, profile, module_id=MODULE_ID, issued=LEAF_START + profile.leaf_backdate
+    )
+    return replace(
+        w.base,
+        leaf_der=leaf.der,
+        cabundle=tuple(pki.cabundle),
+        signer=leaf.key,
+        indefinite=profile.indefinite_payload,
+    ).encode()

@@ -5,12 +5,28 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The Solidity compiler (solcjs) and the local EVM (anvil) come from npm, pinned by
+# package-lock.json; `npm ci --ignore-scripts` installs exactly the locked versions (anvil's
+# binary is its locked platform package, so no install script has to fetch anything).
+NODE_STAMP := node_modules/.installed
 # Debian packages the tests use: a C compiler for the LD_PRELOAD shim, iproute2 for network
 # namespaces (and util-linux's unshare), socat for rebuilding the previous team's broken DNS
 # chain, libfaketime for peers that only verify at wall-clock time.
 DEB_PACKAGES := gcc libc6-dev iproute2 util-linux socat faketime
 
 .PHONY: demo demo-nsm test lint typecheck pytest bench deps clean
+
+$(NODE_STAMP): package.json package-lock.json
+	@if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: nodejs npm"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; \
+	  else \
+	    echo "node and npm are missing: install Debian's nodejs and npm (or run as root)"; exit 1; \
+	  fi; \
+	fi
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +47,7 @@ deps:
 	  fi; \
 	fi
 
-demo: $(STAMP) deps
+demo: $(STAMP) $(NODE_STAMP) deps
 	$(BIN)/nitro-oracle demo --out demo-out
 
 # The NSM alone: emulator -> client -> attestation document -> verified human summary.
@@ -46,18 +62,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) deps
+pytest: $(STAMP) $(NODE_STAMP) deps
 	$(BIN)/pytest
 
 test: $(STAMP) deps lint typecheck pytest
 
 # Figures land in docs/benchmarks.md and docs/conformance.md; never part of `make test`.
-bench: $(STAMP) deps
+bench: $(STAMP) $(NODE_STAMP) deps
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/differential.py
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/egress.py
 	$(BIN)/python bench/oracle.py
+	$(BIN)/python bench/onchain.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,5 @@
-"""`nitro-oracle`: the oracle's command line: `enclave`, `get`, `doctor`, `demo`.
+"""`nitro-oracle`: the oracle's command line: `enclave`, `get`, `doctor`, `demo`, and the chain
+tools `deploy`, `register`, `relay` (from `relay.py`).
 
 `nitro-oracle ...` or `python -m oracle_example._cli ...` (as the demo starts the enclave). The
 networking tools (the parent's egress proxy, the gateway, fetch, the generic doctor) are
@@ -253,7 +254,11 @@ def _add_get(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--root", type=Path, metavar="PEM", help="trust this root, not AWS's")
     p.add_argument("--config", type=Path, metavar="JSON", help="pin the enclave's config hash")
     p.add_argument(
-        "--min-sources", type=int, default=1, metavar="N", help="fewest sources to accept"
+        "--min-sources",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fewest sources to accept (default 3, the enclave's default quorum)",
     )
     p.add_argument("--max-age", type=float, default=120.0, metavar="SECONDS", help="report age")
     p.add_argument("--allow-debug", action="store_true", help="accept debug documents (unsafe)")
@@ -392,6 +397,8 @@ def _run_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from oracle_example.relay import add_chain_commands
+
     parser = CliParser(
         prog="nitro-oracle",
         description="The reference Nitro enclave price oracle. Networking tools (egress "
@@ -405,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_get(sub)
     _add_doctor(sub)
     _add_demo(sub)
+    # deploy, register, relay; errors are handled centrally by run_command, so no guard
+    add_chain_commands(sub, pcr=_pcr)
     epilog_everywhere(parser, _EXIT_CODES)
     return parser
 

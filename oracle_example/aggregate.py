@@ -3,6 +3,10 @@
 The procedure, all in integers once prices are scaled, so a consumer (or a contract) can redo it
 from the unsigned per-source detail and get the same numbers:
 
+0. A market quoted in another currency than the feed's (USDT for a USD feed) is multiplied by
+   that currency's rate, aggregated the same round from the rate feed's own markets; with no
+   rate it is not used, and a rate off peg by more than `max_depeg_bps` refuses the feed
+   (`QUOTE_DEPEG`). The per-source line carries the converted price, the detail the quote.
 1. Drop quotes whose own timestamp is older than `max_age` or more than `max_ahead` in the future.
 2. Scale each price to `decimals` with ROUND_HALF_EVEN (`scale_price`).
 3. m = median (odd: the middle; even: the mean of the middle two, ties to even).
@@ -17,7 +21,7 @@ keccak256 of each kept source id, ids sorted (the EIP-712 encoding of a `string[
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
@@ -152,9 +156,16 @@ def aggregate(
     max_age: timedelta,
     max_ahead: timedelta,
     failures: Iterable[SourceError] = (),
+    rates: Mapping[str, Decimal] | None = None,
+    rate_times: Mapping[str, datetime] | None = None,
+    max_depeg_bps: int = BPS,
 ) -> Aggregate | AggregationFailure:
     """Aggregate one round for `feed`. Thin or dispersed data is a result, not an exception.
 
+    `rates` maps a quote currency of `feed.convert_quotes` to this round's `Q/<quote>` price, and
+    `rate_times` to that rate's oldest observation: a converted quote is only as fresh as the
+    older of its own time and its rate's, so that time is its line's `source_time` (and so counts
+    for staleness and for the signed `observationsTimestamp`).
     Every configured market gets one outcome line: used, dropped (and why), failed, or missing.
     `AggregationError` means the inputs were inconsistent (a quote for another feed, a source
     outside the feed's markets, two answers from one source).
@@ -164,6 +175,8 @@ def aggregate(
     if min_sources < 1:
         raise AggregationError("min_sources must be at least 1")
     markets = {m.source for m in feed.markets}
+    rates = {} if rates is None else rates
+    depegged: dict[str, Decimal] = {}
     outcomes: dict[str, SourceOutcome] = {}
     fresh: dict[str, tuple[Quote, int]] = {}
 
@@ -180,13 +193,37 @@ def aggregate(
         if quote.feed != feed.symbol:
             raise AggregationError(f"quote for {quote.feed} passed to {feed.symbol}")
         claim(quote.source)
+        quoted = feed.market(quote.source).quote
+        converted, note, observed = quote.price, "", quote.source_time
+        if quoted != feed.quote:
+            rate = rates.get(quoted)
+            if quoted not in feed.convert_quotes or rate is None:
+                outcomes[quote.source] = SourceOutcome(
+                    source=quote.source,
+                    outcome=Outcome.FAILED,
+                    source_time=quote.source_time,
+                    detail=f"quoted {quote.price} {quoted}: no {feed.rate_feed(quoted)} rate "
+                    "this round",
+                )
+                continue
+            if abs(rate - 1) * BPS > max_depeg_bps:
+                depegged[quoted] = rate
+            with localcontext() as ctx:
+                ctx.prec = _PRECISION
+                converted = quote.price * rate  # exact: both are short decimals
+            note = f"{quote.price} {quoted} at {feed.rate_feed(quoted)} {rate}"
+            rate_time = (rate_times or {}).get(quoted)
+            if rate_time is not None and rate_time < observed:
+                observed = rate_time
+                note += f" (rate observed {rate_time.isoformat()})"
         line = SourceOutcome(
             source=quote.source,
             outcome=Outcome.USED,
-            price=quote.price,
-            source_time=quote.source_time,
+            price=converted,
+            source_time=observed,
+            detail=note,
         )
-        age = now - quote.source_time
+        age = now - observed
         if age > max_age:
             outcomes[quote.source] = _with(line, Outcome.STALE, f"{age.total_seconds():.3f} s old")
             continue
@@ -195,7 +232,7 @@ def aggregate(
                 line, Outcome.FUTURE, f"{-age.total_seconds():.3f} s ahead of the enclave clock"
             )
             continue
-        scaled = scale_price(quote.price, feed.decimals)
+        scaled = scale_price(converted, feed.decimals)
         if scaled <= 0:
             outcomes[quote.source] = _with(line, Outcome.FAILED, "scales to zero")
             continue
@@ -225,6 +262,12 @@ def aggregate(
             feed=feed.symbol, code=code, detail=detail, observed_at=now, outcomes=lines
         )
 
+    if depegged:
+        rates_text = ", ".join(f"{feed.rate_feed(q)} {r}" for q, r in sorted(depegged.items()))
+        return fail(
+            OracleErrorCode.QUOTE_DEPEG,
+            f"{feed.symbol}: {rates_text} is off peg by more than {max_depeg_bps} bps",
+        )
     if len(kept) < min_sources:
         refused = {Outcome.BLOCKED, Outcome.RATE_LIMITED}
         summary = ", ".join(f"{o.source} {o.outcome}" for o in lines if o.outcome != Outcome.USED)
@@ -264,7 +307,8 @@ def _with(line: SourceOutcome, outcome: Outcome, detail: str) -> SourceOutcome:
         outcome=outcome,
         price=line.price,
         source_time=line.source_time,
-        detail=detail,
+        # a converted quote keeps its conversion note beside the reason it was dropped
+        detail=f"{line.detail}; {detail}" if line.detail else detail,
     )
 
 
@@ -275,18 +319,24 @@ def aggregate_feed(
     *,
     now: datetime,
     failures: Iterable[SourceError] = (),
+    rates: Mapping[str, Decimal] | None = None,
+    rate_times: Mapping[str, datetime] | None = None,
 ) -> Aggregate | AggregationFailure:
-    """`aggregate` with the thresholds of `config`."""
+    """`aggregate` with the thresholds of `config` (and the feed's own quorum)."""
+    feed = config.feed(symbol)
     return aggregate(
-        config.feed(symbol),
+        feed,
         quotes,
         now=now,
-        min_sources=config.min_sources,
+        min_sources=config.quorum(feed),
         max_deviation_bps=config.max_deviation_bps,
         max_dispersion_bps=config.max_dispersion_bps,
         max_age=config.max_source_age,
         max_ahead=config.max_source_ahead,
         failures=failures,
+        rates=rates,
+        rate_times=rate_times,
+        max_depeg_bps=config.max_depeg_bps,
     )
 
 

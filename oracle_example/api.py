@@ -5,8 +5,11 @@ API (HTTP/1.1, one request per connection, JSON everywhere, errors as
 
 - `GET /v1/attestation?nonce=HEX`: a fresh document bound to the nonce (1..64 bytes); without a
   nonce, the cached periodic document.
-- `GET /v1/price/{feed}` (`BTC-USD`, `BTC%2FUSD` or `BTC/USD`), optional `?domain=N`: the latest
-  signed report JSON (report.py) for that domain, index into the config's domain list.
+- `GET /v1/price/{feed}` (`BTC-USD`, `BTC%2FUSD` or `BTC/USD`), optional `?domain=N`: the signed
+  report JSON (report.py) for that domain, index into the config's domain list: the last good
+  price until its `expiresAt`, even when later rounds were refused; then the latest round.
+- `GET /v1/error/{feed}`, same options: the latest round's signed `OracleError`, served beside
+  the price; 404 `error.none` when the latest round priced.
 - `GET /v1/health`: mode, address, hashes, PCRs, clock check, per-feed and per-source state.
 """
 
@@ -46,7 +49,7 @@ MAX_NONCE_BYTES = 64
 REQUEST_TIMEOUT = 10.0
 #: Concurrent API connections; beyond this, 503 at once.
 MAX_CLIENTS = 64
-_FEED_PATH = re.compile(r"/v1/price/([A-Za-z0-9]{1,16})[-/]([A-Za-z0-9]{1,16})")
+_FEED_PATH = re.compile(r"/v1/(price|error)/([A-Za-z0-9]{1,16})[-/]([A-Za-z0-9]{1,16})")
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 
 
@@ -150,7 +153,8 @@ async def _route(oracle: Oracle, target: str) -> tuple[int, dict[str, object]]:
     match = _FEED_PATH.fullmatch(unquote(path))
     if match is not None:
         query = _query(parts.query, {"domain"})
-        symbol = f"{match.group(1)}/{match.group(2)}".upper()
+        kind = match.group(1)
+        symbol = f"{match.group(2)}/{match.group(3)}".upper()
         if symbol not in {f.symbol for f in oracle.config.feeds}:
             raise _HttpError(404, "price.unknown_feed", f"no feed {symbol}")
         domain_text = query.get("domain", "0")
@@ -158,6 +162,11 @@ async def _route(oracle: Oracle, target: str) -> tuple[int, dict[str, object]]:
             raise _HttpError(
                 400, "price.domain", f"domain must be 0..{len(oracle.config.domains) - 1}"
             )
+        if kind == "error":
+            refusal = oracle.error(symbol, int(domain_text))
+            if refusal is None:
+                raise _HttpError(404, "error.none", f"the latest {symbol} round priced")
+            return 200, refusal.to_json()
         report = oracle.report(symbol, int(domain_text))
         if report is None:
             raise _HttpError(503, "price.not_ready", f"no report for {symbol} yet")

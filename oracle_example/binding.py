@@ -53,6 +53,7 @@ from oracle_example.report import (
 __all__ = [
     "DEFAULT_MAX_AHEAD",
     "DEFAULT_MAX_REPORT_AGE",
+    "DEFAULT_MIN_SOURCES",
     "MAGIC",
     "PUBLIC_KEY_LENGTH",
     "USER_DATA_LENGTH",
@@ -62,6 +63,7 @@ __all__ = [
     "VerifiedReport",
     "address_from_public_key",
     "public_key_bytes",
+    "verify_attestation",
     "verify_report",
 ]
 
@@ -79,6 +81,8 @@ DEFAULT_MAX_REPORT_AGE = timedelta(seconds=120)
 #: How far a report may be ahead of the verifier's clock (RedStone allows 1 min, oracle.md §1.6;
 #: the enclave's clock is checked against the NSM's to 2 s, so 5 s is generous).
 DEFAULT_MAX_AHEAD = timedelta(seconds=5)
+#: A consumer's quorum when it does not pin the config: the enclave's default (config.py).
+DEFAULT_MIN_SOURCES = 3
 
 
 def public_key_bytes(key: coincurve.PrivateKey | coincurve.PublicKey) -> bytes:
@@ -186,32 +190,19 @@ def _load(report_json: Mapping[str, object] | str | bytes) -> object:
         raise _fail("report", "verify.report_json", f"not JSON: {exc}") from exc
 
 
-def verify_report(
-    report_json: Mapping[str, object] | str | bytes,
+def verify_attestation(
     document_bytes: bytes,
     *,
     verifier: DocumentVerifier,
     policy: Any,
     at: datetime,
-    feed: str | None = None,
     config: OracleConfig | None = None,
     config_hash: bytes | None = None,
-    domain: Eip712Domain | None = None,
-    min_sources: int = 1,
-    max_dispersion_bps: int | None = None,
-    max_age: timedelta = DEFAULT_MAX_REPORT_AGE,
-    max_ahead: timedelta = DEFAULT_MAX_AHEAD,
-    check_detail: bool = True,
-) -> VerifiedReport:
-    """Verify `report_json` against the attestation `document_bytes`, at time `at`.
+) -> tuple[AttestedDocument, bytes, Binding]:
+    """Steps 1-6 of `verify_report`: root -> document -> policy -> public_key -> user_data.
 
-    - `verifier.verify(document_bytes, policy=policy, at=at)` checks root, chain, signature
-      and the caller's policy (PCRs, nonce, max age, debug refusal).
-    - `config` / `config_hash`: the configuration you expect the enclave to run; `domain`: the
-      EIP-712 domain you expect the report signed under (default: any attested domain).
-    - `min_sources`, `max_dispersion_bps`: refuse thin or dispersed data.
-    - `check_detail`: recompute sourcesHash, numSources, the median and dispersion from the
-      unsigned per-source detail, so it cannot misdescribe the signed numbers.
+    Returns the verified document, the enclave's address and its decoded binding. The registry
+    owner's tool runs exactly this before it registers a signer on-chain.
     """
     if at.tzinfo is None:
         raise ValueError("at must be timezone-aware")
@@ -247,6 +238,45 @@ def verify_report(
             raise _fail("config", "verify.domains_hash", "the enclave signs for other domains")
     if config_hash is not None and config_hash != binding.config_hash:
         raise _fail("config", "verify.config_hash", "the enclave runs another config")
+    return doc, address, binding
+
+
+def verify_report(
+    report_json: Mapping[str, object] | str | bytes,
+    document_bytes: bytes,
+    *,
+    verifier: DocumentVerifier,
+    policy: Any,
+    at: datetime,
+    feed: str | None = None,
+    config: OracleConfig | None = None,
+    config_hash: bytes | None = None,
+    domain: Eip712Domain | None = None,
+    min_sources: int | None = None,
+    max_dispersion_bps: int | None = None,
+    max_age: timedelta = DEFAULT_MAX_REPORT_AGE,
+    max_ahead: timedelta = DEFAULT_MAX_AHEAD,
+    check_detail: bool = True,
+) -> VerifiedReport:
+    """Verify `report_json` against the attestation `document_bytes`, at time `at`.
+
+    - `verifier.verify(document_bytes, policy=policy, at=at)` checks root, chain, signature
+      and the caller's policy (PCRs, nonce, max age, debug refusal).
+    - `config` / `config_hash`: the configuration you expect the enclave to run; `domain`: the
+      EIP-712 domain you expect the report signed under (default: any attested domain).
+    - `min_sources`, `max_dispersion_bps`: refuse thin or dispersed data. `min_sources`
+      defaults to the feed's quorum in `config` when given, else to `DEFAULT_MIN_SOURCES` (3).
+    - `check_detail`: recompute sourcesHash, numSources, the median and dispersion from the
+      unsigned per-source detail, so it cannot misdescribe the signed numbers.
+    """
+    doc, address, binding = verify_attestation(
+        document_bytes,
+        verifier=verifier,
+        policy=policy,
+        at=at,
+        config=config,
+        config_hash=config_hash,
+    )
     # 7. the report itself, and its EIP-712 signature by the attested address.
     try:
         obj = _load(report_json)
@@ -266,19 +296,29 @@ def verify_report(
         raise _fail("report", "verify.feed", f"report is for {report.feed}, not {feed}")
     if isinstance(message, PriceReport) and message.config_hash != binding.config_hash:
         raise _fail("report", "verify.config_hash", "report configHash is not the attested one")
-    # 8. freshness, both sides (oracle.md §2.6), and the price itself.
+    # 8. freshness, both sides (oracle.md §2.6), and the price itself. A price's age is that of
+    # its oldest observation; a refusal's, its enclave time. Past expiresAt nothing is current.
     now = int(at.timestamp())
-    if message.timestamp < now - max_age.total_seconds():
+    anchor = (
+        message.observations_timestamp if isinstance(message, PriceReport) else message.timestamp
+    )
+    if anchor < now - max_age.total_seconds():
         raise _fail(
             "freshness",
             "verify.stale_report",
-            f"report is {now - message.timestamp} s old, limit {max_age}",
+            f"report observed {now - anchor} s ago, limit {max_age}",
         )
     if message.timestamp > now + max_ahead.total_seconds():
         raise _fail(
             "freshness",
             "verify.future_report",
             f"report is {message.timestamp - now} s in the future",
+        )
+    if message.expires_at < now:
+        raise _fail(
+            "freshness",
+            "verify.expired_report",
+            f"report expired {now - message.expires_at} s ago",
         )
     # A signed refusal is reported only once it is shown to be current and for this feed: an
     # old OracleError from the same key must not pass for today's state.
@@ -289,6 +329,13 @@ def verify_report(
     if message.price <= 0:
         raise _fail("report", "verify.price", f"price {message.price} is not positive")
     # 9. source count and dispersion.
+    if min_sources is None:
+        known = config is not None and any(f.symbol == report.feed for f in config.feeds)
+        min_sources = (
+            config.quorum(config.feed(report.feed))
+            if config is not None and known
+            else DEFAULT_MIN_SOURCES
+        )
     if message.num_sources < min_sources:
         raise _fail(
             "sources",

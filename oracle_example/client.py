@@ -104,19 +104,22 @@ def get_report(
     allow_debug: bool = False,
     max_document_age: _dt.timedelta = DEFAULT_MAX_DOCUMENT_AGE,
     max_report_age: _dt.timedelta = DEFAULT_MAX_REPORT_AGE,
-    min_sources: int = 1,
+    min_sources: int | None = None,
     config_hash: bytes | None = None,
     timeout: float = 5.0,
     nonce: bytes | None = None,
+    error: bool = False,
 ) -> GetResult:
     """Fetch and verify. `ReportVerificationError` (with `step`/`code`) when a link breaks.
 
-    A verified `OracleError` is not an exception here: it comes back as `refusal`.
+    A verified `OracleError` is not an exception here: it comes back as `refusal`. `error`
+    fetches the latest refusal (`/v1/error/...`), served beside the last good price.
     """
     if not pcrs:
         raise ClientError("pin at least PCR0 (--pcr 0=HEX): without it any enclave passes")
     nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
-    report_json = http_get(gateway, "/v1/price/" + quote(feed.replace("/", "-")), timeout=timeout)
+    route = "/v1/error/" if error else "/v1/price/"
+    report_json = http_get(gateway, route + quote(feed.replace("/", "-")), timeout=timeout)
     answer = http_get(gateway, f"/v1/attestation?nonce={nonce.hex()}", timeout=timeout)
     try:
         document = base64.b64decode(answer["document"], validate=True)

@@ -88,16 +88,20 @@ class Market:
 
 @dataclass(frozen=True, kw_only=True)
 class FeedConfig:
-    """One feed. `accepted_quotes` declares which other quote currencies count as the feed's.
+    """One feed: `symbol` names the pair actually priced (`BTC/USD` is dollars, `BTC/USDT` tether).
 
-    USDT is not USD (reference/oracle.md §3 step 6); a config that mixes them says so here, and
-    the choice is in `configHash`.
+    USDT is not USD (reference/oracle.md §3 step 6). A market quoted in another currency Q is
+    used only if Q is in `convert_quotes`: its price is then multiplied by the `Q/<quote>` rate
+    that the same round aggregated from the config's own `Q/<quote>` feed (whose markets quote
+    `<quote>` itself), and refused when that rate is off peg by more than `maxDepegBps`. The
+    choice is in `configHash`. `min_sources` overrides the config's quorum for this feed only.
     """
 
     symbol: str
     markets: tuple[Market, ...]
     decimals: int = DEFAULT_DECIMALS
-    accepted_quotes: tuple[str, ...] = ()
+    convert_quotes: tuple[str, ...] = ()
+    min_sources: int | None = None
 
     def __post_init__(self) -> None:
         feed_id(self.symbol)
@@ -108,16 +112,23 @@ class FeedConfig:
         sources = [m.source for m in self.markets]
         if len(set(sources)) != len(sources):
             raise ConfigError(f"{self.symbol}: one market per source")
-        for quote in self.accepted_quotes:
+        for quote in self.convert_quotes:
             if not _CURRENCY.fullmatch(quote) or quote == self.quote:
-                raise ConfigError(f"{self.symbol}: bad accepted quote {quote!r}")
-        allowed = {self.quote, *self.accepted_quotes}
+                raise ConfigError(f"{self.symbol}: bad conversion quote {quote!r}")
+        if len(set(self.convert_quotes)) != len(self.convert_quotes):
+            raise ConfigError(f"{self.symbol}: duplicate conversion quote")
+        allowed = {self.quote, *self.convert_quotes}
         for market in self.markets:
             if market.quote not in allowed:
                 raise ConfigError(
-                    f"{self.symbol}: {market.source} quotes {market.quote}, which the feed does "
-                    f"not accept (declare it in accepted_quotes)"
+                    f"{self.symbol}: {market.source} quotes {market.quote}, not {self.quote}: "
+                    f"list {market.quote} in convert_quotes (with a {market.quote}/{self.quote} "
+                    f"feed), or name the feed {self.base}/{market.quote}"
                 )
+        if self.min_sources is not None and (
+            isinstance(self.min_sources, bool) or not 1 <= self.min_sources <= len(self.markets)
+        ):
+            raise ConfigError(f"{self.symbol}: min_sources must be in 1..{len(self.markets)}")
 
     @property
     def base(self) -> str:
@@ -130,6 +141,10 @@ class FeedConfig:
     @property
     def feed_id(self) -> bytes:
         return feed_id(self.symbol)
+
+    def rate_feed(self, quote: str) -> str:
+        """The feed whose price converts a `quote`-quoted market into this feed's quote."""
+        return f"{quote}/{self.quote}"
 
     def market(self, source: str) -> Market:
         for market in self.markets:
@@ -144,7 +159,7 @@ def _default_feeds() -> tuple[FeedConfig, ...]:
     def feed(base: str, kraken: str) -> FeedConfig:
         return FeedConfig(
             symbol=f"{base}/USD",
-            accepted_quotes=("USDT",),
+            convert_quotes=("USDT",),
             markets=(
                 Market(source="binance", instrument=f"{base}USDT", quote="USDT"),
                 Market(source="coinbase", instrument=f"{base}-USD", quote="USD"),
@@ -153,7 +168,19 @@ def _default_feeds() -> tuple[FeedConfig, ...]:
             ),
         )
 
-    return (feed("BTC", "XBTUSD"), feed("ETH", "ETHUSD"))
+    # The dollar price of tether, from the two USD markets for it among our exchanges (Binance and
+    # OKX list no USD pair). Its quorum is 2, declared here and signed in each report: the rate
+    # only converts, it is bounded by maxDepegBps and by the outlier band, and the X/USD feeds
+    # built with it keep the quorum of 3.
+    usdt = FeedConfig(
+        symbol="USDT/USD",
+        min_sources=2,
+        markets=(
+            Market(source="coinbase", instrument="USDT-USD", quote="USD"),
+            Market(source="kraken", instrument="USDTUSD", quote="USD"),
+        ),
+    )
+    return (usdt, feed("BTC", "XBTUSD"), feed("ETH", "ETHUSD"))
 
 
 def _default_sources() -> tuple[SourceConfig, ...]:
@@ -171,14 +198,16 @@ class OracleConfig:
     """Everything the enclave is told at runtime; hashed into `configHash`.
 
     Defaults follow reference/oracle.md §3 and §5: a 100 bps outlier band, 30 s source age, a 2 s
-    clock skew against the attested time, a 2 s fetch timeout, and at least 2 sources (its
-    "2 of 3"; with four exchanges that still prices when Binance answers 451 from a US region).
+    clock skew against the attested time, a 2 s fetch timeout. The quorum is 3 distinct sources:
+    with 2, one bad source moves the median by half its error and a parent that drops one
+    connection chooses the price. Four exchanges leave one to lose (Binance answers 451 from US
+    regions). A stablecoin rate more than `max_depeg_bps` off 1 is refused (1% by default).
     """
 
     sources: tuple[SourceConfig, ...] = field(default_factory=_default_sources)
     feeds: tuple[FeedConfig, ...] = field(default_factory=_default_feeds)
     domains: tuple[Eip712Domain, ...] = (Eip712Domain(),)
-    min_sources: int = 2
+    min_sources: int = 3
     max_deviation_bps: int = 100
     # Kept sources lie within ±max_deviation_bps of the first median, so their spread can reach
     # about twice that; 150 makes the dispersion check bite before that happens.
@@ -190,6 +219,10 @@ class OracleConfig:
     request_timeout: timedelta = timedelta(seconds=2)
     heartbeat: timedelta = timedelta(seconds=60)
     publish_deviation_bps: int = 50
+    max_depeg_bps: int = 100
+    # A signed report's `expiresAt` is its enclave time plus this: two heartbeats, so a consumer
+    # always holds an unexpired report while the enclave publishes on time.
+    report_ttl: timedelta = timedelta(seconds=120)
 
     def __post_init__(self) -> None:
         ids = [s.id for s in self.sources]
@@ -201,13 +234,29 @@ class OracleConfig:
             for market in feed.markets:
                 if market.source not in ids:
                     raise ConfigError(f"{feed.symbol}: unknown source {market.source!r}")
-            if isinstance(self.min_sources, bool) or not 1 <= self.min_sources <= len(feed.markets):
+            if feed.min_sources is None and (
+                isinstance(self.min_sources, bool) or not 1 <= self.min_sources <= len(feed.markets)
+            ):
                 raise ConfigError(
                     f"min_sources must be in 1..{len(feed.markets)} (markets of {feed.symbol})"
                 )
+            for quote in feed.convert_quotes:
+                rate = next((f for f in self.feeds if f.symbol == feed.rate_feed(quote)), None)
+                if rate is None:
+                    raise ConfigError(
+                        f"{feed.symbol} converts {quote} but the config has no "
+                        f"{feed.rate_feed(quote)} feed"
+                    )
+                if rate.convert_quotes:
+                    raise ConfigError(f"{rate.symbol} converts a rate itself (no chains)")
         if not self.domains or len(set(self.domains)) != len(self.domains):
             raise ConfigError("domains must be non-empty and unique")
-        for name in ("max_deviation_bps", "max_dispersion_bps", "publish_deviation_bps"):
+        for name in (
+            "max_deviation_bps",
+            "max_dispersion_bps",
+            "publish_deviation_bps",
+            "max_depeg_bps",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_BPS:
                 raise ConfigError(f"{name} must be an int in 1..{_MAX_BPS}")
@@ -217,6 +266,7 @@ class OracleConfig:
             "max_clock_skew",
             "request_timeout",
             "heartbeat",
+            "report_ttl",
         ):
             _ms(getattr(self, name), name)
 
@@ -231,7 +281,8 @@ class OracleConfig:
                 {
                     "symbol": f.symbol,
                     "decimals": f.decimals,
-                    "acceptedQuotes": list(f.accepted_quotes),
+                    "convertQuotes": list(f.convert_quotes),
+                    "minSources": f.min_sources,
                     "markets": [
                         {"source": m.source, "instrument": m.instrument, "quote": m.quote}
                         for m in f.markets
@@ -249,6 +300,8 @@ class OracleConfig:
             "requestTimeoutMs": _ms(self.request_timeout, "request_timeout"),
             "heartbeatMs": _ms(self.heartbeat, "heartbeat"),
             "publishDeviationBps": self.publish_deviation_bps,
+            "reportTtlMs": _ms(self.report_ttl, "report_ttl"),
+            "maxDepegBps": self.max_depeg_bps,
         }
 
     def canonical_bytes(self) -> bytes:
@@ -263,6 +316,15 @@ class OracleConfig:
     @property
     def domains_hash(self) -> bytes:
         return domains_hash(self.domains)
+
+    def quorum(self, feed: FeedConfig) -> int:
+        """The minimum number of distinct sources `feed` is priced from (signed as minSources)."""
+        return self.min_sources if feed.min_sources is None else feed.min_sources
+
+    def feeds_in_order(self) -> tuple[FeedConfig, ...]:
+        """The feeds with every conversion rate before the feeds it converts."""
+        rates = {f.rate_feed(q) for f in self.feeds for q in f.convert_quotes}
+        return tuple(sorted(self.feeds, key=lambda f: f.symbol not in rates))
 
     def feed(self, symbol: str) -> FeedConfig:
         for feed in self.feeds:
@@ -304,6 +366,8 @@ class OracleConfig:
                 request_timeout=timedelta(milliseconds=_int(top["requestTimeoutMs"])),
                 heartbeat=timedelta(milliseconds=_int(top["heartbeatMs"])),
                 publish_deviation_bps=_int(top["publishDeviationBps"]),
+                report_ttl=timedelta(milliseconds=_int(top["reportTtlMs"])),
+                max_depeg_bps=_int(top["maxDepegBps"]),
             )
         except ReportFormatError as exc:
             raise ConfigError(f"bad domain in config: {exc}") from exc
@@ -324,6 +388,8 @@ _TOP_KEYS = frozenset(
         "requestTimeoutMs",
         "heartbeatMs",
         "publishDeviationBps",
+        "reportTtlMs",
+        "maxDepegBps",
     }
 )
 
@@ -353,7 +419,7 @@ def _int(obj: object) -> int:
 
 
 def _feed(obj: object) -> FeedConfig:
-    f = _exact(obj, {"symbol", "decimals", "acceptedQuotes", "markets"}, "feed")
+    f = _exact(obj, {"symbol", "decimals", "convertQuotes", "minSources", "markets"}, "feed")
     markets = tuple(
         Market(source=_str(m["source"]), instrument=_str(m["instrument"]), quote=_str(m["quote"]))
         for m in (
@@ -363,6 +429,7 @@ def _feed(obj: object) -> FeedConfig:
     return FeedConfig(
         symbol=_str(f["symbol"]),
         decimals=_int(f["decimals"]),
-        accepted_quotes=tuple(_str(q) for q in _list(f["acceptedQuotes"])),
+        convert_quotes=tuple(_str(q) for q in _list(f["convertQuotes"])),
+        min_sources=None if f["minSources"] is None else _int(f["minSources"]),
         markets=markets,
     )

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -34,7 +34,7 @@ from typing import Any, Literal, TextIO
 
 from cryptography import x509
 
-from attestation import AttestationDocument, Verifier, load_pem_roots
+from attestation import AttestationDocument, Policy, Verifier, load_pem_roots
 from enclave_net.address import HostPort, TcpAddress, UnixAddress
 from enclave_net.gateway import Gateway
 from enclave_net.jsonlog import json_logging
@@ -44,11 +44,13 @@ from nsm._server import EmulatorServer, write_root_pem
 from nsm.emulator import Emulator
 from oracle_example.client import GetResult, get_report, http_get, summary
 from oracle_example.config import OracleConfig
+from oracle_example.demo_chain import DemoChain
 from oracle_example.errors import ClientError, ReportVerificationError
 from oracle_example.kms_parent import SealedKeyParent
 from oracle_example.oracle import expected_pcr16
 from oracle_example.probes import probe_live
 from oracle_example.replay import DemoCertificates, ReplayExchange
+from oracle_example.solc import ToolMissing
 
 __all__ = ["OracleStack", "probe_live", "run_demo"]
 
@@ -307,7 +309,8 @@ class OracleStack:
             "verifier": self.verifier(),
             "pcrs": self.pinned_pcrs,
             "config_hash": self.config.config_hash,
-            "min_sources": self.config.min_sources,
+            # the quorum the config gives this feed (USDT/USD declares 2, the others 3)
+            "min_sources": self.config.quorum(self.config.feed(feed)),
         }
         options.update(kwargs)
         return get_report(self.gateway_url, feed, **options)
@@ -446,13 +449,22 @@ def run_demo(
     write: Callable[[str], None] | None = None,
     sealed_key: bool = True,
 ) -> int:
-    """Run the demo; 0 when both feeds verified end to end."""
+    """Run the demo; 0 when every feed verified end to end and the chain leg landed."""
     if write is None:
         write = _print
     config = OracleConfig()
     feeds = [f.symbol for f in config.feeds]
     out.mkdir(parents=True, exist_ok=True)
     write("nitro-oracle demo: NSM emulator -> enclave app -> egress -> exchanges -> signed report")
+    # The chain comes first: the feed's EIP-712 domain (chain id, contract address) must be in
+    # the config the enclave boots with, and so in PCR16, before any report is signed for it.
+    chain: DemoChain | None = None
+    try:
+        btc = config.feed("BTC/USD")
+        chain = DemoChain(symbol=btc.symbol, decimals=btc.decimals, min_sources=config.quorum(btc))
+        config = replace(config, domains=(*config.domains, chain.domain))
+    except ToolMissing as exc:
+        write(_loud(f"CHAIN LEG SKIPPED (`make demo` installs anvil and solc): {exc}"))
     if force_replay:
         live = False
         write(_loud("REPLAY FORCED (--replay): NOT LIVE PRICES"))
@@ -534,6 +546,18 @@ def run_demo(
             if verified:
                 for line in _attestation_lines(verified[-1].document):
                     write(line)
+            if chain is not None and verified:
+                write("")
+                # registration verifies this nonce-bound document first (root -> PCRs -> key ->
+                # user_data), then the relayer submits two enclave rounds
+                failures += not chain.run(
+                    gateway=stack.gateway_url,
+                    attestation=verified[-1].document,
+                    verifier=stack.verifier(),
+                    policy=Policy(pcrs=stack.pinned_pcrs),
+                    config=config,
+                    out=write,
+                )
             (out / "summary.json").write_text(
                 json.dumps(
                     {
@@ -561,9 +585,16 @@ def run_demo(
         return 1
     finally:
         stack.close()
+        if chain is not None:
+            chain.close()
+            stack.stopped.append("anvil")
         write("stopped: " + ", ".join(stack.stopped))
     if failures:
         write(f"RESULT: {failures} feed(s) NOT verified")
         return 1
-    write(f"RESULT: {len(verified)} feeds verified end to end ({'live' if live else 'REPLAY'})")
+    onchain = "; 2 rounds relayed on-chain, read back" if chain is not None else ""
+    write(
+        f"RESULT: {len(verified)} feeds verified end to end ({'live' if live else 'REPLAY'})"
+        f"{onchain}"
+    )
     return 0

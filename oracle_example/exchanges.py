@@ -3,11 +3,16 @@ subclass here (its ticker path and parser, its time endpoint and reader) plus it
 config's sources; the enclave's routes, the doctor's probes, the replay and the deployment
 files follow from the source list.
 
-- Binance `/api/v3/ticker/24hr?symbol=..&type=MINI`: `lastPrice`; time `closeTime` (ms, the end
-  of the statistics window, which advances with trades).
+- Binance `/api/v3/ticker/24hr?symbol=..&type=MINI&symbolStatus=TRADING`: `lastPrice`; time
+  `closeTime` (ms). `closeTime` is the end of the rolling 24 h statistics window, i.e. when
+  Binance computed the ticker, not a trade time; what makes it usable is `symbolStatus=TRADING`:
+  a halted or delisted symbol is refused (error -1220) instead of answering its last price with
+  a fresh-looking time. A symbol that trades but thinly can still show a stale `lastPrice`
+  within the window; the outlier band is the guard there.
 - Coinbase `/products/{id}/ticker`: `price`; time `time` (RFC 3339, the last trade).
-- Kraken `/0/public/Ticker?pair=..`: `c[0]` (last trade); the body has no time, so the HTTP
-  `Date` header (set when Kraken answers, 1 s resolution) stands in.
+- Kraken `/0/public/Trades?pair=..&count=1`: the last trade, `[price, volume, time, ...]`, its
+  time in seconds with a fraction. Never the HTTP `Date` header: a market with no trades would
+  look fresh.
 - OKX `/api/v5/market/ticker?instId=..`: `last`; time `ts` (ms, as a string).
 
 Shapes: binance/binance-spot-api-docs rest-api.md; the dYdX v4 price daemon's recorded test data
@@ -21,7 +26,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from decimal import ROUND_FLOOR, Decimal
 from typing import ClassVar
 from urllib.parse import quote as _urlquote
 
@@ -36,6 +41,7 @@ _RFC3339_UTC = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:Z|\+00:00)"
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_SECONDS = int((LATEST - _EPOCH).total_seconds())
 
 
 def _ms(value: object) -> datetime:
@@ -62,11 +68,12 @@ def _ms_to_datetime(ms: int, source: str) -> datetime:
 
 @dataclass(frozen=True, kw_only=True)
 class Binance(Source):
-    """Binance Spot: `GET /api/v3/ticker/24hr?symbol=BTCUSDT&type=MINI` (weight 2).
+    """Binance Spot: `GET /api/v3/ticker/24hr?symbol=BTCUSDT&type=MINI&symbolStatus=TRADING`.
 
     `/api/v3/ticker/price` has no timestamp (the predecessor's blind spot, oracle.md §1.1); the
     MINI 24 h ticker gives `lastPrice` with `closeTime` in ms. Errors: `{"code": -1121, "msg":
-    "Invalid symbol."}` with 400; 451 from restricted locations; 429/418 with Retry-After.
+    "Invalid symbol."}` with 400, and -1220 for a symbol that is not trading (symbolStatus);
+    451 from restricted locations; 429/418 with Retry-After. Weight 2.
     """
 
     id: ClassVar[str] = "binance"
@@ -80,7 +87,7 @@ class Binance(Source):
         return _ms(_dict(document)["serverTime"]), 0.001
 
     def _path(self, instrument: str) -> str:
-        return f"/api/v3/ticker/24hr?symbol={_urlquote(instrument)}&type=MINI"
+        return f"/api/v3/ticker/24hr?symbol={_urlquote(instrument)}&type=MINI&symbolStatus=TRADING"
 
     def _extract(
         self, document: object, instrument: str, headers: Mapping[str, str], now: datetime
@@ -144,12 +151,12 @@ _KRAKEN_RATE_LIMIT = ("EAPI:Rate limit exceeded", "EGeneral:Too many requests")
 
 @dataclass(frozen=True, kw_only=True)
 class Kraken(Source):
-    """Kraken: `GET /0/public/Ticker?pair=XBTUSD`.
+    """Kraken: `GET /0/public/Trades?pair=XBTUSD&count=1` (Get Recent Trades).
 
-    `{"error": [], "result": {"XXBTZUSD": {"a": [...], "b": [...], "c": [last, lot], ...}}}`; the
-    result key is Kraken's own pair name, so exactly one entry is required, whatever its name.
-    Errors come in `error` with HTTP 200. The body has no timestamp: the response's `Date`
-    header (set by Kraken's edge when it answers, 1 s resolution) is the source time.
+    `{"error": [], "result": {"XXBTZUSD": [[price, volume, time, side, type, misc, id]],
+    "last": "<id>"}}`; the pair key is Kraken's own name, so exactly one key besides `last` is
+    required, whatever its name. The newest trade is the last entry; its price and its time
+    (Unix seconds with a fraction) are the quote. Errors come in `error` with HTTP 200.
     """
 
     id: ClassVar[str] = "kraken"
@@ -168,7 +175,7 @@ class Kraken(Source):
         return datetime.fromtimestamp(unixtime, UTC), 1.0
 
     def _path(self, instrument: str) -> str:
-        return f"/0/public/Ticker?pair={_urlquote(instrument)}"
+        return f"/0/public/Trades?pair={_urlquote(instrument)}&count=1"
 
     def _extract(
         self, document: object, instrument: str, headers: Mapping[str, str], now: datetime
@@ -185,20 +192,28 @@ class Kraken(Source):
                 )
             raise SourceMalformed(f"API error: {text}", source=self.id, code="source.api_error")
         result = self._object(self._field(obj, "result"), "result")
-        if len(result) != 1:
-            raise SourceMalformed(f"expected one pair in result, got {len(result)}", source=self.id)
-        (ticker,) = result.values()
-        last = self._field(self._object(ticker, "ticker"), "c")
-        if not isinstance(last, list) or len(last) != 2:
-            raise SourceMalformed(f"c is not [price, lot volume]: {last!r}", source=self.id)
-        date = headers.get("date")
-        try:
-            when = parsedate_to_datetime(date) if date else None
-        except (TypeError, ValueError):
-            when = None
-        if when is None or when.tzinfo is None:
-            raise SourceMalformed(f"no usable Date header ({date!r})", source=self.id)
-        return last[0], when.astimezone(UTC)
+        pairs = {k: v for k, v in result.items() if k != "last"}
+        if len(pairs) != 1:
+            raise SourceMalformed(f"expected one pair in result, got {len(pairs)}", source=self.id)
+        (trades,) = pairs.values()
+        if not isinstance(trades, list) or not trades:
+            raise SourceMalformed("no trade in the answer", source=self.id)
+        trade = trades[-1]
+        if not isinstance(trade, list) or len(trade) < 3:
+            raise SourceMalformed(
+                f"trade is not [price, volume, time..]: {trade!r}", source=self.id
+            )
+        # JSON numbers arrive as Decimal (the body is decoded without float); whole microseconds
+        seconds = trade[2]
+        if isinstance(seconds, bool) or not isinstance(seconds, int | Decimal):
+            raise SourceMalformed(f"trade time is not a number: {seconds!r}", source=self.id)
+        if not (Decimal(seconds).is_finite() and 0 <= seconds < _MAX_SECONDS):
+            raise SourceMalformed(f"trade time {seconds} is not plausible", source=self.id)
+        micros = int(Decimal(seconds).scaleb(6).to_integral_value(rounding=ROUND_FLOOR))
+        when = _EPOCH + timedelta(microseconds=micros)
+        if not EARLIEST <= when < LATEST:
+            raise SourceMalformed(f"trade time {seconds} is not plausible", source=self.id)
+        return trade[0], when
 
 
 # OKX error codes (OKX v5 REST "Error Code" table): 50011 "Rate limit reached" comes with HTTP 429

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import coincurve
 
@@ -55,6 +56,7 @@ from oracle_example.binding import Binding, public_key_bytes
 from oracle_example.config import OracleConfig
 from oracle_example.errors import (
     EnclaveBootError,
+    ReportFormatError,
     SourceBlocked,
     SourceError,
     SourceRateLimited,
@@ -66,6 +68,7 @@ from oracle_example.report import (
     Message,
     OracleError,
     OracleErrorCode,
+    Outcome,
     PriceReport,
     SignedReport,
     detail_hash,
@@ -97,6 +100,10 @@ DEFAULT_INTERVAL = _dt.timedelta(seconds=5)
 DEFAULT_CLOCK_CHECK = _dt.timedelta(seconds=60)
 _PCR16 = 16
 _PCR_SIZE = 48
+#: Round ids start at (attested boot time in seconds) << 20 and count up per feed, so they keep
+#: increasing across restarts (a contract refuses a round id that is not newer): a boot's ids
+#: stay below the next boot's base unless it signed over 2**20 rounds per second of uptime.
+ROUND_ID_SHIFT = 20
 
 
 def _utcnow() -> _dt.datetime:
@@ -147,9 +154,14 @@ class _Published:
 @dataclass(kw_only=True)
 class _State:
     round: int = 0
-    next_round_id: int = 1
+    round_base: int = 1
+    """The first round id of this boot (see ROUND_ID_SHIFT)."""
+    next_round_id: dict[str, int] = field(default_factory=dict)
     clock: _ClockCheck | None = None
     published: dict[str, _Published] = field(default_factory=dict)
+    """The latest round per feed, a price or a refusal."""
+    last_price: dict[str, tuple[SignedReport, ...]] = field(default_factory=dict)
+    """The latest PriceReport per feed: served until it expires, refusals or not."""
     sources: dict[str, SourceState] = field(default_factory=dict)
     last_error: dict[str, SourceError] = field(default_factory=dict)
 
@@ -222,7 +234,8 @@ class Oracle:
                 self.address = self.binding.address
         except NsmError as exc:
             raise EnclaveBootError(f"NSM: {exc}") from exc
-        self._check_clock()
+        booted = self._check_clock()
+        self._state.round_base = int(booted.attested_at.timestamp()) << ROUND_ID_SHIFT
         log.info(
             "booted",
             extra={
@@ -299,7 +312,10 @@ class Oracle:
         try:
             check = self._state.clock
             now = self.options.clock()
-            if check is None or now - check.checked_at >= self.options.clock_check:
+            # An untrusted clock is re-checked every round: the refusal is stamped with a
+            # fresh attested time, and prices resume as soon as the clocks agree again.
+            stale = check is None or now - check.checked_at >= self.options.clock_check
+            if check is None or stale or check.failure is not None:
                 check = await asyncio.to_thread(self._check_clock)
             if check.failure is not None:
                 for feed in self.config.feeds:
@@ -307,7 +323,9 @@ class Oracle:
                         feed=feed.symbol,
                         code=OracleErrorCode.CLOCK_UNTRUSTED,
                         detail=f"{feed.symbol}: {check.failure}",
-                        observed_at=self.options.clock(),
+                        # The NSM's signed time, not the clock just found skewed: a consumer
+                        # with a correct clock must be able to accept the refusal.
+                        observed_at=check.attested_at,
                         outcomes=(),
                     )
                     self._publish(failure)
@@ -348,7 +366,9 @@ class Oracle:
                     self._state.last_error[source] = worst
             elif any(isinstance(o, Quote) for o in outcomes):
                 self._state.sources[source] = state.succeeded()
-        for feed in self.config.feeds:
+        rates: dict[str, Decimal] = {}  # rate feed symbol -> this round's price
+        rate_times: dict[str, _dt.datetime] = {}  # ... -> its oldest observation
+        for feed in self.config.feeds_in_order():
             quotes: list[Quote] = []
             failures: list[SourceError] = []
             for (symbol, _), result in zip(pairs, results, strict=True):
@@ -358,11 +378,31 @@ class Oracle:
                     quotes.append(result)
                 elif isinstance(result, SourceError):
                     failures.append(result)
-            self._publish(
-                aggregate_feed(
-                    self.config, feed.symbol, quotes, now=self.options.clock(), failures=failures
-                )
+            aggregated = aggregate_feed(
+                self.config,
+                feed.symbol,
+                quotes,
+                now=self.options.clock(),
+                failures=failures,
+                rates={
+                    q: rates[feed.rate_feed(q)]
+                    for q in feed.convert_quotes
+                    if feed.rate_feed(q) in rates
+                },
+                rate_times={
+                    q: rate_times[feed.rate_feed(q)]
+                    for q in feed.convert_quotes
+                    if feed.rate_feed(q) in rate_times
+                },
             )
+            if isinstance(aggregated, Aggregate):
+                rates[feed.symbol] = Decimal(aggregated.price).scaleb(-aggregated.decimals)
+                rate_times[feed.symbol] = min(
+                    o.source_time
+                    for o in aggregated.outcomes
+                    if o.outcome == Outcome.USED and o.source_time is not None
+                )
+            self._publish(aggregated)
         log.info(
             "round",
             extra={
@@ -407,11 +447,10 @@ class Oracle:
     def _publish(self, result: Aggregate | AggregationFailure) -> None:
         if self._key is None:
             raise EnclaveBootError("not booted")
-        round_id = self._state.next_round_id
-        self._state.next_round_id += 1
-        message, detail = message_for(
-            result, round_id=round_id, config_hash=self.config.config_hash
-        )
+        rounds = self._state.next_round_id
+        round_id = rounds.get(result.feed, self._state.round_base)
+        rounds[result.feed] = round_id + 1
+        message, detail = message_for(result, round_id=round_id, config=self.config)
         reports = SignedReport.sign(
             message,
             feed=result.feed,
@@ -421,6 +460,8 @@ class Oracle:
             detail=detail,
         )
         self._state.published[result.feed] = _Published(reports=reports, result=result)
+        if isinstance(result, Aggregate):
+            self._state.last_price[result.feed] = reports
         if isinstance(result, Aggregate):
             log.info(
                 "signed PriceReport",
@@ -458,8 +499,21 @@ class Oracle:
     # --- what the API serves -------------------------------------------------------------
 
     def report(self, feed: str, domain: int = 0) -> SignedReport | None:
+        """The last good price while it has not expired, even after newer refusals (they are
+        served beside it, `error`); otherwise the latest round, a refusal or an expired price."""
         published = self._state.published.get(feed)
         if published is None:
+            return None
+        good = self._state.last_price.get(feed)
+        now = int(self.options.clock().timestamp())
+        if good is not None and good[domain].message.expires_at > now:
+            return good[domain]
+        return published.reports[domain]
+
+    def error(self, feed: str, domain: int = 0) -> SignedReport | None:
+        """The latest round's signed `OracleError`, or None when the latest round priced."""
+        published = self._state.published.get(feed)
+        if published is None or isinstance(published.result, Aggregate):
             return None
         return published.reports[domain]
 
@@ -522,26 +576,39 @@ def message_for(
     result: Aggregate | AggregationFailure,
     *,
     round_id: int,
-    config_hash: bytes,
+    config: OracleConfig,
     timestamp: int | None = None,
 ) -> tuple[Message, str | None]:
     """The message to sign for one aggregation round, and the detail text for an `OracleError`.
 
-    `timestamp` defaults to the round's observation time in whole seconds (floor).
+    `timestamp` (the enclave time) defaults to the round's aggregation time in whole seconds
+    (floor). `observationsTimestamp` is the oldest used source time (floor); `validFrom` is the
+    enclave time less the clock skew the config tolerates (rounded up to whole seconds), so a
+    chain whose clock trails ours by that much still accepts it; `expiresAt` adds `report_ttl`.
     """
     when = int(result.observed_at.timestamp()) if timestamp is None else timestamp
+    quorum = config.quorum(config.feed(result.feed))
+    used = [o for o in result.outcomes if o.outcome == Outcome.USED]
+    expires_at = when + _whole_seconds(config.report_ttl)
     if isinstance(result, Aggregate):
+        times = [o.source_time for o in used if o.source_time is not None]
+        if len(times) != len(used) or len(used) != result.num_sources:
+            raise ReportFormatError("every used source needs its observation time")
         return (
             PriceReport(
                 feed_id=feed_id(result.feed),
                 price=result.price,
                 decimals=result.decimals,
-                timestamp=when,
                 round_id=round_id,
+                observations_timestamp=min(int(t.timestamp()) for t in times),
+                valid_from=when - _whole_seconds(config.max_clock_skew),
+                expires_at=expires_at,
+                timestamp=when,
                 num_sources=result.num_sources,
+                min_sources=quorum,
                 dispersion_bps=result.dispersion_bps,
                 sources_hash=result.sources_hash,
-                config_hash=config_hash,
+                config_hash=config.config_hash,
             ),
             None,
         )
@@ -549,12 +616,20 @@ def message_for(
         OracleError(
             feed_id=feed_id(result.feed),
             code=int(result.code),
-            timestamp=when,
             round_id=round_id,
+            timestamp=when,
+            expires_at=expires_at,
+            num_sources=len(used),
+            min_sources=quorum,
             detail_hash=detail_hash(result.detail),
+            config_hash=config.config_hash,
         ),
         result.detail,
     )
+
+
+def _whole_seconds(delta: _dt.timedelta) -> int:
+    return -(-delta // _dt.timedelta(seconds=1))
 
 
 def _key_from_nsm(nsm: Nsm) -> coincurve.PrivateKey:

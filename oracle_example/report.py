@@ -6,11 +6,20 @@ unsigned per-source detail. Keys, signatures and the EIP-712 encoding itself (wo
 `encodeType`, the domain) are Ethereum's, not the oracle's: `eth.py`.
 
 ```
-PriceReport(bytes32 feedId,int256 price,uint8 decimals,uint64 timestamp,uint64 roundId,
-            uint16 numSources,uint32 dispersionBps,bytes32 sourcesHash,bytes32 configHash)
-OracleError(bytes32 feedId,uint8 code,uint64 timestamp,uint64 roundId,bytes32 detailHash)
+PriceReport(bytes32 feedId,int256 price,uint8 decimals,uint64 roundId,uint64 observationsTimestamp,
+            uint64 validFrom,uint64 expiresAt,uint64 timestamp,uint16 numSources,uint16 minSources,
+            uint32 dispersionBps,bytes32 sourcesHash,bytes32 configHash)
+OracleError(bytes32 feedId,uint8 code,uint64 roundId,uint64 timestamp,uint64 expiresAt,
+            uint16 numSources,uint16 minSources,bytes32 detailHash,bytes32 configHash)
 digest = keccak256(0x1901 || domainSeparator || hashStruct(message))
 ```
+
+The fields are what an on-chain consumer checks (`contracts/PriceFeed.sol` declares the same
+struct): `observationsTimestamp` (the oldest source observation the price uses: staleness is
+measured from it), `validFrom` (the earliest chain time the report may be used at: the enclave
+time less the clock skew the enclave tolerates), `expiresAt`, the enclave time `timestamp`, and
+the quorum `minSources` the enclave applied beside the `numSources` it met. `roundId` counts per
+feed. Every time is in Unix seconds.
 
 Errors are signed too, under their own typehash, so an error can never decode as a price
 (reference/oracle.md §2.8). Signatures: see `eth.py`.
@@ -113,6 +122,8 @@ class OracleErrorCode(IntEnum):
     CLOCK_UNTRUSTED = 3
     ALL_SOURCES_BLOCKED = 4
     INTERNAL = 5
+    QUOTE_DEPEG = 6
+    """A market needed a stablecoin conversion whose rate is off peg beyond `maxDepegBps`."""
 
 
 class Outcome(StrEnum):
@@ -183,7 +194,7 @@ def _str(value: object) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class PriceReport:
-    """The signed price (oracle.md §2.3). `price` is the median scaled by 10**decimals."""
+    """The signed price. `price` is the median scaled by 10**decimals."""
 
     TYPE_NAME: ClassVar[str] = "PriceReport"
     #: (python attribute, EIP-712 name, EIP-712 type), in struct order.
@@ -191,9 +202,13 @@ class PriceReport:
         ("feed_id", "feedId", "bytes32"),
         ("price", "price", "int256"),
         ("decimals", "decimals", "uint8"),
-        ("timestamp", "timestamp", "uint64"),
         ("round_id", "roundId", "uint64"),
+        ("observations_timestamp", "observationsTimestamp", "uint64"),
+        ("valid_from", "validFrom", "uint64"),
+        ("expires_at", "expiresAt", "uint64"),
+        ("timestamp", "timestamp", "uint64"),
         ("num_sources", "numSources", "uint16"),
+        ("min_sources", "minSources", "uint16"),
         ("dispersion_bps", "dispersionBps", "uint32"),
         ("sources_hash", "sourcesHash", "bytes32"),
         ("config_hash", "configHash", "bytes32"),
@@ -202,10 +217,19 @@ class PriceReport:
     feed_id: bytes
     price: int
     decimals: int
-    timestamp: int
-    """Unix seconds of the observation on the enclave clock."""
     round_id: int
+    """Strictly increasing per feed."""
+    observations_timestamp: int
+    """The oldest observation among the sources used: the price is no older than this."""
+    valid_from: int
+    """Earliest time a consumer may use the report at (enclave time less the tolerated skew)."""
+    expires_at: int
+    """Latest time a consumer may use the report at."""
+    timestamp: int
+    """The enclave's (attestation-checked) clock when it aggregated."""
     num_sources: int
+    min_sources: int
+    """The quorum the enclave applied; `num_sources >= min_sources`."""
     dispersion_bps: int
     sources_hash: bytes
     config_hash: bytes
@@ -229,16 +253,27 @@ class OracleError:
     FIELDS: ClassVar[tuple[tuple[str, str, str], ...]] = (
         ("feed_id", "feedId", "bytes32"),
         ("code", "code", "uint8"),
-        ("timestamp", "timestamp", "uint64"),
         ("round_id", "roundId", "uint64"),
+        ("timestamp", "timestamp", "uint64"),
+        ("expires_at", "expiresAt", "uint64"),
+        ("num_sources", "numSources", "uint16"),
+        ("min_sources", "minSources", "uint16"),
         ("detail_hash", "detailHash", "bytes32"),
+        ("config_hash", "configHash", "bytes32"),
     )
 
     feed_id: bytes
     code: int
-    timestamp: int
     round_id: int
+    """From the same per-feed sequence as the prices: an error is a round too."""
+    timestamp: int
+    expires_at: int
+    """Until when the refusal describes the feed's state (a monitor ignores it after)."""
+    num_sources: int
+    """Sources usable this round (below `min_sources` for `TOO_FEW_SOURCES`)."""
+    min_sources: int
     detail_hash: bytes
+    config_hash: bytes
 
     def __post_init__(self) -> None:
         _check_words(self)
@@ -260,15 +295,18 @@ def _eip_fields(cls: type[PriceReport] | type[OracleError]) -> tuple[tuple[str, 
 
 PRICE_REPORT_TYPE = encode_type(PriceReport.TYPE_NAME, _eip_fields(PriceReport))
 ORACLE_ERROR_TYPE = encode_type(OracleError.TYPE_NAME, _eip_fields(OracleError))
-# The two strings are the protocol: pin them against reference/oracle.md §2.3 and §2.8 literally,
-# so a field reordering above cannot slip through as a "refactor".
+# The two strings are the protocol, and contracts/PriceFeed.sol spells the first literally: pin
+# them here too, so a field reordering above cannot slip through as a "refactor".
 if PRICE_REPORT_TYPE != (
-    "PriceReport(bytes32 feedId,int256 price,uint8 decimals,uint64 timestamp,uint64 roundId,"
-    "uint16 numSources,uint32 dispersionBps,bytes32 sourcesHash,bytes32 configHash)"
+    "PriceReport(bytes32 feedId,int256 price,uint8 decimals,uint64 roundId,"
+    "uint64 observationsTimestamp,uint64 validFrom,uint64 expiresAt,uint64 timestamp,"
+    "uint16 numSources,uint16 minSources,uint32 dispersionBps,bytes32 sourcesHash,"
+    "bytes32 configHash)"
 ) or ORACLE_ERROR_TYPE != (
-    "OracleError(bytes32 feedId,uint8 code,uint64 timestamp,uint64 roundId,bytes32 detailHash)"
+    "OracleError(bytes32 feedId,uint8 code,uint64 roundId,uint64 timestamp,uint64 expiresAt,"
+    "uint16 numSources,uint16 minSources,bytes32 detailHash,bytes32 configHash)"
 ):  # pragma: no cover - a guard on the constants above
-    raise AssertionError("EIP-712 type strings drifted from reference/oracle.md")
+    raise AssertionError("EIP-712 type strings drifted from contracts/PriceFeed.sol")
 _TYPE_HASHES = {
     cls: type_hash(cls.TYPE_NAME, _eip_fields(cls)) for cls in (PriceReport, OracleError)
 }
@@ -304,10 +342,7 @@ def typed_data_digest(message: Message, domain: Eip712Domain) -> bytes:
 def typed_data(message: Message, domain: Eip712Domain) -> dict[str, object]:
     """The `full_message` for eth-account: bytes as 0x-hex, integers as JSON integers."""
     return {
-        "types": {
-            "EIP712Domain": [{"name": n, "type": t} for n, t in EIP712_DOMAIN_FIELDS],
-            message.TYPE_NAME: [{"name": n, "type": t} for n, t in _eip_fields(type(message))],
-        },
+        "types": _types(type(message)),
         "primaryType": message.TYPE_NAME,
         "domain": domain.to_json(),
         "message": {
@@ -329,8 +364,7 @@ def parse_typed_data(obj: object) -> tuple[Message, Eip712Domain]:
     cls = _MESSAGE_TYPES.get(primary) if isinstance(primary, str) else None
     if cls is None:
         raise ReportFormatError(f"primaryType must be one of {sorted(_MESSAGE_TYPES)}")
-    expected_types = typed_data(_placeholder(cls), Eip712Domain())["types"]
-    if obj["types"] != expected_types:
+    if obj["types"] != _types(cls):
         raise ReportFormatError(f"types are not exactly EIP712Domain and {cls.TYPE_NAME}")
     domain = Eip712Domain.from_json(obj["domain"])
     raw = obj["message"]
@@ -348,9 +382,11 @@ def parse_typed_data(obj: object) -> tuple[Message, Eip712Domain]:
     return cls(**values), domain  # type: ignore[arg-type]
 
 
-def _placeholder(cls: type[PriceReport] | type[OracleError]) -> Message:
-    args = {attr: b"\x00" * 32 if kind == "bytes32" else 0 for attr, _, kind in cls.FIELDS}
-    return cls(**args)  # type: ignore[arg-type]
+def _types(cls: type[PriceReport] | type[OracleError]) -> dict[str, object]:
+    return {
+        "EIP712Domain": [{"name": n, "type": t} for n, t in EIP712_DOMAIN_FIELDS],
+        cls.TYPE_NAME: [{"name": n, "type": t} for n, t in _eip_fields(cls)],
+    }
 
 
 def sign_message(message: Message, domain: Eip712Domain, key: coincurve.PrivateKey) -> bytes:

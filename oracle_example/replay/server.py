@@ -65,6 +65,11 @@ class Recorded:
     def body(self) -> bytes:
         return (DATA_DIR / self.file).read_bytes()
 
+    @property
+    def is_price(self) -> bool:
+        """A successful price answer (a ticker, or Kraken's last trade), not an error case."""
+        return self.status == 200 and ("ticker" in self.file or "trades" in self.file)
+
 
 def recorded_responses() -> tuple[_dt.datetime, list[Recorded]]:
     """(the manifest's recording instant, every recorded response)."""
@@ -210,11 +215,7 @@ class ReplayExchange:
                 raise LookupError(f"no recorded file {rule.file}")
         else:
             recorded = next(
-                (
-                    r
-                    for r in self._recorded
-                    if r.host == host and r.path == path and r.status == 200 and "ticker" in r.file
-                ),
+                (r for r in self._recorded if r.host == host and r.path == path and r.is_price),
                 None,
             )
         age = rule.age if rule is not None else _dt.timedelta(0)
@@ -271,8 +272,15 @@ def _restamp(source: str, body: bytes, shift: _dt.timedelta) -> bytes:
     elif source == "coinbase" and isinstance(doc, dict) and isinstance(doc.get("time"), str):
         when = _dt.datetime.fromisoformat(doc["time"].replace("Z", "+00:00")) + shift
         doc["time"] = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    elif source == "kraken" and isinstance(doc, dict) and isinstance(doc.get("result"), dict):
+        seconds = shift.total_seconds()
+        for key, trades in doc["result"].items():
+            if key != "last" and isinstance(trades, list):
+                for trade in trades:
+                    if isinstance(trade, list) and len(trade) > 2 and isinstance(trade[2], float):
+                        trade[2] = round(trade[2] + seconds, 4)
     else:
-        return body  # Kraken: its source time is the Date header, moved by the caller
+        return body
     return json.dumps(doc, separators=(",", ":")).encode()
 
 

@@ -27,5 +27,5 @@ def recorded() -> list[Recorded]:
 
 
 def recorded_ok(feed: str) -> list[Recorded]:
-    """The successful ticker answers for `feed`, one per source."""
-    return [r for r in recorded() if r.feed == feed and r.status == 200 and "ticker" in r.file]
+    """The successful price answers (tickers, Kraken's trades) for `feed`, one per source."""
+    return [r for r in recorded() if r.feed == feed and r.is_price]

@@ -88,27 +88,49 @@ def run(
 # --- the recorded round -----------------------------------------------------------------------
 
 
+def recorded_rate() -> Decimal:
+    result = aggregate_feed(CONFIG, "USDT/USD", fixture_quotes("USDT/USD"), now=NOW)
+    assert isinstance(result, Aggregate) and result.num_sources == 2
+    return Decimal(result.price).scaleb(-result.decimals)
+
+
 def test_recorded_btc_round() -> None:
-    result = aggregate_feed(CONFIG, "BTC/USD", fixture_quotes("BTC/USD"), now=NOW)
+    rate = recorded_rate()
+    assert rate == (Decimal("0.99995") + Decimal("0.9999")) / 2
+    result = aggregate_feed(
+        CONFIG, "BTC/USD", fixture_quotes("BTC/USD"), now=NOW, rates={"USDT": rate}
+    )
     assert isinstance(result, Aggregate)
-    scaled = sorted([9651234000000, 9651500000000, 9651010000000, 9650830000000])
-    assert result.price == (scaled[1] + scaled[2]) // 2 == 9651122000000
+    # Binance and OKX quote USDT: converted at the rate; Coinbase and Kraken quote USD.
+    usd = {
+        "binance": Decimal("96512.34") * rate,
+        "coinbase": Decimal("96515.00"),
+        "kraken": Decimal("96510.10"),
+        "okx": Decimal("96508.3") * rate,
+    }
+    scaled = sorted(scale_price(p, 8) for p in usd.values())
+    assert result.price == median(scaled) == 9650760078725
     assert result.num_sources == 4 and result.decimals == 8
-    # (96515.00 - 96508.3) / 96511.22 = 0.694 bps, rounded up.
-    assert result.dispersion_bps == 1
+    assert result.dispersion_bps == dispersion_bps(scaled, result.price) == 2
     assert result.sources_hash == keccak256(
         b"".join(keccak256(s.encode()) for s in ("binance", "coinbase", "kraken", "okx"))
     )
     assert [o.outcome for o in result.outcomes] == [Outcome.USED] * 4
     assert [o.source for o in result.outcomes] == ["binance", "coinbase", "kraken", "okx"]
+    assert [o.price for o in result.outcomes] == [usd[s] for s in sorted(usd)]
 
 
 def test_recorded_eth_round() -> None:
-    result = aggregate_feed(CONFIG, "ETH/USD", fixture_quotes("ETH/USD"), now=NOW)
+    rate = recorded_rate()
+    result = aggregate_feed(
+        CONFIG, "ETH/USD", fixture_quotes("ETH/USD"), now=NOW, rates={"USDT": rate}
+    )
     assert isinstance(result, Aggregate)
     assert result.num_sources == 4
-    # 3611.98, 3612.47, 3612.60, 3612.9: the mean of the middle two.
-    assert Decimal(result.price).scaleb(-8) == Decimal("3612.535")
+    # 3611.98 and 3612.47 USDT converted at 0.999925 = 3611.709 and 3612.199; then 3612.60 and
+    # 3612.9 USD: the mean of the middle two.
+    middle = median([scale_price(Decimal("3612.47") * rate, 8), 361260000000])
+    assert result.price == middle
 
 
 def test_stale_and_future_quotes_are_dropped_by_source_time() -> None:
@@ -157,11 +179,13 @@ def test_too_few_sources_gives_the_error_report_type() -> None:
         "s2": Outcome.FAILED,
         "s3": Outcome.MISSING,
     }
-    message, detail = message_for(result, round_id=7, config_hash=CONFIG.config_hash)
+    message, detail = message_for(result, round_id=7, config=CONFIG)
     assert isinstance(message, OracleError)
     assert message.code == 1 and detail == result.detail
     assert message.detail_hash == keccak256(result.detail.encode())
     assert message.timestamp == int(NOW.timestamp())
+    assert (message.num_sources, message.min_sources) == (1, CONFIG.min_sources)
+    assert message.config_hash == CONFIG.config_hash
 
 
 def test_all_blocked_or_rate_limited() -> None:
@@ -185,17 +209,27 @@ def test_dispersion_too_high() -> None:
     # All within 100 bps of the first median (100), spread 190 bps.
     result = run(feed, [quote("s0", "99.1"), quote("s1", "100"), quote("s2", "100.8")])
     assert isinstance(result, AggregationFailure) and result.code == OracleErrorCode.DISPERSION
-    message, _ = message_for(result, round_id=1, config_hash=b"\x00" * 32)
+    message, _ = message_for(result, round_id=1, config=CONFIG)
     assert isinstance(message, OracleError) and message.code == 2
 
 
 def test_price_report_from_an_aggregate() -> None:
-    result = aggregate_feed(CONFIG, "BTC/USD", fixture_quotes("BTC/USD"), now=NOW)
+    result = aggregate_feed(
+        CONFIG, "BTC/USD", fixture_quotes("BTC/USD"), now=NOW, rates={"USDT": recorded_rate()}
+    )
     assert isinstance(result, Aggregate)
-    message, detail = message_for(result, round_id=3, config_hash=CONFIG.config_hash)
+    message, detail = message_for(result, round_id=3, config=CONFIG)
     assert isinstance(message, PriceReport) and detail is None
     assert message.price == result.price and message.num_sources == 4
     assert message.feed_id == keccak256(b"BTC/USD")
+    # Times on the wire: the oldest used observation, the enclave time less the tolerated skew,
+    # and the enclave time plus the report TTL.
+    oldest = min(o.source_time for o in result.outcomes if o.source_time is not None)
+    assert message.observations_timestamp == int(oldest.timestamp())
+    assert message.timestamp == int(NOW.timestamp())
+    assert message.valid_from == message.timestamp - 2
+    assert message.expires_at == message.timestamp + 120
+    assert (message.round_id, message.min_sources) == (3, CONFIG.min_sources)
 
 
 def test_inconsistent_inputs_are_programming_errors() -> None:
@@ -329,7 +363,7 @@ def test_fewer_than_minimum_is_always_an_error_report(min_sources: int, n: int) 
     result = run(feed, [quote(f"s{i}", "100") for i in range(n)], min_sources=min_sources)
     assert isinstance(result, AggregationFailure)
     assert result.code in (OracleErrorCode.TOO_FEW_SOURCES,)
-    message, detail = message_for(result, round_id=1, config_hash=b"\x01" * 32)
+    message, detail = message_for(result, round_id=1, config=CONFIG)
     assert isinstance(message, OracleError) and detail is not None
 
 
@@ -342,7 +376,7 @@ def test_clock_skew_beyond_the_bound_is_a_signed_error() -> None:
     early = clock_failure("BTC/USD", now=NOW, attested_at=NOW + timedelta(seconds=3), max_skew=skew)
     for failure in (late, early):
         assert failure is not None and failure.code == OracleErrorCode.CLOCK_UNTRUSTED
-        message, detail = message_for(failure, round_id=1, config_hash=CONFIG.config_hash)
+        message, detail = message_for(failure, round_id=1, config=CONFIG)
         assert isinstance(message, OracleError) and message.code == 3 and detail
 
 

@@ -122,7 +122,8 @@ def test_config_round_trips_and_hashes_canonically() -> None:
 @pytest.mark.parametrize(
     "change",
     [
-        {"min_sources": 3},
+        {"min_sources": 4},
+        {"max_depeg_bps": 99},
         {"max_deviation_bps": 101},
         {"max_dispersion_bps": 149},
         {"max_source_age": timedelta(seconds=31)},
@@ -137,11 +138,11 @@ def test_every_setting_moves_the_config_hash(change: dict[str, object]) -> None:
 
 def test_quote_currency_choice_is_in_the_hash() -> None:
     base = OracleConfig()
-    btc = base.feeds[0]
-    only_usd = FeedConfig(symbol="BTC/USD", markets=btc.markets[1:3])
-    changed = replace(base, feeds=(only_usd, base.feeds[1]))
+    btc = base.feed("BTC/USD")
+    only_usd = FeedConfig(symbol="BTC/USD", markets=btc.markets[1:3], min_sources=2)
+    changed = replace(base, feeds=tuple(only_usd if f is btc else f for f in base.feeds))
     assert changed.config_hash != base.config_hash
-    with pytest.raises(ConfigError, match="accepted_quotes"):
+    with pytest.raises(ConfigError, match="convert_quotes"):
         FeedConfig(symbol="BTC/USD", markets=btc.markets)  # USDT markets without declaring it
 
 
@@ -219,6 +220,10 @@ def document(
     return factory.document(**args)  # type: ignore[arg-type]
 
 
+# USDT at par: these tests are about the binding, not the conversion (test_market_truth.py)
+PAR = {"USDT": Decimal(1)}
+
+
 def round_quotes(
     at: datetime, prices: tuple[str, ...] = ("100.1", "100.2", "100.0")
 ) -> list[Quote]:
@@ -244,8 +249,8 @@ def make_report(
     prices: tuple[str, ...] = ("100.1", "100.2", "100.0"),
     config: OracleConfig = CONFIG,
 ) -> dict[str, object]:
-    result = aggregate_feed(config, "BTC/USD", round_quotes(at, prices), now=at)
-    message, detail = message_for(result, round_id=1, config_hash=config.config_hash)
+    result = aggregate_feed(config, "BTC/USD", round_quotes(at, prices), now=at, rates=PAR)
+    message, detail = message_for(result, round_id=1, config=config)
     reports = SignedReport.sign(
         message,
         feed="BTC/USD",
@@ -463,6 +468,24 @@ def test_stale_and_future_reports_fail(factory, verifier) -> None:  # type: igno
         document(factory),
         max_age=timedelta(seconds=10),
     )
+    # A looser age bound does not outlive the signed expiresAt (enclave time + 120 s).
+    expect(
+        "freshness",
+        "verify.expired_report",
+        check,
+        factory,
+        verifier,
+        make_report(at - timedelta(seconds=121)),
+        document(factory),
+        max_age=timedelta(minutes=10),
+    )
+    check(
+        factory,
+        verifier,
+        make_report(at - timedelta(seconds=120)),
+        document(factory),
+        max_age=timedelta(minutes=10),
+    )
 
 
 def test_thin_or_dispersed_reports_fail_the_consumer_bounds(factory, verifier) -> None:  # type: ignore[no-untyped-def]
@@ -488,6 +511,31 @@ def test_thin_or_dispersed_reports_fail_the_consumer_bounds(factory, verifier) -
         document(factory),
         max_dispersion_bps=10,
     )
+
+
+def test_a_consumer_defaults_to_a_quorum_of_three_or_the_pinned_configs(factory, verifier) -> None:  # type: ignore[no-untyped-def]
+    # An enclave configured with a quorum of 2 signs a 2-source price; a consumer that pins only
+    # the config hash refuses it by default (3), one that pins the config itself accepts it.
+    thin = replace(CONFIG, min_sources=2)
+    at = factory.timestamp
+    report = make_report(at, prices=("100.1", "100.2"), config=thin)
+    doc = document(factory, config=thin)
+    default = {"min_sources": None}  # what verify_report does when the caller gives none
+    error = expect(
+        "sources",
+        "verify.too_few_sources",
+        check,
+        factory,
+        verifier,
+        report,
+        doc,
+        config=None,
+        config_hash=thin.config_hash,
+        **default,
+    )
+    assert "2 sources, 3 required" in str(error)
+    verified = check(factory, verifier, report, doc, config=thin, **default)
+    assert verified.message.num_sources == 2
 
 
 def test_detail_that_misdescribes_the_signed_numbers_fails(factory, verifier) -> None:  # type: ignore[no-untyped-def]
@@ -556,7 +604,9 @@ def test_garbage_report_json_fails_at_the_report_step(factory, verifier) -> None
 
 def test_aggregate_used_here_is_a_price(factory) -> None:  # type: ignore[no-untyped-def]
     at = factory.timestamp
-    assert isinstance(aggregate_feed(CONFIG, "BTC/USD", round_quotes(at), now=at), Aggregate)
+    assert isinstance(
+        aggregate_feed(CONFIG, "BTC/USD", round_quotes(at), now=at, rates=PAR), Aggregate
+    )
 
 
 def test_market_helpers() -> None:

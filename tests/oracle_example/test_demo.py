@@ -67,15 +67,21 @@ def test_demo_verifies_both_feeds_and_leaves_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 0, output
     assert "REPLAY FORCED" in output
     assert "network namespace with no interface up" in output
-    assert output.count("  VERIFIED  ") == 2, output
-    assert "RESULT: 2 feeds verified end to end (REPLAY)" in output
+    assert output.count("  VERIFIED  ") == 3, output  # USDT/USD, BTC/USD, ETH/USD
+    assert "RESULT: 3 feeds verified end to end (REPLAY); 2 rounds relayed on-chain" in output
+    # the chain leg: registered after verifying the attestation, two rounds, read back
+    assert "registered signer " in output
+    assert output.count("relayed round ") == 2
+    assert "latestRoundData() = roundId " in output and " BTC/USD), updatedAt " in output
+    assert "anvil" in output.split("stopped: ")[1]
     # --sealed-key: one signer address before and after the enclave restart, the second
     # boot unsealed through the KMS double, and the reports signed by that same key.
     before = re.findall(r"signer address   (0x[0-9a-fA-F]{40}) before the restart", output)
     after = re.findall(r"signer address   (0x[0-9a-fA-F]{40}) after the restart \(unsealed", output)
     assert len(before) == len(after) == 1 and before == after, output
     assert "KMS double       served Encrypt, Decrypt\n" in output
-    assert output.count(f"recovers {before[0]} = the key attested") == 2, output
+    assert output.count(f"recovers {before[0]} = the key attested") == 3, output
+    assert f"registered signer {before[0]} in OracleRegistry" in output
     # The attestation behind the reports, for a person: module id and the chain with validity.
     assert "attestation      " in output and ", module i-" in output
     assert output.count(" UTC\n") >= 6  # the document's time, then five certificates
@@ -84,6 +90,7 @@ def test_demo_verifies_both_feeds_and_leaves_nothing(tmp_path: Path) -> None:
     for name in (
         "BTC-USD.report.json",
         "ETH-USD.report.json",
+        "USDT-USD.report.json",
         "attestation.cbor",
         "emulator-root.pem",
         "summary.json",

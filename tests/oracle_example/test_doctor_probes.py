@@ -37,7 +37,14 @@ def test_one_probe_per_configured_source_with_its_time_endpoint() -> None:
         "api.kraken.com": "/0/public/Time",
         "www.okx.com": "/api/v5/public/time",
     }
-    assert all(p.feed == "BTC/USD" for p in probes.values())
+    # each source's freshness check asks for the first feed it prices (USDT/USD comes first,
+    # as every rate precedes the feeds it converts; Binance and OKX have no USD market for it)
+    assert {host: p.feed for host, p in probes.items()} == {
+        "api.binance.com": "BTC/USD",
+        "api.exchange.coinbase.com": "USDT/USD",
+        "api.kraken.com": "USDT/USD",
+        "www.okx.com": "BTC/USD",
+    }
 
 
 # --- §7.2 point 7: an HTTP 200 that is not the exchange's JSON ---------------------------------

@@ -28,16 +28,18 @@ from nsm._server import EmulatorServer
 from nsm.client import Nsm
 from nsm.emulator import Emulator
 from oracle_example import _cli
+from oracle_example.aggregate import aggregate_feed
 from oracle_example.binding import Binding
 from oracle_example.client import GetResult
 from oracle_example.config import OracleConfig
 from oracle_example.demo import OracleStack
-from oracle_example.errors import EnclaveBootError
+from oracle_example.errors import ClientError, EnclaveBootError
 from oracle_example.eth import address_of, to_checksum_address
-from oracle_example.oracle import EnclaveOptions, Oracle, expected_pcr16
+from oracle_example.oracle import ROUND_ID_SHIFT, EnclaveOptions, Oracle, expected_pcr16
 from oracle_example.replay import Rule
 from oracle_example.report import OracleError, OracleErrorCode
 from tests.enclave_net._support import REPO, short_tempdir
+from tests.oracle_example.chain_support import quotes
 from tests.oracle_example.oracle_stack import oracle_stack, outcomes, wait_until
 
 # --- boot, in process -----------------------------------------------------------------------------
@@ -116,6 +118,25 @@ def test_boot_binds_key_config_and_pcr16(emulator_at: tuple[Emulator, Path]) -> 
             Oracle(nsm, _options(False), emulated=True).boot()
 
 
+def test_round_ids_count_per_feed_from_the_attested_boot_time(
+    emulator_at: tuple[Emulator, Path],
+) -> None:
+    _, path = emulator_at
+    with Nsm.emulator(path) as nsm:
+        oracle = Oracle(nsm, _options(False), emulated=True)
+        oracle.boot()
+        booted = AttestationDocument.parse(oracle._document).timestamp
+        base = int(booted.timestamp()) << ROUND_ID_SHIFT
+        now = _dt.datetime.now(_dt.UTC)
+        for symbol in ("BTC/USD", "BTC/USD", "ETH/USD"):
+            oracle._publish(aggregate_feed(oracle.config, symbol, quotes(symbol, now), now=now))
+            oracle._publish(aggregate_feed(oracle.config, symbol, [], now=now))  # an error round
+        ids = {f: oracle.report(f).message.round_id for f in ("BTC/USD", "ETH/USD")}  # type: ignore[union-attr]
+        # Each feed counts on its own (an OracleError is a round too); the next boot, a second
+        # or more later, starts above anything this boot can reach.
+        assert ids == {"BTC/USD": base + 3, "ETH/USD": base + 1}
+
+
 # --- end to end -----------------------------------------------------------------------------------
 
 
@@ -157,6 +178,8 @@ def test_verified_reports_and_the_api() -> None:
             assert status == 200 and body["feed"] == "BTC/USD"
         cases = [
             (b"GET /v1/price/DOGE-USD HTTP/1.1\r\nHost: x\r\n\r\n", 404, "price.unknown_feed"),
+            # every round priced: no refusal to serve beside the price
+            (b"GET /v1/error/BTC-USD HTTP/1.1\r\nHost: x\r\n\r\n", 404, "error.none"),
             (b"GET /v1/attestation?nonce=zz HTTP/1.1\r\nHost: x\r\n\r\n", 400, "attestation.nonce"),
             (
                 b"GET /v1/attestation?nonce=" + b"ab" * 65 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -180,23 +203,37 @@ def test_verified_reports_and_the_api() -> None:
 def test_thin_data_gives_a_signed_oracle_error() -> None:
     with oracle_stack() as stack:
         assert stack.replay is not None
-        for host in ("api.exchange.coinbase.com", "api.kraken.com", "www.okx.com"):
-            stack.replay.add_rule(Rule(host=host, drop=True))
+        # Binance answers 451 from US regions, OKX drops: 2 of 4 sources left for BTC/USD.
+        stack.replay.add_rule(Rule(host="api.binance.com", file="binance_451_restricted.json"))
+        stack.replay.add_rule(Rule(host="www.okx.com", drop=True))
 
         def refused() -> GetResult | None:
-            result = stack.get("BTC/USD")
+            try:
+                result = stack.get("BTC/USD", error=True)
+            except ClientError:  # 404 error.none: the latest round still priced
+                return None
             return result if result.refusal is not None else None
 
         result: GetResult = wait_until(refused)
+        # The last good price is still served (until its expiresAt), beside the refusal.
+        price = stack.get("BTC/USD")
+        assert price.verified is not None
+        assert (
+            price.verified.message.round_id < result.report_json["typedData"]["message"]["roundId"]
+        )
         assert result.verified is None
         assert _error_code(result) == OracleErrorCode.TOO_FEW_SOURCES
         assert outcomes(result.report_json) == {
-            "binance": "used",
-            "coinbase": "failed",
-            "kraken": "failed",
+            "binance": "blocked",
+            "coinbase": "used",
+            "kraken": "used",
             "okx": "failed",
         }
-        assert "1 usable source(s), 2 required" in result.report_json["detail"]
+        assert "2 usable source(s), 3 required" in result.report_json["detail"]
+        # a signed refusal that verifies against the attested key, carrying the quorum
+        assert result.refusal is not None
+        error = result.refusal.error
+        assert isinstance(error, OracleError) and (error.num_sources, error.min_sources) == (2, 3)
 
 
 def _until_outcome(stack: OracleStack, source: str, outcome: str) -> GetResult:
@@ -218,10 +255,10 @@ def _error_code(result: GetResult) -> int:
 def test_a_stale_source_is_dropped() -> None:
     with oracle_stack() as stack:
         assert stack.replay is not None
-        stack.replay.add_rule(Rule(host="api.kraken.com", age=_dt.timedelta(seconds=120)))
-        result = _until_outcome(stack, "kraken", "stale")
+        stack.replay.add_rule(Rule(host="www.okx.com", age=_dt.timedelta(seconds=120)))
+        result = _until_outcome(stack, "okx", "stale")
         assert result.verified is not None and result.verified.message.num_sources == 3
-        line = next(s for s in result.report_json["sources"] if s["source"] == "kraken")
+        line = next(s for s in result.report_json["sources"] if s["source"] == "okx")
         assert "s old" in line["detail"]
 
 
@@ -266,12 +303,18 @@ def test_451_disables_the_source_for_the_session() -> None:
 def test_clock_skew_signs_oracle_errors_instead_of_prices() -> None:
     with oracle_stack(enclave_args=["--clock-offset", "10"]) as stack:
         for feed in ("BTC/USD", "ETH/USD"):
-            # The consumer's clock agrees with the NSM; the report timestamp is the enclave's.
-            later = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=10)
-            result = stack.get(feed, at=later)
+            # The enclave clock runs 10 s ahead (beyond the consumer's 5 s bound); the consumer's
+            # clock agrees with the NSM. The refusal carries the attested time, so it verifies
+            # at the consumer's own, correct time.
+            before = int(_dt.datetime.now(_dt.UTC).timestamp())
+            result = stack.get(feed)
             assert result.refusal is not None
             assert _error_code(result) == OracleErrorCode.CLOCK_UNTRUSTED
             assert "from the attested time" in result.report_json["detail"]
+            error = result.refusal.error
+            assert isinstance(error, OracleError)
+            assert before - 10 <= error.timestamp <= before + 2  # not 10 s ahead
+            assert error.expires_at == error.timestamp + 120
         assert stack.health()["clock"]["ok"] is False
         assert stack.replay is not None and stack.replay.requests == []  # no prices fetched
 

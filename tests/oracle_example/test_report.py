@@ -77,9 +77,13 @@ price_reports = st.builds(
         st.sampled_from([-(1 << 255), -1, 0, 1, (1 << 255) - 1]),
     ),
     decimals=uint(8),
-    timestamp=uint(64),
     round_id=uint(64),
+    observations_timestamp=uint(64),
+    valid_from=uint(64),
+    expires_at=uint(64),
+    timestamp=uint(64),
     num_sources=uint(16),
+    min_sources=uint(16),
     dispersion_bps=uint(32),
     sources_hash=b32,
     config_hash=b32,
@@ -88,9 +92,13 @@ oracle_errors = st.builds(
     OracleError,
     feed_id=b32,
     code=uint(8),
-    timestamp=uint(64),
     round_id=uint(64),
+    timestamp=uint(64),
+    expires_at=uint(64),
+    num_sources=uint(16),
+    min_sources=uint(16),
     detail_hash=b32,
+    config_hash=b32,
 )
 
 
@@ -99,9 +107,13 @@ def sample_report(price: int = 9651122000000) -> PriceReport:
         feed_id=feed_id("BTC/USD"),
         price=price,
         decimals=8,
-        timestamp=1764171000,
         round_id=1,
+        observations_timestamp=1764170990,
+        valid_from=1764170998,
+        expires_at=1764171120,
+        timestamp=1764171000,
         num_sources=4,
+        min_sources=3,
         dispersion_bps=1,
         sources_hash=b"\x11" * 32,
         config_hash=CONFIG.config_hash,
@@ -132,11 +144,14 @@ def test_oracle_error_digest_matches_eth_account(
 
 def test_type_strings_and_typehashes_are_the_documented_ones() -> None:
     assert PRICE_REPORT_TYPE == (
-        "PriceReport(bytes32 feedId,int256 price,uint8 decimals,uint64 timestamp,uint64 roundId,"
-        "uint16 numSources,uint32 dispersionBps,bytes32 sourcesHash,bytes32 configHash)"
+        "PriceReport(bytes32 feedId,int256 price,uint8 decimals,uint64 roundId,"
+        "uint64 observationsTimestamp,uint64 validFrom,uint64 expiresAt,uint64 timestamp,"
+        "uint16 numSources,uint16 minSources,uint32 dispersionBps,bytes32 sourcesHash,"
+        "bytes32 configHash)"
     )
     assert ORACLE_ERROR_TYPE == (
-        "OracleError(bytes32 feedId,uint8 code,uint64 timestamp,uint64 roundId,bytes32 detailHash)"
+        "OracleError(bytes32 feedId,uint8 code,uint64 roundId,uint64 timestamp,uint64 expiresAt,"
+        "uint16 numSources,uint16 minSources,bytes32 detailHash,bytes32 configHash)"
     )
     assert keccak256(b"") == bytes(eth_keccak(b""))
 
@@ -148,9 +163,13 @@ def test_error_and_price_never_share_a_digest() -> None:
     error = OracleError(
         feed_id=price.feed_id,
         code=1,
-        timestamp=price.timestamp,
         round_id=price.round_id,
+        timestamp=price.timestamp,
+        expires_at=price.expires_at,
+        num_sources=price.num_sources,
+        min_sources=price.min_sources,
         detail_hash=b"\x00" * 32,
+        config_hash=price.config_hash,
     )
     assert typed_data_digest(price, domain) != typed_data_digest(error, domain)
 
@@ -307,9 +326,13 @@ def test_oracle_error_report_carries_its_detail() -> None:
     message = OracleError(
         feed_id=feed_id("BTC/USD"),
         code=OracleErrorCode.TOO_FEW_SOURCES,
-        timestamp=1764171000,
         round_id=2,
+        timestamp=1764171000,
+        expires_at=1764171120,
+        num_sources=1,
+        min_sources=2,
         detail_hash=detail_hash(detail),
+        config_hash=CONFIG.config_hash,
     )
     (report,) = SignedReport.sign(
         message, feed="BTC/USD", key=KEY, domains=CONFIG.domains, detail=detail

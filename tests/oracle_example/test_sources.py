@@ -36,7 +36,7 @@ from oracle_example.sources import (
 from tests.oracle_example.oracle_fixtures import RECORDED_AT, parse, recorded, recorded_ok
 
 SOURCES = build_sources(OracleConfig())
-FEEDS = ("BTC/USD", "ETH/USD")
+FEEDS = ("USDT/USD", "BTC/USD", "ETH/USD")
 
 # What each fixture must parse to: (price string, source time).
 EXPECTED: dict[str, tuple[str, int | datetime]] = {
@@ -44,8 +44,11 @@ EXPECTED: dict[str, tuple[str, int | datetime]] = {
     "binance_ethusdt_ticker24hr_mini.json": ("3612.47000000", 1764170999456),
     "coinbase_btc-usd_ticker.json": ("96515.00", datetime(2025, 11, 26, 15, 29, 59, 512345)),
     "coinbase_eth-usd_ticker.json": ("3612.9", datetime(2025, 11, 26, 15, 29, 58, 900000)),
-    "kraken_xbtusd_ticker.json": ("96510.10000", datetime(2025, 11, 26, 15, 29, 59)),
-    "kraken_ethusd_ticker.json": ("3612.60000", datetime(2025, 11, 26, 15, 29, 59)),
+    "coinbase_usdt-usd_ticker.json": ("0.99995", datetime(2025, 11, 26, 15, 29, 59, 101234)),
+    # Kraken: the last trade's own time (not the Date header, 15:29:59, of the same answer)
+    "kraken_xbtusd_trades.json": ("96510.10000", datetime(2025, 11, 26, 15, 29, 59, 123400)),
+    "kraken_ethusd_trades.json": ("3612.60000", datetime(2025, 11, 26, 15, 29, 58, 876500)),
+    "kraken_usdtusd_trades.json": ("0.99990000", datetime(2025, 11, 26, 15, 29, 57, 500000)),
     "okx_btc-usdt_ticker.json": ("96508.3", 1764170999876),
     "okx_eth-usdt_ticker.json": ("3611.98", 1764170999654),
 }
@@ -74,9 +77,12 @@ def test_fixture_parses_to_exact_decimal_and_source_time(rec):  # type: ignore[n
     assert (quote.source, quote.feed) == (rec.source, rec.feed)
 
 
-def test_every_source_has_fixtures_for_both_feeds() -> None:
-    for feed in FEEDS:
-        assert {r.source for r in recorded_ok(feed)} == set(ADAPTERS)
+def test_every_market_of_the_default_feeds_has_a_fixture() -> None:
+    config = OracleConfig()
+    assert {f.symbol for f in config.feeds} == set(FEEDS)
+    for feed in config.feeds:
+        assert {r.source for r in recorded_ok(feed.symbol)} == {m.source for m in feed.markets}
+    assert {m.source for f in config.feeds for m in f.markets} == set(ADAPTERS)
 
 
 def _walk(value: object) -> list[object]:
@@ -89,7 +95,7 @@ def _walk(value: object) -> list[object]:
 
 def test_decimal_only_no_float_anywhere_in_parsed_quotes() -> None:
     quotes = [parse(r, SOURCES[r.source]) for f in FEEDS for r in recorded_ok(f)]
-    assert len(quotes) == 8
+    assert len(quotes) == 10
     for quote in quotes:
         assert type(quote.price) is Decimal
         assert not any(isinstance(v, float) for v in _walk(quote))
@@ -225,6 +231,17 @@ def test_okx_rate_limit_code_with_http_200() -> None:
         SOURCES["okx"].parse("BTC/USD", status=200, headers={}, body=body, now=RECORDED_AT)
 
 
+def test_binance_asks_for_trading_symbols_and_a_halted_one_is_not_priced() -> None:
+    request = SOURCES["binance"].request("BTC/USD")
+    assert request.url.endswith("symbol=BTCUSDT&type=MINI&symbolStatus=TRADING")
+    # What Binance answers for a symbol whose status is not TRADING (error -1220): an error
+    # for this source this round, never its last price.
+    body = b'{"code":-1220,"msg":"The symbol is not trading."}'
+    with pytest.raises(SourceHttpError) as info:
+        SOURCES["binance"].parse("BTC/USD", status=400, headers={}, body=body, now=RECORDED_AT)
+    assert info.value.status == 400 and "-1220" in str(info.value)
+
+
 def test_5xx_is_an_http_error() -> None:
     with pytest.raises(SourceHttpError) as info:
         SOURCES["coinbase"].parse(
@@ -251,7 +268,7 @@ def _mutate(file: str, path: list[object], value: object) -> bytes:
 _DELETE = object()
 _BINANCE = "binance_btcusdt_ticker24hr_mini.json"
 _COINBASE = "coinbase_btc-usd_ticker.json"
-_KRAKEN = "kraken_xbtusd_ticker.json"
+_KRAKEN = "kraken_xbtusd_trades.json"
 _OKX = "okx_btc-usdt_ticker.json"
 
 MALFORMED = [
@@ -269,9 +286,12 @@ MALFORMED = [
     (_COINBASE, ["time"], "2025-11-26T15:29:59+02:00"),
     (_COINBASE, ["time"], "2025-13-26T15:29:59Z"),
     (_COINBASE, ["price"], None),
-    (_KRAKEN, ["result", "XXBTZUSD", "c"], ["96510.1"]),
-    (_KRAKEN, ["result", "XXBTZUSD", "c", 0], "Infinity"),
-    (_KRAKEN, ["result", "XETHZUSD"], {"c": ["1.0", "1"]}),  # two pairs
+    (_KRAKEN, ["result", "XXBTZUSD"], []),  # no trade
+    (_KRAKEN, ["result", "XXBTZUSD", 0], ["96510.1", "1"]),  # no time
+    (_KRAKEN, ["result", "XXBTZUSD", 0, 0], "Infinity"),
+    (_KRAKEN, ["result", "XXBTZUSD", 0, 2], "1764170999.1234"),  # time as a string
+    (_KRAKEN, ["result", "XXBTZUSD", 0, 2], 1e12),  # implausible time
+    (_KRAKEN, ["result", "XETHZUSD"], [["1.0", "1", 1764170999.0]]),  # two pairs
     (_KRAKEN, ["error"], "none"),
     (_OKX, ["code"], 0),
     (_OKX, ["data"], []),
@@ -315,10 +335,16 @@ def test_garbage_bodies(body: bytes) -> None:
             source.parse("BTC/USD", status=200, headers={"date": "x"}, body=body, now=RECORDED_AT)
 
 
-def test_kraken_without_a_date_header_has_no_source_time() -> None:
+def test_kraken_source_time_is_the_last_trade_never_the_date_header() -> None:
+    # A market with no trade for an hour answers with a fresh Date header: the quote must carry
+    # the trade's time, so the staleness check sees an hour.
     rec = _by_file(_KRAKEN)
-    with pytest.raises(SourceMalformed, match="Date"):
-        SOURCES["kraken"].parse("BTC/USD", status=200, headers={}, body=rec.body, now=RECORDED_AT)
+    hour_old = _mutate(_KRAKEN, ["result", "XXBTZUSD", 0, 2], 1764167399.0)
+    for headers in ({}, rec.headers, {"date": "Wed, 26 Nov 2025 15:30:00 GMT"}):
+        quote = SOURCES["kraken"].parse(
+            "BTC/USD", status=200, headers=headers, body=hour_old, now=RECORDED_AT
+        )
+        assert quote.source_time == datetime(2025, 11, 26, 14, 29, 59, tzinfo=UTC)
 
 
 _json_values = st.recursive(
@@ -392,7 +418,11 @@ def test_build_sources_binds_hosts_and_instruments() -> None:
     assert isinstance(SOURCES["coinbase"], Coinbase)
     assert isinstance(SOURCES["kraken"], Kraken)
     assert isinstance(SOURCES["okx"], Okx)
-    assert SOURCES["kraken"].instruments == {"BTC/USD": "XBTUSD", "ETH/USD": "ETHUSD"}
+    assert SOURCES["kraken"].instruments == {
+        "USDT/USD": "USDTUSD",
+        "BTC/USD": "XBTUSD",
+        "ETH/USD": "ETHUSD",
+    }
     for source in SOURCES.values():
         assert source.host == type(source).default_host
 

@@ -29,12 +29,23 @@ from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from oracle_example.config import FeedConfig, OracleConfig
 from oracle_example.errors import (
     AggregationError,
+    ReportFormatError,
     SourceBlocked,
     SourceError,
     SourceMalformed,
     SourceRateLimited,
 )
-from oracle_example.report import OracleErrorCode, Outcome, SourceOutcome, sources_hash
+from oracle_example.report import (
+    Message,
+    OracleError,
+    OracleErrorCode,
+    Outcome,
+    PriceReport,
+    SourceOutcome,
+    detail_hash,
+    feed_id,
+    sources_hash,
+)
 
 __all__ = [
     "BPS",
@@ -46,6 +57,7 @@ __all__ = [
     "clock_failure",
     "dispersion_bps",
     "median",
+    "message_for",
     "scale_price",
     "should_publish",
 ]
@@ -384,3 +396,66 @@ def should_publish(
     if timestamp - last_timestamp >= heartbeat.total_seconds():
         return True
     return abs(price - last_price) * BPS >= deviation_bps * last_price
+
+
+# --- the message a round signs --------------------------------------------------------------------
+
+
+def message_for(
+    result: Aggregate | AggregationFailure,
+    *,
+    round_id: int,
+    config: OracleConfig,
+    timestamp: int | None = None,
+) -> tuple[Message, str | None]:
+    """The message to sign for one aggregation round, and the detail text for an `OracleError`.
+
+    `timestamp` (the enclave time) defaults to the round's aggregation time in whole seconds
+    (floor). `observationsTimestamp` is the oldest used source time (floor); `validFrom` is the
+    enclave time less the clock skew the config tolerates (rounded up to whole seconds), so a
+    chain whose clock trails ours by that much still accepts it; `expiresAt` adds `report_ttl`.
+    """
+    when = int(result.observed_at.timestamp()) if timestamp is None else timestamp
+    quorum = config.quorum(config.feed(result.feed))
+    used = [o for o in result.outcomes if o.outcome == Outcome.USED]
+    expires_at = when + _whole_seconds(config.report_ttl)
+    if isinstance(result, Aggregate):
+        times = [o.source_time for o in used if o.source_time is not None]
+        if len(times) != len(used) or len(used) != result.num_sources:
+            raise ReportFormatError("every used source needs its observation time")
+        return (
+            PriceReport(
+                feed_id=feed_id(result.feed),
+                price=result.price,
+                decimals=result.decimals,
+                round_id=round_id,
+                observations_timestamp=min(int(t.timestamp()) for t in times),
+                valid_from=when - _whole_seconds(config.max_clock_skew),
+                expires_at=expires_at,
+                timestamp=when,
+                num_sources=result.num_sources,
+                min_sources=quorum,
+                dispersion_bps=result.dispersion_bps,
+                sources_hash=result.sources_hash,
+                config_hash=config.config_hash,
+            ),
+            None,
+        )
+    return (
+        OracleError(
+            feed_id=feed_id(result.feed),
+            code=int(result.code),
+            round_id=round_id,
+            timestamp=when,
+            expires_at=expires_at,
+            num_sources=len(used),
+            min_sources=quorum,
+            detail_hash=detail_hash(result.detail),
+            config_hash=config.config_hash,
+        ),
+        result.detail,
+    )
+
+
+def _whole_seconds(delta: timedelta) -> int:
+    return -(-delta // timedelta(seconds=1))

@@ -51,31 +51,25 @@ from oracle_example.aggregate import (
     Quote,
     aggregate_feed,
     clock_failure,
+    message_for,
 )
 from oracle_example.binding import Binding, public_key_bytes
 from oracle_example.config import OracleConfig
 from oracle_example.errors import (
     EnclaveBootError,
-    ReportFormatError,
-    SourceBlocked,
     SourceError,
-    SourceRateLimited,
     SourceUnreachable,
 )
 from oracle_example.eth import SECP256K1_N, to_checksum_address
 from oracle_example.exchanges import build_sources
 from oracle_example.report import (
-    Message,
     OracleError,
     OracleErrorCode,
     Outcome,
-    PriceReport,
     SignedReport,
-    detail_hash,
-    feed_id,
 )
 from oracle_example.sealed import SealedKeyOptions, load_signing_secret
-from oracle_example.sources import Source, SourceState
+from oracle_example.sources import SKIPPED, Source, SourceState, severity, skip_reason
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -360,8 +354,8 @@ class Oracle:
             state = self._state.sources[source]
             errors = [e for e in outcomes if isinstance(e, SourceError)]
             if errors:
-                worst = max(errors, key=_severity)
-                if worst.code != _SKIPPED:
+                worst = max(errors, key=severity)
+                if worst.code != SKIPPED:
                     self._state.sources[source] = state.failed(worst, now=now)
                     self._state.last_error[source] = worst
             elif any(isinstance(o, Quote) for o in outcomes):
@@ -419,7 +413,7 @@ class Oracle:
         state = self._state.sources[source_id]
         now = self.options.clock()
         if not state.ready(now):
-            return _skipped(state, self._state.last_error.get(source_id), now)
+            return skip_reason(state, self._state.last_error.get(source_id), now)
         source = self._sources[source_id]
         request = source.request(feed)
         seconds = self.config.request_timeout.total_seconds()
@@ -572,66 +566,6 @@ class Oracle:
         }
 
 
-def message_for(
-    result: Aggregate | AggregationFailure,
-    *,
-    round_id: int,
-    config: OracleConfig,
-    timestamp: int | None = None,
-) -> tuple[Message, str | None]:
-    """The message to sign for one aggregation round, and the detail text for an `OracleError`.
-
-    `timestamp` (the enclave time) defaults to the round's aggregation time in whole seconds
-    (floor). `observationsTimestamp` is the oldest used source time (floor); `validFrom` is the
-    enclave time less the clock skew the config tolerates (rounded up to whole seconds), so a
-    chain whose clock trails ours by that much still accepts it; `expiresAt` adds `report_ttl`.
-    """
-    when = int(result.observed_at.timestamp()) if timestamp is None else timestamp
-    quorum = config.quorum(config.feed(result.feed))
-    used = [o for o in result.outcomes if o.outcome == Outcome.USED]
-    expires_at = when + _whole_seconds(config.report_ttl)
-    if isinstance(result, Aggregate):
-        times = [o.source_time for o in used if o.source_time is not None]
-        if len(times) != len(used) or len(used) != result.num_sources:
-            raise ReportFormatError("every used source needs its observation time")
-        return (
-            PriceReport(
-                feed_id=feed_id(result.feed),
-                price=result.price,
-                decimals=result.decimals,
-                round_id=round_id,
-                observations_timestamp=min(int(t.timestamp()) for t in times),
-                valid_from=when - _whole_seconds(config.max_clock_skew),
-                expires_at=expires_at,
-                timestamp=when,
-                num_sources=result.num_sources,
-                min_sources=quorum,
-                dispersion_bps=result.dispersion_bps,
-                sources_hash=result.sources_hash,
-                config_hash=config.config_hash,
-            ),
-            None,
-        )
-    return (
-        OracleError(
-            feed_id=feed_id(result.feed),
-            code=int(result.code),
-            round_id=round_id,
-            timestamp=when,
-            expires_at=expires_at,
-            num_sources=len(used),
-            min_sources=quorum,
-            detail_hash=detail_hash(result.detail),
-            config_hash=config.config_hash,
-        ),
-        result.detail,
-    )
-
-
-def _whole_seconds(delta: _dt.timedelta) -> int:
-    return -(-delta // _dt.timedelta(seconds=1))
-
-
 def _key_from_nsm(nsm: Nsm) -> coincurve.PrivateKey:
     """A secp256k1 scalar from NSM randomness, rejection-sampled into [1, n)."""
     for _ in range(8):  # the chance of needing a second draw is about 2**-128
@@ -639,44 +573,3 @@ def _key_from_nsm(nsm: Nsm) -> coincurve.PrivateKey:
         if 0 < int.from_bytes(secret, "big") < SECP256K1_N:
             return coincurve.PrivateKey(secret)
     raise EnclaveBootError("NSM randomness never gave a valid secp256k1 scalar")
-
-
-def _severity(error: SourceError) -> int:
-    if isinstance(error, SourceBlocked):
-        return 3
-    if isinstance(error, SourceRateLimited):
-        return 2
-    return 1
-
-
-_SKIPPED = "source.skipped"
-
-
-def _skipped(state: SourceState, last: SourceError | None, now: _dt.datetime) -> SourceError:
-    """Why a source is not asked this round, as the error its outcome line should show.
-
-    The code is `source.skipped` (so the state machine does not count it as a new failure) on
-    the same class as the failure that caused it, so the outcome reads blocked / rate_limited /
-    failed, and "every source blocked" is still recognised.
-    """
-    if state.disabled is not None:
-        blocked = SourceBlocked(
-            f"disabled for this session ({state.disabled})", source=state.source
-        )
-        blocked.code = _SKIPPED
-        return blocked
-    wait = max((state.not_before or now) - now, _dt.timedelta(0))
-    if isinstance(last, SourceRateLimited):
-        skipped: SourceError = SourceRateLimited(
-            f"honouring Retry-After, {wait.total_seconds():.1f} s left",
-            source=state.source,
-            status=last.status,
-            retry_after=wait,
-        )
-    else:
-        skipped = SourceError(
-            f"circuit open after {state.failures} failures, {wait.total_seconds():.1f} s left",
-            source=state.source,
-        )
-    skipped.code = _SKIPPED
-    return skipped

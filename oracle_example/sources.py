@@ -58,11 +58,14 @@ __all__ = [
     "LATEST",
     "MAX_BODY_BYTES",
     "MAX_RETRY_AFTER",
+    "SKIPPED",
     "Headers",
     "Source",
     "SourceRequest",
     "SourceState",
     "parse_retry_after",
+    "severity",
+    "skip_reason",
 ]
 
 _log = logging.getLogger("oracle_example.sources")
@@ -353,3 +356,45 @@ class SourceState:
             int(delay.total_seconds()),
         )
         return replace(self, not_before=now + delay, failures=failures)
+
+
+def severity(error: SourceError) -> int:
+    """How bad a failure is, to report the worst one of a round: blocked > rate limited > other."""
+    if isinstance(error, SourceBlocked):
+        return 3
+    if isinstance(error, SourceRateLimited):
+        return 2
+    return 1
+
+
+SKIPPED = "source.skipped"
+
+
+def skip_reason(state: SourceState, last: SourceError | None, now: datetime) -> SourceError:
+    """Why a source is not asked this round, as the error its outcome line should show.
+
+    The code is `source.skipped` (so the state machine does not count it as a new failure) on
+    the same class as the failure that caused it, so the outcome reads blocked / rate_limited /
+    failed, and "every source blocked" is still recognised.
+    """
+    if state.disabled is not None:
+        blocked = SourceBlocked(
+            f"disabled for this session ({state.disabled})", source=state.source
+        )
+        blocked.code = SKIPPED
+        return blocked
+    wait = max((state.not_before or now) - now, timedelta(0))
+    if isinstance(last, SourceRateLimited):
+        skipped: SourceError = SourceRateLimited(
+            f"honouring Retry-After, {wait.total_seconds():.1f} s left",
+            source=state.source,
+            status=last.status,
+            retry_after=wait,
+        )
+    else:
+        skipped = SourceError(
+            f"circuit open after {state.failures} failures, {wait.total_seconds():.1f} s left",
+            source=state.source,
+        )
+    skipped.code = SKIPPED
+    return skipped

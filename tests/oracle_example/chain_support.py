@@ -15,10 +15,9 @@ from typing import Any
 
 import coincurve
 
-from oracle_example.aggregate import Quote, aggregate_feed
+from oracle_example.aggregate import Quote, aggregate_feed, message_for
 from oracle_example.config import OracleConfig
 from oracle_example.eth import Eip712Domain
-from oracle_example.oracle import message_for
 from oracle_example.report import PriceReport, SignedReport
 
 DEFAULT_PRICES = ("100000.5", "100001.5", "99999.5", "100000")

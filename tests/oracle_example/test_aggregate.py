@@ -19,6 +19,7 @@ from oracle_example.aggregate import (
     clock_failure,
     dispersion_bps,
     median,
+    message_for,
     scale_price,
     should_publish,
 )
@@ -31,7 +32,6 @@ from oracle_example.errors import (
 )
 from oracle_example.eth import keccak256
 from oracle_example.exchanges import build_sources
-from oracle_example.oracle import message_for
 from oracle_example.report import (
     OracleError,
     OracleErrorCode,

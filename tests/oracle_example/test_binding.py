@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from attestation import Policy, Verifier, load_pem_roots
 from attestation.testing import DocumentFactory, default_pcrs
-from oracle_example.aggregate import Aggregate, Quote, aggregate_feed
+from oracle_example.aggregate import Aggregate, Quote, aggregate_feed, message_for
 from oracle_example.binding import (
     MAGIC,
     USER_DATA_LENGTH,
@@ -33,7 +33,6 @@ from oracle_example.errors import (
     ReportVerificationError,
 )
 from oracle_example.eth import Eip712Domain, to_checksum_address
-from oracle_example.oracle import message_for
 from oracle_example.report import SignedReport
 
 # --- user_data layout -------------------------------------------------------------------------

@@ -9,11 +9,16 @@ from decimal import Decimal
 import coincurve
 import pytest
 
-from oracle_example.aggregate import Aggregate, AggregationFailure, Quote, aggregate_feed
+from oracle_example.aggregate import (
+    Aggregate,
+    AggregationFailure,
+    Quote,
+    aggregate_feed,
+    message_for,
+)
 from oracle_example.config import FeedConfig, Market, OracleConfig
 from oracle_example.errors import ConfigError, SourceBlocked, SourceUnreachable
 from oracle_example.eth import address_of, keccak256
-from oracle_example.oracle import message_for
 from oracle_example.report import OracleError, OracleErrorCode, Outcome, SignedReport, feed_id
 from tests.oracle_example.oracle_fixtures import RECORDED_AT
 

@@ -44,6 +44,7 @@ from cryptography import x509
 
 from attestation._cbor import CborError, decode
 from attestation._cose_writer import sig_structure
+from attestation._payload_fast import fast_envelope, fast_payload
 from attestation.errors import MalformedDocument
 
 __all__ = [
@@ -142,10 +143,14 @@ class AttestationDocument:
         body = data[1:] if tagged else data
         if body and body[0] >> 5 == 6:
             raise _malformed("envelope.tag", "only tag 18 (COSE_Sign1) may wrap the envelope")
-        try:
-            envelope = decode(body)
-        except CborError as exc:
-            raise _malformed(exc.code, f"envelope: {exc}") from exc
+        # The NSM's exact forms are read by the fast path; it declines anything else, which the
+        # strict decoder then judges (same result either way: see _payload_fast.py).
+        envelope: object = fast_envelope(body)
+        if envelope is None:
+            try:
+                envelope = decode(body)
+            except CborError as exc:
+                raise _malformed(exc.code, f"envelope: {exc}") from exc
         if not isinstance(envelope, list):
             raise _malformed("envelope.not-array", "COSE_Sign1 must be a CBOR array")
         if len(envelope) != 4:
@@ -173,10 +178,12 @@ class AttestationDocument:
             raise _malformed("envelope.signature-size", f"signature is {len(signature)} bytes")
         if not 1 <= len(payload) <= MAX_PAYLOAD_SIZE:
             raise _malformed("envelope.payload-size", f"payload is {len(payload)} bytes")
-        try:
-            fields = decode(payload)
-        except CborError as exc:
-            raise _malformed(exc.code, f"payload: {exc}") from exc
+        fields: object = fast_payload(payload)
+        if fields is None:
+            try:
+                fields = decode(payload)
+            except CborError as exc:
+                raise _malformed(exc.code, f"payload: {exc}") from exc
         if not isinstance(fields, dict):
             raise _malformed("payload.not-map", "payload must be a CBOR map")
         return cls._from_fields(fields, protected, payload, signature, tagged, data)

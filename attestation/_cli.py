@@ -21,7 +21,7 @@ from cryptography import x509
 
 from attestation.document import AttestationDocument, VerifiedDocument
 from attestation.errors import AttestationError
-from attestation.policy import Policy, UnsafeNoPcrCheck
+from attestation.policy import NitroTpmPolicy, Policy, UnsafeNoPcrCheck, VerificationPolicy
 from attestation.roots import load_pem_roots
 from attestation.service._cli import add_serve_parser
 from attestation.verifier import Verifier
@@ -212,14 +212,21 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         verifier = Verifier.aws()
     data = _read_input(args.file)
-    policy = Policy(
-        pcrs=UnsafeNoPcrCheck() if args.unsafe_no_pcr_check else pcrs,
-        nonce=args.nonce,
-        max_age=args.max_age,
-        allow_debug=args.allow_debug,
-    )
+    expected = UnsafeNoPcrCheck() if args.unsafe_no_pcr_check else pcrs
+    policy: VerificationPolicy
+    if args.kind == "nitrotpm":
+        if args.allow_debug:
+            raise _UsageError("--allow-debug is for enclave documents, not --kind nitrotpm")
+        try:
+            policy = NitroTpmPolicy(pcrs=expected, nonce=args.nonce, max_age=args.max_age)
+        except ValueError as exc:  # a register index past 23
+            raise _UsageError(f"--pcr: {exc}") from exc
+    else:
+        policy = Policy(
+            pcrs=expected, nonce=args.nonce, max_age=args.max_age, allow_debug=args.allow_debug
+        )
     try:
-        doc = verifier.verify(data, policy=policy, at=args.at)
+        doc = verifier.verify(data, policy=policy, at=args.at, kind=args.kind)
     except AttestationError as exc:
         return _refused(args, exc)
     if args.json:
@@ -251,7 +258,13 @@ def _parser() -> argparse.ArgumentParser:
         type=_pcr,
         default=[],
         metavar="INDEX=HEX",
-        help="expected PCR value (repeatable)",
+        help="expected PCR value (repeatable); with --kind nitrotpm a nitrotpm_pcrs register 0..23",
+    )
+    verify.add_argument(
+        "--kind",
+        choices=("nitro-enclave", "nitrotpm"),
+        default="nitro-enclave",
+        help="document kind to accept: a Nitro Enclave's (default) or an EC2 instance's NitroTPM",
     )
     verify.add_argument(
         "--unsafe-no-pcr-check",

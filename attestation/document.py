@@ -29,7 +29,9 @@ this module chooses:
   the epoch, any integer length form), `pcrs` (1..32 entries, index 0..31, value 32/48/64 bytes),
   `certificate` (1..1024 bytes), `cabundle` (1+ byte strings of 1..1024 bytes each).
 - a payload with `nitrotpm_pcrs` instead of `pcrs` is a NitroTPM (EC2 instance) document: it parses
-  as `kind == "nitrotpm"` so that the enclave verifier can refuse it with `document.nitrotpm`.
+  as `kind == "nitrotpm"`, with the same rules except that its registers are indexed 0..23 (a
+  TPM's 24 PCRs; every real NitroTPM document carries exactly those). The enclave verifier
+  refuses it with `document.nitrotpm`; `Verifier.verify(..., kind="nitrotpm")` verifies it.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ MAX_FIELD_SIZE = 1024
 MAX_CERT_SIZE = 1024
 # AWS CDDL: `index = 0..31`, `pcrs: { + index => pcr }`, `pcr = bytes .size (32/48/64)`.
 MAX_PCRS = 32
+# A NitroTPM document carries the TPM's PCRs: 24 registers, 0..23 (TPM PC Client profile; AWS EC2
+# User Guide "NitroTPM Attestation Document contents" lists PCR0..PCR23).
+NITROTPM_PCRS = 24
 PCR_SIZES = frozenset({32, 48, 64})
 _PCR_INDICES = frozenset(range(MAX_PCRS))
 # RFC 9052: tag 18 is COSE_Sign1; label 1 is alg, -35 is ES384.
@@ -235,6 +240,10 @@ class AttestationDocument:
             kind, pcrs = "nitro-enclave", _pcrs(enclave_pcrs, "pcrs")
         elif tpm_pcrs is not None:
             kind, pcrs = "nitrotpm", _pcrs(tpm_pcrs, "nitrotpm_pcrs")
+            if max(pcrs) >= NITROTPM_PCRS:
+                raise _malformed(
+                    "payload.field-value", f"nitrotpm_pcrs index {max(pcrs)} outside 0..23"
+                )
         else:
             raise _malformed("payload.missing-field", "pcrs is missing")
 
@@ -323,9 +332,17 @@ class VerifiedDocument:
     """The verified path, leaf first, pinned root last."""
     raw: bytes
     """The document bytes exactly as given to `verify`."""
+    kind: DocumentKind = "nitro-enclave"
+    """Which document this is; `pcrs` holds that kind's registers (`nitrotpm_pcrs` for
+    `"nitrotpm"`: the instance's TPM, not an enclave image)."""
 
     @property
     def is_debug(self) -> bool:
-        """PCR0 all zero (only possible if the policy allowed debug documents)."""
+        """PCR0 all zero (only possible if the policy allowed debug documents).
+
+        Debug mode is an enclave's: a NitroTPM document is never a debug document.
+        """
+        if self.kind != "nitro-enclave":
+            return False
         pcr0 = self.pcrs.get(0)
         return pcr0 is not None and not any(pcr0)

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from attestation._chain import DEFAULT_CACHE_SIZE
 from attestation.document import VerifiedDocument
 from attestation.errors import AttestationError
-from attestation.policy import Policy
+from attestation.policy import VerificationPolicy
 from attestation.service._config import (
     CONFIG_ENV,
     ConfigError,
@@ -170,7 +170,7 @@ class _Service:
         self.clock = clock
         self.registry = registry
         # Policies without a nonce are the same on every request: build them once.
-        self.policies: dict[str, tuple[PolicyConfig, Policy]] = {
+        self.policies: dict[str, tuple[PolicyConfig, VerificationPolicy]] = {
             name: (policy, policy.build()) for name, policy in config.policies.items()
         }
         self.openapi = json.dumps(openapi_schema(config)).encode()
@@ -214,7 +214,7 @@ class _Service:
         # P-384 check when warm) and holds the GIL, so a thread pool would add a hop per request
         # without adding parallelism. Scale with processes instead (docs/deployment.md).
         try:
-            doc = self.verifier.verify(document, policy=policy, at=when)
+            doc = self.verifier.verify(document, policy=policy, at=when, kind=policy_config.kind)
         except AttestationError as exc:
             state["code"] = exc.code
             reason = {"verified": False, "code": exc.code, "reason": exc.reason, "policy": name}

@@ -378,6 +378,7 @@ def corpus_clients() -> dict[tuple[Path, ...], TestClient]:
             "pcrs": {str(index): value.hex() for index, value in policy.pcrs.items()},
             "max_age_seconds": policy.max_age.total_seconds(),
             "allow_debug": policy.allow_debug,
+            "kind": policy.kind,
         }
     return {
         roots: _client(

@@ -79,18 +79,19 @@ def fast_envelope(body: bytes) -> list[object] | None:
     return [_PROTECTED, {}, body[start:stop], body[stop + 2 :]]
 
 
-def _bytes(data: bytes, pos: int, end: int) -> tuple[bytes, int] | None:
-    """A definite byte string of up to 65535 bytes at `pos` (the only lengths a payload uses)."""
+def _bytes(data: bytes, pos: int, end: int, base: int = 0x40) -> tuple[bytes, int] | None:
+    """A definite byte string (`base` 0x40; 0x60: the raw bytes of a text string) of up to
+    65535 bytes at `pos`: the only lengths a payload uses."""
     if pos >= end:
         return None
-    initial = data[pos]
-    if 0x40 <= initial < 0x58:
+    initial = data[pos] - base
+    if 0 <= initial < 0x18:
         start = pos + 1
-        stop = start + initial - 0x40
-    elif initial == 0x58 and pos + 1 < end:
+        stop = start + initial
+    elif initial == 0x18 and pos + 1 < end:
         start = pos + 2
         stop = start + data[pos + 1]
-    elif initial == 0x59 and pos + 2 < end:
+    elif initial == 0x19 and pos + 2 < end:
         start = pos + 3
         stop = start + ((data[pos + 1] << 8) | data[pos + 2])
     else:
@@ -186,21 +187,14 @@ def fast_payload(payload: bytes) -> dict[object, object] | None:
                 return None
             value, pos = registers
         elif shape == _TEXT:
-            if 0x60 <= initial < 0x78:
-                start = pos + 1
-                stop = start + initial - 0x60
-            elif initial == 0x78 and pos + 1 < end:
-                start = pos + 2
-                stop = start + payload[pos + 1]
-            else:
-                return None
-            if stop > end:
+            text = _bytes(payload, pos, end, 0x60)
+            if text is None:
                 return None
             try:
-                value = payload[start:stop].decode("utf-8")
+                value = text[0].decode("utf-8")
             except UnicodeDecodeError:
                 return None
-            pos = stop
+            pos = text[1]
         elif shape == _UINT:
             if initial < 0x18:
                 value = initial

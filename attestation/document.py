@@ -37,7 +37,7 @@ this module chooses:
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
@@ -148,14 +148,7 @@ class AttestationDocument:
         body = data[1:] if tagged else data
         if body and body[0] >> 5 == 6:
             raise _malformed("envelope.tag", "only tag 18 (COSE_Sign1) may wrap the envelope")
-        # The NSM's exact forms are read by the fast path; it declines anything else, which the
-        # strict decoder then judges (same result either way: see _payload_fast.py).
-        envelope: object = fast_envelope(body)
-        if envelope is None:
-            try:
-                envelope = decode(body)
-            except CborError as exc:
-                raise _malformed(exc.code, f"envelope: {exc}") from exc
+        envelope = _decode(body, fast_envelope, "envelope")
         if not isinstance(envelope, list):
             raise _malformed("envelope.not-array", "COSE_Sign1 must be a CBOR array")
         if len(envelope) != 4:
@@ -183,12 +176,7 @@ class AttestationDocument:
             raise _malformed("envelope.signature-size", f"signature is {len(signature)} bytes")
         if not 1 <= len(payload) <= MAX_PAYLOAD_SIZE:
             raise _malformed("envelope.payload-size", f"payload is {len(payload)} bytes")
-        fields: object = fast_payload(payload)
-        if fields is None:
-            try:
-                fields = decode(payload)
-            except CborError as exc:
-                raise _malformed(exc.code, f"payload: {exc}") from exc
+        fields = _decode(payload, fast_payload, "payload")
         if not isinstance(fields, dict):
             raise _malformed("payload.not-map", "payload must be a CBOR map")
         return cls._from_fields(fields, protected, payload, signature, tagged, data)
@@ -272,6 +260,18 @@ class AttestationDocument:
             tagged=tagged,
             raw=raw,
         )
+
+
+def _decode(data: bytes, fast: Callable[[bytes], object | None], what: str) -> object:
+    """`data` decoded: the NSM's exact forms by the fast path, which declines anything else to
+    the strict decoder (same result either way: see _payload_fast.py)."""
+    value = fast(data)
+    if value is None:
+        try:
+            value = decode(data)
+        except CborError as exc:
+            raise _malformed(exc.code, f"{what}: {exc}") from exc
+    return value
 
 
 def _pcrs(value: object, name: str) -> Mapping[int, bytes]:

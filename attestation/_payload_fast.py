@@ -112,6 +112,23 @@ def _registers(data: bytes, pos: int, end: int) -> tuple[dict[object, object], i
             return None
     elif not 0 <= count < 24:
         return None
+    if count and pos + 2 < end and data[pos + 1] == 0x58:
+        # Every real register map: `index 58 LL` + LL bytes, the same LL for all entries. Its
+        # heads are checked with three strided slices instead of entry by entry.
+        size = data[pos + 2]
+        stride = size + 3
+        stop = pos + stride * count
+        if stop <= end:
+            block = data[pos:stop]
+            indices = block[::stride]
+            if (
+                block[1::stride] == b"\x58" * count
+                and block[2::stride] == bytes((size,)) * count
+                and max(indices) < 0x18
+                and len(set(indices)) == count
+            ):
+                values = [block[i + 3 : i + stride] for i in range(0, stride * count, stride)]
+                return dict(zip(indices, values, strict=True)), stop
     out: dict[object, object] = {}
     for _ in range(count):
         if pos + 2 >= end:

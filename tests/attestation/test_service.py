@@ -740,10 +740,9 @@ def test_config_defaults_and_listen_forms() -> None:
 
 def test_example_config_and_file_errors(tmp_path: Path) -> None:
     config = load_config(EXAMPLE_CONFIG)
-    assert set(config.policies) == {"price-oracle", "price-oracle-rollout", "instance-boot"}
+    assert set(config.policies) == {"price-oracle", "price-oracle-rollout"}
     assert config.allow_at_override is False
     assert len(config.policies["price-oracle-rollout"].pcr_sets) == 2
-    assert config.policies["instance-boot"].kind == "nitrotpm"
     broken = tmp_path / "broken.toml"
     broken.write_text("[service\n")
     with pytest.raises(ConfigError, match="not valid TOML"):

@@ -24,7 +24,7 @@ from attestation._chain import load_certificate
 from attestation._output import certificate_json, hex_or_none, iso_time
 from attestation.document import AttestationDocument
 from attestation.errors import AttestationError, MalformedDocument
-from attestation.policy import Policy, UnsafeNoPcrCheck
+from attestation.policy import NitroTpmPolicy, Policy, UnsafeNoPcrCheck, VerificationPolicy
 from attestation.roots import load_pem_roots
 from attestation.service._cli import add_serve_parser
 from attestation.verifier import Verifier
@@ -289,19 +289,28 @@ def _verify(args: argparse.Namespace) -> int:
         verifier = Verifier(roots=roots)
     else:
         verifier = Verifier.aws()
-    policy = Policy(
-        pcrs=UnsafeNoPcrCheck() if args.unsafe_no_pcr_check else pcrs,
-        nonce=args.nonce,
-        max_age=args.max_age,
-        allow_debug=args.allow_debug,
-        user_data=args.user_data,
-        public_key=args.public_key,
-        module_id=args.module_id,
-    )
+    expected = UnsafeNoPcrCheck() if args.unsafe_no_pcr_check else pcrs
+    rules = {
+        "nonce": args.nonce,
+        "max_age": args.max_age,
+        "user_data": args.user_data,
+        "public_key": args.public_key,
+        "module_id": args.module_id,
+    }
+    policy: VerificationPolicy
+    if args.kind == "nitrotpm":
+        if args.allow_debug:
+            raise UsageError("--allow-debug is for enclave documents, not --kind nitrotpm")
+        try:
+            policy = NitroTpmPolicy(pcrs=expected, **rules)
+        except ValueError as exc:  # a register index past 23
+            raise UsageError(f"--pcr: {exc}") from exc
+    else:
+        policy = Policy(pcrs=expected, allow_debug=args.allow_debug, **rules)
     data = None
     try:
         data = _read_input(args.file)
-        doc = verifier.verify(data, policy=policy, at=args.at)
+        doc = verifier.verify(data, policy=policy, at=args.at, kind=args.kind)
     except AttestationError as exc:
         return _refused(args, exc, data)
     if args.json:
@@ -333,7 +342,13 @@ def _parser() -> argparse.ArgumentParser:
         type=_pcr,
         default=[],
         metavar="INDEX=HEX",
-        help="expected PCR value (repeatable)",
+        help="expected PCR value (repeatable); with --kind nitrotpm a nitrotpm_pcrs register 0..23",
+    )
+    verify.add_argument(
+        "--kind",
+        choices=("nitro-enclave", "nitrotpm"),
+        default="nitro-enclave",
+        help="document kind to accept: a Nitro Enclave's (default) or an EC2 instance's NitroTPM",
     )
     verify.add_argument(
         "--unsafe-no-pcr-check",

@@ -31,14 +31,16 @@ this module chooses:
   the epoch, any integer length form), `pcrs` (1..32 entries, index 0..31, value 32/48/64 bytes),
   `certificate` (1..1024 bytes), `cabundle` (1+ byte strings of 1..1024 bytes each).
 - a payload with `nitrotpm_pcrs` instead of `pcrs` is a NitroTPM (EC2 instance) document: it parses
-  as `kind == "nitrotpm"` so that the enclave verifier can refuse it with `document.nitrotpm`. A
+  as `kind == "nitrotpm"`, with the same rules except that its registers are indexed 0..23 (a
+  TPM's 24 PCRs; every real NitroTPM document carries exactly those). The enclave verifier
+  refuses it with `document.nitrotpm`; `Verifier.verify(..., kind="nitrotpm")` verifies it. A
   payload with both keys (whatever their values, `null` included) is refused.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
@@ -48,6 +50,7 @@ from cryptography import x509
 from attestation._cbor import CborError, decode, tag_head
 from attestation._cose_writer import sig_structure
 from attestation._output import certificate_json, hex_or_none, iso_time
+from attestation._payload_fast import fast_envelope, fast_payload
 from attestation.errors import MalformedDocument
 from nsm_attestation_cli import dump
 
@@ -72,6 +75,9 @@ MAX_FIELD_SIZE = 1024
 MAX_CERT_SIZE = 1024
 # AWS CDDL: `index = 0..31`, `pcrs: { + index => pcr }`, `pcr = bytes .size (32/48/64)`.
 MAX_PCRS = 32
+# A NitroTPM document carries the TPM's PCRs: 24 registers, 0..23 (TPM PC Client profile; AWS EC2
+# User Guide "NitroTPM Attestation Document contents" lists PCR0..PCR23).
+NITROTPM_PCRS = 24
 PCR_SIZES = frozenset({32, 48, 64})
 _PCR_INDICES = frozenset(range(MAX_PCRS))
 # RFC 9052: tag 18 is COSE_Sign1; label 1 is alg, -35 is ES384.
@@ -161,9 +167,9 @@ class AttestationDocument:
             body = data[start:]
             if (tag is not None and not tagged) or tag_head(body)[0] is not None:
                 raise _malformed("envelope.tag", "only tag 18 (COSE_Sign1) may wrap the envelope")
-            envelope = decode(body)
         except CborError as exc:
             raise _malformed(exc.code, f"not an attestation document: envelope: {exc}") from exc
+        envelope = _decode(body, fast_envelope, "not an attestation document: envelope")
         if not isinstance(envelope, list):
             raise _malformed(
                 "envelope.not-array", "not an attestation document: COSE_Sign1 must be a CBOR array"
@@ -193,10 +199,7 @@ class AttestationDocument:
             raise _malformed("envelope.signature-size", f"signature is {len(signature)} bytes")
         if not 1 <= len(payload) <= MAX_PAYLOAD_SIZE:
             raise _malformed("envelope.payload-size", f"payload is {len(payload)} bytes")
-        try:
-            fields = decode(payload)
-        except CborError as exc:
-            raise _malformed(exc.code, f"payload: {exc}") from exc
+        fields = _decode(payload, fast_payload, "payload")
         if not isinstance(fields, dict):
             raise _malformed("payload.not-map", "payload must be a CBOR map")
         return cls._from_fields(fields, protected, payload, signature, tagged, data)
@@ -250,6 +253,10 @@ class AttestationDocument:
             kind, pcrs = "nitro-enclave", _pcrs(enclave_pcrs, "pcrs")
         elif tpm_pcrs is not None:
             kind, pcrs = "nitrotpm", _pcrs(tpm_pcrs, "nitrotpm_pcrs")
+            if max(pcrs) >= NITROTPM_PCRS:
+                raise _malformed(
+                    "payload.field-value", f"nitrotpm_pcrs index {max(pcrs)} outside 0..23"
+                )
         else:
             raise _malformed("payload.missing-field", "pcrs is missing")
 
@@ -286,6 +293,18 @@ def _hex_repr(value: bytes | None) -> str:
 
 def _hex_pcrs(pcrs: Mapping[int, bytes]) -> str:
     return "{" + ", ".join(f"{i}: '{v.hex()}'" for i, v in sorted(pcrs.items())) + "}"
+
+
+def _decode(data: bytes, fast: Callable[[bytes], object | None], what: str) -> object:
+    """`data` decoded: the NSM's exact forms by the fast path, which declines anything else to
+    the strict decoder (same result either way: see _payload_fast.py)."""
+    value = fast(data)
+    if value is None:
+        try:
+            value = decode(data)
+        except CborError as exc:
+            raise _malformed(exc.code, f"{what}: {exc}") from exc
+    return value
 
 
 def _pcrs(value: object, name: str) -> Mapping[int, bytes]:
@@ -348,10 +367,18 @@ class VerifiedDocument:
     """The document bytes exactly as given to `verify`."""
     verified_at: _dt.datetime
     """The time the chain and the policy were judged at (`verify`'s `at`, or its clock)."""
+    kind: DocumentKind = "nitro-enclave"
+    """Which document this is; `pcrs` holds that kind's registers (`nitrotpm_pcrs` for
+    `"nitrotpm"`: the instance's TPM, not an enclave image)."""
 
     @property
     def is_debug(self) -> bool:
-        """PCR0 all zero (only possible if the policy allowed debug documents)."""
+        """PCR0 all zero (only possible if the policy allowed debug documents).
+
+        Debug mode is an enclave's: a NitroTPM document is never a debug document.
+        """
+        if self.kind != "nitro-enclave":
+            return False
         pcr0 = self.pcrs.get(0)
         return pcr0 is not None and not any(pcr0)
 
@@ -362,6 +389,7 @@ class VerifiedDocument:
         return {
             "verified": True,
             "verified_at": iso_time(self.verified_at),
+            "kind": self.kind,
             "module_id": self.module_id,
             "timestamp": iso_time(self.timestamp),
             "timestamp_ms": (self.timestamp - _EPOCH) // _dt.timedelta(milliseconds=1),

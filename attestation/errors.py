@@ -36,6 +36,7 @@ Other kinds:
 | code | class | meaning |
 |---|---|---|
 | `document.nitrotpm` | `UnsupportedDocumentKind` | a NitroTPM (EC2 instance) document |
+| `document.nitro-enclave` | `NotNitroTpmDocument` | an enclave document, NitroTPM asked for |
 | `chain.certificate-malformed` | `ChainError` | a certificate is not parseable DER |
 | `chain.expired` | `CertificateExpired` | a certificate's notAfter is before the time |
 | `chain.not-yet-valid` | `CertificateNotYetValid` | a certificate's notBefore is after it |
@@ -79,6 +80,7 @@ __all__ = [
     "ModuleIdMismatch",
     "NoPolicyMatched",
     "NonceMismatch",
+    "NotNitroTpmDocument",
     "PcrMismatch",
     "PolicyError",
     "PublicKeyMismatch",
@@ -140,6 +142,12 @@ class UnsupportedDocumentKind(AttestationError):
     """A well-formed document of another kind, e.g. NitroTPM, given to the enclave verifier."""
 
     code = "document.nitrotpm"
+
+
+class NotNitroTpmDocument(UnsupportedDocumentKind):
+    """A Nitro Enclave document given to a verification that asked for a NitroTPM one."""
+
+    code = "document.nitro-enclave"
 
 
 class ChainError(AttestationError):

@@ -17,6 +17,12 @@ Two rules are enforced by the verifier, not by each policy, so that they cannot 
 
 `Policy(...)` is the convenience entry for the common case; it builds an `AllOf` of the small
 policies below and is itself a policy.
+
+NitroTPM (EC2 instance) documents have their own registers, `nitrotpm_pcrs`, which say nothing
+about an enclave: `NitroTpmPcrSet` / `NitroTpmPolicy(...)` check them and declare
+`checks_nitrotpm_pcrs = True`, which `Verifier.verify(..., kind="nitrotpm")` requires (combinators
+derive it like `checks_pcrs`). `PcrSet` refuses a NitroTPM document and `NitroTpmPcrSet` an
+enclave one, so neither kind's expected values can be matched against the other's registers.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ __all__ = [
     "AnyOf",
     "MaxAge",
     "ModuleId",
+    "NitroTpmPcrSet",
+    "NitroTpmPolicy",
     "Nonce",
     "PcrSet",
     "Policy",
@@ -56,6 +64,7 @@ __all__ = [
     "UserData",
     "VerificationPolicy",
     "allows_debug",
+    "checks_nitrotpm_pcrs",
     "checks_pcrs",
 ]
 
@@ -64,6 +73,8 @@ _log = logging.getLogger("attestation.policy")
 # AWS CDDL: `index = 0..31`, `pcr = bytes .size (32/48/64)`.
 _MAX_PCR_INDEX = 31
 _PCR_SIZES = frozenset({32, 48, 64})
+# A NitroTPM document's registers: a TPM's PCR0..PCR23 (attestation.document.NITROTPM_PCRS).
+_MAX_NITROTPM_INDEX = 23
 
 PcrValue = bytes | str
 """An expected PCR: raw bytes or hex text (case-insensitive, no prefix)."""
@@ -83,6 +94,11 @@ class VerificationPolicy(Protocol):
 def checks_pcrs(policy: object) -> bool:
     """Whether `policy` declares that it constrains PCRs (or is the explicit unsafe opt-out)."""
     return getattr(policy, "checks_pcrs", False) is True
+
+
+def checks_nitrotpm_pcrs(policy: object) -> bool:
+    """Whether `policy` constrains a NitroTPM document's registers (or is the unsafe opt-out)."""
+    return getattr(policy, "checks_nitrotpm_pcrs", False) is True
 
 
 def allows_debug(policy: object) -> bool:
@@ -113,25 +129,58 @@ class PcrSet:
     checks_pcrs: ClassVar[bool] = True
 
     def __init__(self, pcrs: Mapping[int, PcrValue]) -> None:
-        if not pcrs:
-            raise InsecurePolicy("PcrSet needs at least one PCR")
-        normalised: dict[int, bytes] = {}
-        for index, value in pcrs.items():
-            if type(index) is not int or not 0 <= index <= _MAX_PCR_INDEX:
-                raise ValueError(f"PCR index must be an int in 0..31, got {index!r}")
-            raw = _to_bytes(value, f"PCR{index}")
-            if len(raw) not in _PCR_SIZES:
-                raise ValueError(f"PCR{index} must be 32, 48 or 64 bytes, got {len(raw)}")
-            normalised[index] = raw
-        object.__setattr__(self, "pcrs", dict(sorted(normalised.items())))
+        object.__setattr__(self, "pcrs", _registers(pcrs, "PcrSet", _MAX_PCR_INDEX))
 
     def verify(self, doc: VerifiedDocument, at: _dt.datetime) -> None:
-        for index, expected in self.pcrs.items():
-            actual = doc.pcrs.get(index)
-            if actual is None:
-                raise PcrMismatch(f"PCR{index} is not in the document")
-            if not _same(actual, expected):
-                raise PcrMismatch(f"PCR{index} is {actual.hex()}, expected {expected.hex()}")
+        if doc.kind != "nitro-enclave":
+            raise PcrMismatch(
+                "a NitroTPM document's registers are not enclave PCRs (use NitroTpmPcrSet)"
+            )
+        _compare(self.pcrs, doc.pcrs, "PCR")
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class NitroTpmPcrSet:
+    """A NitroTPM document's registers (`nitrotpm_pcrs`, 0..23): each listed one present and equal.
+
+    Refuses an enclave document: its PCRs measure an enclave image, not an instance's boot.
+    """
+
+    pcrs: Mapping[int, bytes]
+    checks_pcrs: ClassVar[bool] = True
+    checks_nitrotpm_pcrs: ClassVar[bool] = True
+
+    def __init__(self, pcrs: Mapping[int, PcrValue]) -> None:
+        object.__setattr__(self, "pcrs", _registers(pcrs, "NitroTpmPcrSet", _MAX_NITROTPM_INDEX))
+
+    def verify(self, doc: VerifiedDocument, at: _dt.datetime) -> None:
+        if doc.kind != "nitrotpm":
+            raise PcrMismatch("not a NitroTPM document: it has no nitrotpm_pcrs")
+        _compare(self.pcrs, doc.pcrs, "nitrotpm PCR")
+
+
+def _registers(pcrs: Mapping[int, PcrValue], what: str, max_index: int) -> dict[int, bytes]:
+    """`pcrs` as `{index: bytes}` in index order, each index 0..max_index and a PCR size."""
+    if not pcrs:
+        raise InsecurePolicy(f"{what} needs at least one PCR")
+    normalised: dict[int, bytes] = {}
+    for index, value in pcrs.items():
+        if type(index) is not int or not 0 <= index <= max_index:
+            raise ValueError(f"PCR index must be an int in 0..{max_index}, got {index!r}")
+        raw = _to_bytes(value, f"PCR{index}")
+        if len(raw) not in _PCR_SIZES:
+            raise ValueError(f"PCR{index} must be 32, 48 or 64 bytes, got {len(raw)}")
+        normalised[index] = raw
+    return dict(sorted(normalised.items()))
+
+
+def _compare(expected: Mapping[int, bytes], actual: Mapping[int, bytes], name: str) -> None:
+    for index, value in expected.items():
+        found = actual.get(index)
+        if found is None:
+            raise PcrMismatch(f"{name}{index} is not in the document")
+        if not _same(found, value):
+            raise PcrMismatch(f"{name}{index} is {found.hex()}, expected {value.hex()}")
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -260,6 +309,7 @@ class UnsafeNoPcrCheck:
 
     __slots__ = ()
     checks_pcrs = True
+    checks_nitrotpm_pcrs = True
 
     def verify(self, doc: VerifiedDocument, at: _dt.datetime) -> None:
         _log.warning(
@@ -284,6 +334,7 @@ class AllOf:
 
     children: tuple[VerificationPolicy, ...]
     checks_pcrs: bool
+    checks_nitrotpm_pcrs: bool
     allows_debug: bool
 
     def __init__(self, *children: VerificationPolicy) -> None:
@@ -293,6 +344,9 @@ class AllOf:
         _check_children(children)
         object.__setattr__(self, "children", children)
         object.__setattr__(self, "checks_pcrs", any(checks_pcrs(c) for c in children))
+        object.__setattr__(
+            self, "checks_nitrotpm_pcrs", any(checks_nitrotpm_pcrs(c) for c in children)
+        )
         object.__setattr__(self, "allows_debug", any(allows_debug(c) for c in children))
         if not self.checks_pcrs:
             raise InsecurePolicy("AllOf checks no PCR; add a PcrSet or UnsafeNoPcrCheck()")
@@ -314,6 +368,7 @@ class AnyOf:
 
     children: tuple[VerificationPolicy, ...]
     checks_pcrs: bool
+    checks_nitrotpm_pcrs: bool
     allows_debug: bool
 
     def __init__(self, *children: VerificationPolicy) -> None:
@@ -324,6 +379,9 @@ class AnyOf:
             raise InsecurePolicy("every AnyOf alternative must check PCRs")
         object.__setattr__(self, "children", children)
         object.__setattr__(self, "checks_pcrs", True)
+        object.__setattr__(
+            self, "checks_nitrotpm_pcrs", all(checks_nitrotpm_pcrs(c) for c in children)
+        )
         object.__setattr__(self, "allows_debug", any(allows_debug(c) for c in children))
 
     def verify(self, doc: VerifiedDocument, at: _dt.datetime) -> None:
@@ -379,41 +437,98 @@ class Policy:
         public_key: bytes | str | None = None,
         module_id: str | Iterable[str] | None = None,
     ) -> None:
-        parts: list[VerificationPolicy] = []
-        if isinstance(pcrs, UnsafeNoPcrCheck):
-            parts.append(pcrs)
-        elif isinstance(pcrs, Mapping):
-            parts.append(PcrSet(pcrs))
-        else:
-            sets = [PcrSet(p) for p in pcrs]
-            if not sets:
-                raise InsecurePolicy("pcrs: at least one PCR set is required")
-            if len(sets) == 1:
-                parts.append(sets[0])
-            elif allow_debug:
-                # `AnyOf` lets a debug document through only an alternative that allows debug
-                # itself (see `AnyOf`): here every alternative does, as the caller asked.
-                parts.append(AnyOf(*(AllOf(s, AllowDebug()) for s in sets)))
-            else:
-                parts.append(AnyOf(*sets))
-        if nonce is not None:
-            parts.append(Nonce(nonce))
-        if max_age is not None:
-            parts.append(MaxAge(max_age))
-        if user_data is not None:
-            parts.append(UserData(user_data))
-        if public_key is not None:
-            parts.append(PublicKey(public_key))
-        if module_id is not None:
-            parts.append(
-                ModuleId(module_id) if isinstance(module_id, str) else ModuleId(*module_id)
-            )
+        parts = [
+            _pcr_part(pcrs, PcrSet, allow_debug=allow_debug),
+            *_common_parts(nonce, max_age, user_data, public_key, module_id),
+        ]
         if allow_debug:
             parts.append(AllowDebug())
         combined = AllOf(*parts)
         object.__setattr__(self, "policy", combined)
         object.__setattr__(self, "checks_pcrs", combined.checks_pcrs)
         object.__setattr__(self, "allows_debug", combined.allows_debug)
+
+    def verify(self, doc: VerifiedDocument, at: _dt.datetime) -> None:
+        self.policy.verify(doc, at)
+
+
+def _pcr_part(
+    pcrs: Mapping[int, PcrValue] | Sequence[Mapping[int, PcrValue]] | UnsafeNoPcrCheck,
+    kind: type[PcrSet] | type[NitroTpmPcrSet],
+    *,
+    allow_debug: bool = False,
+) -> VerificationPolicy:
+    """One PCR set, any of several, or the explicit opt-out (`Policy`'s `pcrs` argument)."""
+    if isinstance(pcrs, UnsafeNoPcrCheck):
+        return pcrs
+    if isinstance(pcrs, Mapping):
+        return kind(pcrs)
+    sets = [kind(p) for p in pcrs]
+    if not sets:
+        raise InsecurePolicy("pcrs: at least one PCR set is required")
+    if len(sets) == 1:
+        return sets[0]
+    if allow_debug:
+        # `AnyOf` lets a debug document through only an alternative that allows debug itself
+        # (see `AnyOf`): here every alternative does, as the caller asked.
+        return AnyOf(*(AllOf(s, AllowDebug()) for s in sets))
+    return AnyOf(*sets)
+
+
+def _common_parts(
+    nonce: bytes | str | None,
+    max_age: _dt.timedelta | None,
+    user_data: bytes | str | None,
+    public_key: bytes | str | None,
+    module_id: str | Iterable[str] | None,
+) -> list[VerificationPolicy]:
+    """The rules both kinds of document share (see `Policy`)."""
+    parts: list[VerificationPolicy] = []
+    if nonce is not None:
+        parts.append(Nonce(nonce))
+    if max_age is not None:
+        parts.append(MaxAge(max_age))
+    if user_data is not None:
+        parts.append(UserData(user_data))
+    if public_key is not None:
+        parts.append(PublicKey(public_key))
+    if module_id is not None:
+        parts.append(ModuleId(module_id) if isinstance(module_id, str) else ModuleId(*module_id))
+    return parts
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class NitroTpmPolicy:
+    """`Policy` for NitroTPM (EC2 instance) documents, verified with `kind="nitrotpm"`.
+
+    - `pcrs`: expected NitroTPM registers `{index 0..23: hex or bytes}` (e.g. PCR4/PCR12 for an
+      attestable AMI, PCR7 for Secure Boot), a sequence of such sets, or `UnsafeNoPcrCheck()`;
+    - `nonce`, `max_age` (default 5 minutes), `user_data`, `public_key`, `module_id`: as in
+      `Policy`. There is no `allow_debug`: debug mode is an enclave's.
+    """
+
+    policy: AllOf
+    checks_pcrs: bool
+    checks_nitrotpm_pcrs: bool
+    allows_debug: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        pcrs: Mapping[int, PcrValue] | Sequence[Mapping[int, PcrValue]] | UnsafeNoPcrCheck,
+        nonce: bytes | str | None = None,
+        max_age: _dt.timedelta | None = _dt.timedelta(minutes=5),
+        user_data: bytes | str | None = None,
+        public_key: bytes | str | None = None,
+        module_id: str | Iterable[str] | None = None,
+    ) -> None:
+        combined = AllOf(
+            _pcr_part(pcrs, NitroTpmPcrSet),
+            *_common_parts(nonce, max_age, user_data, public_key, module_id),
+        )
+        object.__setattr__(self, "policy", combined)
+        object.__setattr__(self, "checks_pcrs", combined.checks_pcrs)
+        object.__setattr__(self, "checks_nitrotpm_pcrs", combined.checks_nitrotpm_pcrs)
 
     def verify(self, doc: VerifiedDocument, at: _dt.datetime) -> None:
         self.policy.verify(doc, at)

@@ -17,6 +17,11 @@ doc = verifier.verify(
 
 For the common case, one call: `attestation.verify(data, pcrs={0: "..."}, nonce=nonce)`, over a
 cached AWS-pinned verifier (one per thread, so its chain cache is never shared unlocked).
+
+NitroTPM (EC2 instance) documents come from the same PKI in the same envelope but attest an
+instance's boot, not an enclave: they verify only when asked for by name,
+`verify(data, policy=NitroTpmPolicy(pcrs=...), kind="nitrotpm")`, and then an enclave document is
+refused (`document.nitro-enclave`), as a NitroTPM one is by default (`document.nitrotpm`).
 """
 
 from __future__ import annotations
@@ -34,11 +39,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attestation._chain import DEFAULT_CACHE_SIZE, CacheInfo, ChainValidator
-from attestation.document import AttestationDocument, VerifiedDocument
+from attestation.document import AttestationDocument, DocumentKind, VerifiedDocument
 from attestation.errors import (
     DebugDocument,
     FutureDocument,
     InsecurePolicy,
+    NotNitroTpmDocument,
     SignatureError,
     UnsupportedDocumentKind,
 )
@@ -48,6 +54,7 @@ from attestation.policy import (
     UnsafeNoPcrCheck,
     VerificationPolicy,
     allows_debug,
+    checks_nitrotpm_pcrs,
     checks_pcrs,
 )
 from attestation.roots import aws_nitro_root
@@ -61,6 +68,7 @@ _log = logging.getLogger("attestation.verifier")
 # "from the future" pass a freshness check long before it is issued.
 MAX_CLOCK_SKEW = _dt.timedelta(seconds=60)
 _ES384 = ec.ECDSA(hashes.SHA384())
+_KINDS: frozenset[str] = frozenset(("nitro-enclave", "nitrotpm"))
 _P384_SCALAR_SIZE = 48
 
 
@@ -115,8 +123,13 @@ class Verifier:
         *,
         policy: VerificationPolicy,
         at: _dt.datetime | None = None,
+        kind: DocumentKind = "nitro-enclave",
     ) -> VerifiedDocument:
-        """Verify `data` at time `at` (default: the verifier's clock) under `policy`."""
+        """Verify `data` at time `at` (default: the verifier's clock) under `policy`.
+
+        `kind` is the document kind accepted: `"nitro-enclave"` (default) or `"nitrotpm"`, whose
+        policy must check its registers (`NitroTpmPolicy`, `NitroTpmPcrSet`).
+        """
         # 0. Establish the verification time and refuse unusable policies before any work.
         if at is None:
             at = self._clock()
@@ -124,7 +137,15 @@ class Verifier:
             raise ValueError("at must be a timezone-aware datetime")
         if not callable(getattr(policy, "verify", None)):
             raise TypeError("a policy is required (see attestation.policy)")
-        if not checks_pcrs(policy):
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be 'nitro-enclave' or 'nitrotpm', got {kind!r}")
+        if kind == "nitrotpm":
+            if not checks_nitrotpm_pcrs(policy):
+                raise InsecurePolicy(
+                    f"{policy!r} checks no NitroTPM register; use NitroTpmPolicy(pcrs=...), "
+                    "NitroTpmPcrSet or UnsafeNoPcrCheck()"
+                )
+        elif not checks_pcrs(policy):
             raise InsecurePolicy(
                 f"{policy!r} checks no PCR; use PcrSet/Policy(pcrs=...) or UnsafeNoPcrCheck()"
             )
@@ -133,10 +154,16 @@ class Verifier:
         #    attestation_process.md §3.2.1-§3.2.2: syntactic validation; see document.py).
         doc = AttestationDocument.parse(data)
 
-        # 2. Only enclave documents: a NitroTPM document has another PCR meaning entirely.
-        if doc.kind != "nitro-enclave":
+        # 2. Only the kind asked for: a NitroTPM document's registers measure an instance's
+        #    boot, an enclave's PCRs an enclave image; neither may stand for the other.
+        if doc.kind != kind:
+            if kind == "nitrotpm":
+                raise NotNitroTpmDocument(
+                    f"{doc.module_id} is a Nitro Enclave document (pcrs), not a NitroTPM one"
+                )
             raise UnsupportedDocumentKind(
-                f"{doc.module_id} is a NitroTPM document (nitrotpm_pcrs), not a Nitro Enclave one"
+                f"{doc.module_id} is a NitroTPM document (nitrotpm_pcrs), not a Nitro Enclave "
+                "one; verify it with kind='nitrotpm' and a NitroTpmPolicy"
             )
 
         # 3. Certificate chain: leaf + cabundle[1:] to a pinned root, every certificate valid at
@@ -165,8 +192,8 @@ class Verifier:
             )
 
         # 6. Debug mode (AWS User Guide: all-zero PCRs "cannot be used for cryptographic
-        #    attestation"): refused unless the policy says otherwise, loudly.
-        if doc.is_debug:
+        #    attestation"): refused unless the policy says otherwise, loudly. Enclaves only.
+        if doc.kind == "nitro-enclave" and doc.is_debug:
             if not allows_debug(policy):
                 raise DebugDocument(f"{doc.module_id} is a debug-mode enclave (PCR0 all zero)")
             _log.warning(
@@ -186,6 +213,7 @@ class Verifier:
             certificates=chain.certificates,
             raw=doc.raw,
             verified_at=at,
+            kind=doc.kind,
         )
         policy.verify(verified, at)
         return verified

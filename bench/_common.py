@@ -231,7 +231,7 @@ def run_ours(case: Case) -> tuple[bool, str | None]:
 
     verifier = Verifier(roots=load_pem_roots(case.roots_pem.read_bytes()))
     try:
-        verifier.verify(case.data, policy=case.policy.build(), at=case.at)
+        verifier.verify(case.data, policy=case.policy.build(), at=case.at, kind=case.policy.kind)
     except AttestationError as exc:
         return False, exc.code
     return True, None

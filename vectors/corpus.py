@@ -6,7 +6,7 @@ One API for every consumer (tests, benches, the service tests):
 
     for case in corpus.cases():              # vectors/corpus/manifest.json, in manifest order
         verifier = Verifier(roots=case.trust_roots())
-        verifier.verify(case.document(), policy=case.policy(), at=case.at)
+        verifier.verify(case.document(), policy=case.policy(), at=case.at, kind=case.kind)
 
     for doc in corpus.real_documents(kind="nitro-enclave"):   # vectors/real/MANIFEST.json
         ...
@@ -28,7 +28,15 @@ from typing import Any
 
 from cryptography import x509
 
-from attestation import AttestationError, Policy, Verifier, load_pem_roots
+from attestation import (
+    AttestationError,
+    NitroTpmPolicy,
+    Policy,
+    VerificationPolicy,
+    Verifier,
+    load_pem_roots,
+)
+from attestation.document import DocumentKind
 
 __all__ = [
     "CORPUS_DIR",
@@ -66,6 +74,14 @@ def _pcr_set(data: Mapping[str, str]) -> dict[int, bytes]:
     return {int(index): bytes.fromhex(value) for index, value in data.items()}
 
 
+def _kind(value: object) -> DocumentKind:
+    if value == "nitrotpm":
+        return "nitrotpm"
+    if value == "nitro-enclave":
+        return "nitro-enclave"
+    raise ValueError(f"unknown document kind {value!r}")
+
+
 @dataclass(frozen=True)
 class PolicySpec:
     """A policy as data: what `Policy(...)` takes, in a form any language can read.
@@ -74,6 +90,8 @@ class PolicySpec:
     (`Policy(pcrs=[...])`; `pcr_sets` gives either form as a tuple). `None` means "not checked"
     for `nonce`, `user_data`, `public_key` and `max_age`; an empty byte string is an expected
     empty value, which a null or absent field never matches.
+    `kind` is the document kind the verification asks for: for `"nitrotpm"`, `pcrs` are the
+    expected `nitrotpm_pcrs` registers and the policy is a `NitroTpmPolicy`.
     """
 
     pcrs: Mapping[int, bytes] | tuple[Mapping[int, bytes], ...]
@@ -82,6 +100,7 @@ class PolicySpec:
     allow_debug: bool = False
     user_data: bytes | None = None
     public_key: bytes | None = None
+    kind: DocumentKind = "nitro-enclave"
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PolicySpec:
@@ -95,12 +114,14 @@ class PolicySpec:
             allow_debug=bool(data["allow_debug"]),
             user_data=_unhex(data["user_data"]),
             public_key=_unhex(data["public_key"]),
+            kind=_kind(data.get("kind", "nitro-enclave")),
         )
 
     def to_json(self) -> dict[str, object]:
-        """The manifest's `policy` object, keys in the manifest's order."""
+        """The manifest's `policy` object, keys in the manifest's order (`kind` only if not the
+        default, so that enclave cases read the same as before NitroTPM cases existed)."""
         sets = [{str(i): v.hex() for i, v in sorted(s.items())} for s in self.pcr_sets]
-        return {
+        out: dict[str, object] = {
             "pcrs": sets if isinstance(self.pcrs, tuple) else sets[0],
             "nonce": _hex(self.nonce),
             "max_age_ms": None if self.max_age is None else self.max_age // _MS,
@@ -108,15 +129,28 @@ class PolicySpec:
             "user_data": _hex(self.user_data),
             "public_key": _hex(self.public_key),
         }
+        if self.kind != "nitro-enclave":
+            out["kind"] = self.kind
+        return out
 
     @property
     def pcr_sets(self) -> tuple[Mapping[int, bytes], ...]:
         """The PCR sets, any one of which may match (one set is a tuple of one)."""
         return self.pcrs if isinstance(self.pcrs, tuple) else (self.pcrs,)
 
-    def build(self) -> Policy:
-        """The `attestation.Policy` this spec describes."""
+    def build(self) -> VerificationPolicy:
+        """The `attestation.Policy` (or `NitroTpmPolicy`) this spec describes."""
         sets = [dict(s) for s in self.pcr_sets]
+        if self.kind == "nitrotpm":
+            if self.allow_debug:
+                raise ValueError("a NitroTPM policy has no allow_debug")
+            return NitroTpmPolicy(
+                pcrs=sets if isinstance(self.pcrs, tuple) else sets[0],
+                nonce=self.nonce,
+                max_age=self.max_age,
+                user_data=self.user_data,
+                public_key=self.public_key,
+            )
         return Policy(
             pcrs=sets if isinstance(self.pcrs, tuple) else sets[0],
             nonce=self.nonce,
@@ -170,9 +204,14 @@ class Case:
         """The document's bytes, read from the corpus."""
         return self.document_path.read_bytes()
 
-    def policy(self) -> Policy:
-        """The case's policy as an `attestation.Policy`."""
+    def policy(self) -> VerificationPolicy:
+        """The case's policy as an `attestation.Policy` (`NitroTpmPolicy` for NitroTPM cases)."""
         return self.policy_spec.build()
+
+    @property
+    def kind(self) -> DocumentKind:
+        """The document kind the case's verification asks for."""
+        return self.policy_spec.kind
 
     def trust_roots(self) -> list[x509.Certificate]:
         """The only trust anchors of this case."""
@@ -185,7 +224,7 @@ class Case:
         """
         verifier = Verifier(roots=self.trust_roots())
         try:
-            verifier.verify(self.document(), policy=self.policy(), at=self.at)
+            verifier.verify(self.document(), policy=self.policy(), at=self.at, kind=self.kind)
         except AttestationError as exc:
             return {"valid": False, "error_code": exc.code}
         return {"valid": True}

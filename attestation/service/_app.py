@@ -27,7 +27,7 @@ from attestation._output import certificate_json
 from attestation._output import iso_time as _iso
 from attestation.document import VerifiedDocument
 from attestation.errors import AttestationError
-from attestation.policy import Policy
+from attestation.policy import VerificationPolicy
 from attestation.service._config import (
     CONFIG_ENV,
     ConfigError,
@@ -154,7 +154,7 @@ def _verified_json(doc: VerifiedDocument, *, policy: str, at: _dt.datetime, path
     # number, a boolean, a timestamp or a policy name from the validated config.
     pcrs = ",".join(f'"{index}":"{value.hex()}"' for index, value in sorted(doc.pcrs.items()))
     return (
-        f'{{"verified":true,"policy":"{policy}","verified_at":"{_iso(at)}",'
+        f'{{"verified":true,"policy":"{policy}","verified_at":"{_iso(at)}","kind":"{doc.kind}",'
         f'"module_id":{json.dumps(doc.module_id)},"timestamp":"{_iso(doc.timestamp)}",'
         f'"timestamp_ms":{(doc.timestamp - _EPOCH) // _MILLISECOND},'
         f'"digest":{json.dumps(doc.digest)},"debug":{"true" if doc.is_debug else "false"},'
@@ -180,7 +180,7 @@ class _Service:
         self.clock = clock
         self.registry = registry
         # Policies without a nonce are the same on every request: build them once.
-        self.policies: dict[str, tuple[PolicyConfig, Policy]] = {
+        self.policies: dict[str, tuple[PolicyConfig, VerificationPolicy]] = {
             name: (policy, policy.build()) for name, policy in config.policies.items()
         }
         self.openapi = json.dumps(openapi_schema(config)).encode()
@@ -225,7 +225,7 @@ class _Service:
         # P-384 check when warm) and holds the GIL, so a thread pool would add a hop per request
         # without adding parallelism. Scale with processes instead (docs/deployment.md).
         try:
-            doc = self.verifier.verify(document, policy=policy, at=when)
+            doc = self.verifier.verify(document, policy=policy, at=when, kind=policy_config.kind)
         except AttestationError as exc:
             state["code"] = exc.code
             return 422, _error_body(exc.code, exc.reason, verified=False, policy=name)

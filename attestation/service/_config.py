@@ -16,6 +16,10 @@ pcrs = { 0 = "<96 hex>", 1 = "<96 hex>", 2 = "<96 hex>" }
 # or several allowed sets: pcr_sets = [{ 0 = "..." }, { 0 = "..." }]
 max_age_seconds = 300
 allow_debug = false              # debug documents are refused unless this says otherwise
+
+[policies.build-fleet]
+kind = "nitrotpm"                # EC2 instance (NitroTPM) documents; default "nitro-enclave"
+pcrs = { 4 = "<96 hex>", 12 = "<96 hex>" }   # nitrotpm_pcrs registers 0..23; no allow_debug
 ```
 
 Every problem is reported as a `ConfigError` naming the file, the table and the key, so a typo
@@ -35,8 +39,9 @@ from types import MappingProxyType
 
 from cryptography import x509
 
+from attestation.document import DocumentKind
 from attestation.errors import AttestationError
-from attestation.policy import Policy
+from attestation.policy import NitroTpmPolicy, Policy, VerificationPolicy
 from attestation.roots import aws_nitro_root, load_pem_roots
 
 __all__ = [
@@ -87,7 +92,7 @@ MAX_MAX_CONNECTIONS = 65535
 DEFAULT_HEAD_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0
 MAX_TIMEOUT = 300.0
-_POLICY_KEYS = frozenset({"pcrs", "pcr_sets", "max_age_seconds", "allow_debug"})
+_POLICY_KEYS = frozenset({"pcrs", "pcr_sets", "max_age_seconds", "allow_debug", "kind"})
 _TOP_KEYS = frozenset({"service", "policies"})
 
 
@@ -101,16 +106,23 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PolicyConfig:
-    """One named policy: the PCR sets a document may match, its max age, and debug."""
+    """One named policy: the PCR sets a document may match, its max age, and debug.
+
+    `kind` is the document kind it verifies: for `"nitrotpm"` the PCR sets are `nitrotpm_pcrs`
+    registers and the verification is `Verifier.verify(..., kind="nitrotpm")`.
+    """
 
     name: str
     pcr_sets: tuple[Mapping[int, bytes], ...]
     max_age: _dt.timedelta
     allow_debug: bool
+    kind: DocumentKind = "nitro-enclave"
 
-    def build(self, *, nonce: bytes | None = None) -> Policy:
+    def build(self, *, nonce: bytes | None = None) -> VerificationPolicy:
         """The library policy for one verification (`nonce` is the caller's, per request)."""
         pcrs = self.pcr_sets[0] if len(self.pcr_sets) == 1 else list(self.pcr_sets)
+        if self.kind == "nitrotpm":
+            return NitroTpmPolicy(pcrs=pcrs, nonce=nonce, max_age=self.max_age)
         return Policy(pcrs=pcrs, nonce=nonce, max_age=self.max_age, allow_debug=self.allow_debug)
 
 
@@ -265,11 +277,18 @@ def _policy(name: str, value: object, source: str) -> PolicyConfig:
             f"{where} max_age_seconds: expected a number of seconds in "
             f"(0, {int(MAX_MAX_AGE.total_seconds())}], got {seconds!r}"
         )
+    kind = table.get("kind", "nitro-enclave")
+    if kind not in ("nitro-enclave", "nitrotpm"):
+        raise ConfigError(f'{where} kind: expected "nitro-enclave" or "nitrotpm", got {kind!r}')
+    allow_debug = _bool(table.get("allow_debug", False), f"{where} allow_debug")
+    if kind == "nitrotpm" and allow_debug:
+        raise ConfigError(f"{where} allow_debug: debug mode is an enclave's; not for nitrotpm")
     config = PolicyConfig(
         name=name,
         pcr_sets=sets,
         max_age=_dt.timedelta(seconds=seconds),
-        allow_debug=_bool(table.get("allow_debug", False), f"{where} allow_debug"),
+        allow_debug=allow_debug,
+        kind="nitrotpm" if kind == "nitrotpm" else "nitro-enclave",
     )
     try:
         config.build()

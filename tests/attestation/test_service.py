@@ -379,6 +379,7 @@ def corpus_clients() -> dict[tuple[Path, ...], TestClient]:
             **({"pcrs": sets[0]} if len(sets) == 1 else {"pcr_sets": sets}),
             "max_age_seconds": policy.max_age.total_seconds(),
             "allow_debug": policy.allow_debug,
+            "kind": policy.kind,
         }
     return {
         roots: _client(

@@ -1,7 +1,7 @@
 """The corpus cases: one function per case, one module per family.
 
 A case is a function decorated with `@case`, in the module of its family (`valid.py`,
-`envelope.py`, `payload.py`, `chain.py`, `signature.py`, `policy.py`). Its id is
+`envelope.py`, `payload.py`, `chain.py`, `signature.py`, `policy.py`, `nitrotpm.py`). Its id is
 `<family>/<function name with _ as ->`, its description is its docstring (whitespace folded),
 and it returns the document's bytes (or `Built` when it also brings its own trust roots):
 
@@ -41,7 +41,7 @@ __all__ = [
 
 #: Case families, in manifest order. `valid` holds the baseline shapes; valid cases that belong
 #: to a topic (high-S twins, the foreign root in `cabundle[0]`) live in that topic's family.
-FAMILIES = ("valid", "envelope", "payload", "chain", "signature", "policy")
+FAMILIES = ("valid", "envelope", "payload", "chain", "signature", "policy", "nitrotpm")
 
 
 @dataclass(frozen=True)

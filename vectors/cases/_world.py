@@ -101,6 +101,11 @@ def production_pcrs(instance_id: str = INSTANCE_ID) -> dict[int, bytes]:
     return pcrs
 
 
+def nitrotpm_pcrs() -> dict[int, bytes]:
+    """A NitroTPM document's 24 registers (PCR0..PCR23, SHA-384 bank), each named by its index."""
+    return {index: sha384(f"nitrotpm/{index}") for index in range(24)}
+
+
 def debug_pcrs() -> dict[int, bytes]:
     """A debug-mode enclave's PCRs: all zero (AWS User Guide)."""
     return {index: bytes(builder.PCR_LENGTH) for index in range(16)}

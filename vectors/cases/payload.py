@@ -16,6 +16,7 @@ from vectors.cases._world import (
     der,
     drop_entry,
     filler,
+    nitrotpm_pcrs,
     padded_to,
     padding,
     policy_for,
@@ -24,7 +25,7 @@ from vectors.cases._world import (
     sha384,
 )
 
-_TPM_PCRS = {index: sha384(f"nitrotpm/{index}") for index in range(24)}
+_TPM_PCRS = nitrotpm_pcrs()
 
 
 @case("payload.not-map")

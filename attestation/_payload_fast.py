@@ -1,0 +1,242 @@
+"""The fast path of document decoding: the exact CBOR shapes the NSM writes, or decline.
+
+`document.AttestationDocument.parse` tries these two functions first and falls back to the
+strict general decoder (`_cbor.decode`) whenever one returns `None`. Each returns exactly what
+`_cbor.decode` returns for the same bytes (same types, same values, same key order) or `None`;
+it never raises and never accepts bytes that `_cbor.decode` refuses. It does not decide any
+rejection either: every malformed or merely unusual input is declined, so the strict decoder
+judges it and names the error. The field rules (`document._from_fields`) run on the result
+either way. `tests/attestation/test_payload_fast.py` checks all of this against the strict
+decoder on the corpus, the real documents and generated mutations of them.
+
+Why a second decoder: the general one spends most of a warm verification's Python time on
+dispatching every item by its initial byte. The NSM's output has one shape (real documents:
+reference in vectors/real/MANIFEST.json, `payload_keys_in_order`):
+
+- envelope: untagged array of 4 = `44 a1013822` (protected `{1: -35}`), `a0` (empty
+  unprotected map), the payload as a byte string, `58 60` + 96 signature bytes;
+- payload: a map (definite up to 23 entries, or indefinite until `ff`) of short text keys from
+  the known set, no key twice, each value in its field's usual encoding: text (`module_id`,
+  `digest`), an unsigned integer (`timestamp`, any length form), a definite map of keys
+  0..23 to byte strings (`pcrs`, `nitrotpm_pcrs`), a byte string (`certificate`), a
+  definite array of byte strings (`cabundle`), a byte string or null (`public_key`,
+  `user_data`, `nonce`).
+
+Anything else (tags, indefinite strings, another value type for a field, a key outside the set,
+a duplicate, trailing or missing bytes) is declined.
+"""
+
+from __future__ import annotations
+
+__all__ = ["fast_envelope", "fast_payload"]
+
+# The protected header every NSM writes, as its byte-string item: 44 = bstr of 4 bytes.
+_PROTECTED_ITEM = b"\x44\xa1\x01\x38\x22"
+_PROTECTED = _PROTECTED_ITEM[1:]
+# The signature item: 58 60 = bstr of 96 bytes (P-384 r || s).
+_SIGNATURE_HEAD = b"\x58\x60"
+_SIGNATURE_SIZE = 96
+
+# Value shapes, one per known key.
+_TEXT, _UINT, _REGISTERS, _BYTES, _BUNDLE, _OPTIONAL = range(6)
+_FIELDS = {
+    "module_id": _TEXT,
+    "digest": _TEXT,
+    "timestamp": _UINT,
+    "pcrs": _REGISTERS,
+    "nitrotpm_pcrs": _REGISTERS,
+    "certificate": _BYTES,
+    "cabundle": _BUNDLE,
+    "public_key": _OPTIONAL,
+    "user_data": _OPTIONAL,
+    "nonce": _OPTIONAL,
+}
+# Each key as its encoded item (a text string shorter than 24 bytes: one head byte), so that a
+# key is recognised by one slice and one dict lookup.
+_KEYS = {
+    bytes([0x60 + len(name)]) + name.encode(): (name, shape) for name, shape in _FIELDS.items()
+}
+
+
+def fast_envelope(body: bytes) -> list[object] | None:
+    """`[protected, {}, payload, signature]` if `body` is the NSM's envelope form, else None."""
+    end = len(body)
+    # 84 = array of 4; then the protected item and a0 (the empty unprotected map).
+    if end < 9 or body[0] != 0x84 or body[1:6] != _PROTECTED_ITEM or body[6] != 0xA0:
+        return None
+    head = body[7]
+    if head == 0x59:
+        start = 10
+        length = (body[8] << 8) | body[9]
+    elif head == 0x58:
+        start = 9
+        length = body[8]
+    else:
+        return None
+    stop = start + length
+    if stop + 2 + _SIGNATURE_SIZE != end or body[stop : stop + 2] != _SIGNATURE_HEAD:
+        return None
+    return [_PROTECTED, {}, body[start:stop], body[stop + 2 :]]
+
+
+def _bytes(data: bytes, pos: int, end: int, base: int = 0x40) -> tuple[bytes, int] | None:
+    """A definite byte string (`base` 0x40; 0x60: the raw bytes of a text string) of up to
+    65535 bytes at `pos`: the only lengths a payload uses."""
+    if pos >= end:
+        return None
+    initial = data[pos] - base
+    if 0 <= initial < 0x18:
+        start = pos + 1
+        stop = start + initial
+    elif initial == 0x18 and pos + 1 < end:
+        start = pos + 2
+        stop = start + data[pos + 1]
+    elif initial == 0x19 and pos + 2 < end:
+        start = pos + 3
+        stop = start + ((data[pos + 1] << 8) | data[pos + 2])
+    else:
+        return None
+    if stop > end:
+        return None
+    return data[start:stop], stop
+
+
+def _registers(data: bytes, pos: int, end: int) -> tuple[dict[object, object], int] | None:
+    """A definite map of up to 32 entries, each a key 0..23 and a byte string."""
+    count = data[pos] - 0xA0
+    pos += 1
+    if count == 24 and pos < end:  # b8 nn: 24 or more entries (NitroTPM: 24 registers)
+        count = data[pos]
+        pos += 1
+        if count > 32:
+            return None
+    elif not 0 <= count < 24:
+        return None
+    if count and pos + 2 < end and data[pos + 1] == 0x58:
+        # Every real register map: `index 58 LL` + LL bytes, the same LL for all entries. Its
+        # heads are checked with three strided slices instead of entry by entry.
+        size = data[pos + 2]
+        stride = size + 3
+        stop = pos + stride * count
+        if stop <= end:
+            block = data[pos:stop]
+            indices = block[::stride]
+            if (
+                block[1::stride] == b"\x58" * count
+                and block[2::stride] == bytes((size,)) * count
+                and max(indices) < 0x18
+                and len(set(indices)) == count
+            ):
+                values = [block[i + 3 : i + stride] for i in range(0, stride * count, stride)]
+                return dict(zip(indices, values, strict=True)), stop
+    out: dict[object, object] = {}
+    for _ in range(count):
+        if pos + 2 >= end:
+            return None
+        index = data[pos]
+        # Keys 0..23 are one byte each; a repeated one is for the strict decoder to refuse.
+        if index >= 0x18 or index in out:
+            return None
+        if data[pos + 1] == 0x58:  # every real register: 58 30 + 48 bytes
+            start = pos + 3
+            stop = start + data[pos + 2]
+            if stop > end:
+                return None
+            out[index] = data[start:stop]
+            pos = stop
+        else:
+            value = _bytes(data, pos + 1, end)
+            if value is None:
+                return None
+            out[index], pos = value
+    return out, pos
+
+
+def _bundle(data: bytes, pos: int, end: int) -> tuple[list[object], int] | None:
+    """A definite array of up to 23 byte strings."""
+    count = data[pos] - 0x80
+    if not 0 <= count < 24:
+        return None
+    pos += 1
+    out: list[object] = []
+    for _ in range(count):
+        value = _bytes(data, pos, end)
+        if value is None:
+            return None
+        item, pos = value
+        out.append(item)
+    return out, pos
+
+
+def fast_payload(payload: bytes) -> dict[object, object] | None:
+    """The payload map as `_cbor.decode` gives it, if it has the NSM's shape, else None."""
+    end = len(payload)
+    if not end:
+        return None
+    initial = payload[0]
+    indefinite = initial == 0xBF
+    remaining = 0 if indefinite else initial - 0xA0
+    if not indefinite and not 0 <= remaining < 24:
+        return None
+    out: dict[object, object] = {}
+    pos = 1
+    keys = _KEYS
+    value: object
+    while indefinite or remaining:
+        if pos >= end:
+            return None
+        initial = payload[pos]
+        if indefinite and initial == 0xFF:
+            return out if pos + 1 == end else None
+        known = keys.get(payload[pos : pos + 1 + initial - 0x60]) if 0x60 < initial < 0x78 else None
+        if known is None:
+            return None
+        name, shape = known
+        if name in out:
+            return None
+        pos += 1 + initial - 0x60
+        if pos >= end:
+            return None
+        initial = payload[pos]
+        if shape == _REGISTERS:
+            registers = _registers(payload, pos, end)
+            if registers is None:
+                return None
+            value, pos = registers
+        elif shape == _TEXT:
+            text = _bytes(payload, pos, end, 0x60)
+            if text is None:
+                return None
+            try:
+                value = text[0].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            pos = text[1]
+        elif shape == _UINT:
+            if initial < 0x18:
+                value = initial
+                pos += 1
+            elif initial < 0x1C:
+                stop = pos + 1 + (1 << (initial - 0x18))  # 1, 2, 4 or 8 bytes
+                if stop > end:
+                    return None
+                value = int.from_bytes(payload[pos + 1 : stop], "big")
+                pos = stop
+            else:
+                return None
+        elif shape == _BUNDLE:
+            bundle = _bundle(payload, pos, end)
+            if bundle is None:
+                return None
+            value, pos = bundle
+        elif shape == _OPTIONAL and initial == 0xF6:
+            value = None
+            pos += 1
+        else:  # _BYTES, or _OPTIONAL that is not null
+            item = _bytes(payload, pos, end)
+            if item is None:
+                return None
+            value, pos = item
+        out[name] = value
+        remaining -= 1
+    return out if pos == end else None

@@ -10,8 +10,9 @@ What the in-tree driver (drivers/misc/nsm.c, nsm_dev_ioctl) does, and so what th
 - the response buffer unwritable: the request has already run on the device, then EFAULT;
 - a response buffer shorter than the answer: the answer is cut to it, response.len says how
   much was written, and the ioctl succeeds.
-The file has no read or write handler (the VFS answers EINVAL) and no open handler, so any fd
-for the node, however it was obtained, reaches the same driver.
+The file has no read or write handler (the VFS answers EINVAL; EBADF for a write on a read-only
+fd) and no open handler, so any fd for the node, however it was obtained, reaches the same
+driver.
 PCRs used here: 29-31.
 """
 
@@ -138,11 +139,20 @@ def test_the_device_node(pair: Pair) -> None:
     assert os.major(info.st_rdev) == 10, "a misc device"
     assert os.access(DEVICE_PATH, os.R_OK | os.W_OK)
     assert os.fstat(pair.fd).st_rdev == info.st_rdev
-    # No read or write handler: the VFS refuses both with EINVAL.
-    for call in (lambda: os.read(pair.fd, 16), lambda: os.write(pair.fd, b"\x00")):
-        with pytest.raises(OSError) as refused:
-            call()
-        assert refused.value.errno == errno.EINVAL
+    # No read or write handler: the VFS refuses both with EINVAL, once the open mode allows
+    # them at all (write on the read-only fd is EBADF before the VFS looks for a handler).
+    fd = os.open(DEVICE_PATH, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for call, want in (
+            (lambda: os.read(fd, 16), errno.EINVAL),
+            (lambda: os.write(fd, b"\x00"), errno.EINVAL),
+            (lambda: os.write(pair.fd, b"\x00"), errno.EBADF),
+        ):
+            with pytest.raises(OSError) as refused:
+                call()
+            assert refused.value.errno == want
+    finally:
+        os.close(fd)
     # Write access is never needed: the driver has no open handler and checks no mode.
     describe = encode_request(DescribeNSM())
     expected = raw_ioctl(pair.fd, describe)

@@ -21,7 +21,7 @@
 #   NSM_KERNEL_VM_CACHE    cache directory (default /var/cache/nsm-attestation/kernel-vm as root,
 #                          else ${XDG_CACHE_HOME:-~/.cache}/nsm-attestation/kernel-vm)
 #   NSM_KERNEL_VM_TIMEOUT  seconds the VM may run before it is killed (default 900)
-#   NSM_KERNEL_VM_ACCEL    kvm or tcg (default: kvm if it works here, else tcg)
+#   NSM_KERNEL_VM_ACCEL    kvm or tcg (default: kvm if the kernel boots under KVM here, else tcg)
 #   NSM_KERNEL_VM_REFRESH  1 = refresh the package indexes now (otherwise after 7 days)
 #   DEBIAN_MIRROR          default: the machine's own Debian mirror, else deb.debian.org
 #   PYTEST_ARGS            what the guest passes to pytest (default: tests/kernel -v)
@@ -232,16 +232,36 @@ build_initramfs() {  # $1 = kernel directory, $2 = output file, $3 = scratch dir
     (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out"
 }
 
-pick_accel() {
-    if [ -n "${NSM_KERNEL_VM_ACCEL:-}" ]; then echo "$NSM_KERNEL_VM_ACCEL"; return; fi
-    # /dev/kvm can exist without working (no VMX/SVM exposed to this machine): ask QEMU to
-    # create a KVM VM and quit at once.
-    if [ -w /dev/kvm ] && echo quit | timeout 20 "$1" "${FIRMWARE[@]}" -accel kvm -M q35 -nodefaults \
-        -display none -S -monitor stdio >/dev/null 2>&1; then
-        echo kvm
-    else
-        echo tcg
+# The accelerator and CPU model, as QEMU arguments. KVM when this kernel boots under it here,
+# else TCG (always works, only slower). /dev/kvm can exist and yet fail: a nested KVM may refuse
+# part of `-cpu host` ("failed to set MSR 0x10a"), or fail to emulate an instruction the guest
+# runs ("KVM internal error ... emulation failure" on the decompressor's BMI2 code, after which
+# QEMU pauses the VM for ever). So each KVM candidate boots the kernel without an initramfs: it
+# panics at once, and with panic=-1 and -no-reboot QEMU exits 0, in seconds. The verdict is
+# cached per QEMU, kernel, host kernel and CPU model.
+pick_cpu() {  # $1 = qemu binary, $2 = kernel directory
+    local candidate key verdict=$CACHE/cpu-probe
+    case ${NSM_KERNEL_VM_ACCEL:-} in tcg) echo "-accel tcg -cpu max"; return ;; esac
+    key="$1 $(cat "$2/release") $(uname -r) $(grep -m1 '^model name' /proc/cpuinfo || true)"
+    if [ -f "$verdict" ] && [ "$(head -n1 "$verdict")" = "$key" ]; then
+        tail -n1 "$verdict"
+        return
     fi
+    candidate="-accel tcg -cpu max"
+    for kvm in "-accel kvm -cpu host" "-accel kvm -cpu host,-arch-capabilities"; do
+        # shellcheck disable=SC2086  # $kvm is a list of arguments
+        if [ -w /dev/kvm ] && timeout 20 "$1" "${FIRMWARE[@]}" $kvm -M q35 -m 256 -nodefaults \
+            -no-reboot -display none -serial none -kernel "$2/vmlinuz" \
+            -append "panic=-1" >/dev/null 2>&1; then
+            candidate=$kvm
+            break
+        fi
+    done
+    if [ "${NSM_KERNEL_VM_ACCEL:-}" = kvm ] && [ "${candidate#-accel kvm}" = "$candidate" ]; then
+        die "NSM_KERNEL_VM_ACCEL=kvm, but this kernel does not boot under KVM here"
+    fi
+    printf '%s\n%s\n' "$key" "$candidate" >"$verdict"
+    echo "$candidate"
 }
 
 main() {
@@ -271,20 +291,21 @@ main() {
     find "$CACHE" -mindepth 1 -maxdepth 1 \( -name 'qemu-*' -o -name 'linux-image-*' \) \
         ! -path "$qdir" ! -path "$kdir" -exec rm -rf {} +
 
-    local run accel rc
+    local run cpu rc
     run=$(mktemp -d "${TMPDIR:-/tmp}/nsm-kernel-vm.XXXXXX")
     # shellcheck disable=SC2064
     trap "rm -rf '$run'" EXIT
     mkdir "$run/results"
     build_initramfs "$kdir" "$run/initrd.gz" "$run"
-    accel=$(pick_accel "$qdir/qemu-system-x86_64")
-    log "booting $(cat "$kdir/release") under QEMU $qver ($accel, timeout ${TIMEOUT}s)"
+    cpu=$(pick_cpu "$qdir/qemu-system-x86_64" "$kdir")
+    log "booting $(cat "$kdir/release") under QEMU $qver ($cpu, timeout ${TIMEOUT}s)"
     # -nodefaults: no VGA, NIC or CD-ROM, so no option ROMs beyond SeaBIOS and linuxboot.
     # The console is the serial port on stdout; results come back through the `results` share.
     rc=0
+    # shellcheck disable=SC2086  # $cpu is a list of arguments
     timeout --foreground -k 10 "$TIMEOUT" "$qdir/qemu-system-x86_64" \
         "${FIRMWARE[@]}" \
-        -accel "$accel" -M q35 -cpu max -m 1024 -smp 2 -nodefaults -no-reboot \
+        $cpu -M q35 -m 1024 -smp 2 -nodefaults -no-reboot \
         -display none -serial stdio -monitor none \
         -kernel "$kdir/vmlinuz" -initrd "$run/initrd.gz" \
         -append "console=ttyS0 quiet panic=-1" \

@@ -71,6 +71,8 @@ mkdir -p "$CACHE"
 # One run at a time per cache: a second run waits instead of building into the same place.
 exec 9>"$CACHE/.lock"
 flock 9
+# Leftovers of a run that was killed before its own cleanup (the lock says none is running).
+rm -rf "$CACHE"/build.* "$CACHE"/kernel.*
 
 # --- 1. apt, configured from scratch -------------------------------------------------------------
 APTDIR=$CACHE/apt
@@ -127,8 +129,8 @@ build_qemu() {  # $1 = Debian version, $2 = destination directory
     download_dir "$work/dl"
     (cd "$work/dl" && apt_get source --download-only "qemu=$version" >"$work/apt-source.log") ||
         die "apt-get source qemu=$version failed: $(tail -n 5 "$work/apt-source.log")"
-    # The upstream tarball as Debian ships it (+ds: without bundled wheels and firmware blobs);
-    # Debian's own patches are packaging changes this build does not need.
+    # The upstream tarball as Debian ships it (+ds: without bundled wheels and firmware blobs).
+    # Debian's patches are not applied: this is upstream QEMU of that version.
     local orig
     orig=$(ls "$work"/dl/qemu_*.orig.tar.*)
     mkdir "$work/src"
@@ -159,7 +161,7 @@ print(" ".join(f"{name}=={spec['"'"'installed'"'"']}" for name, spec in group.it
         >"$work/configure.log" 2>&1 || { tail -n 30 "$work/configure.log" >&2; die "configure failed"; }
     grep -qx 'CONFIG_VIRTIO_NSM=y' x86_64-softmmu-config-devices.mak ||
         die "this QEMU build has no virtio-nsm (CONFIG_VIRTIO_NSM): libcbor or gnutls not found?"
-    log "building qemu-system-x86_64 with ninja -j$(nproc) (a few minutes)"
+    log "building qemu-system-x86_64 with ninja -j$(nproc) (minutes: ~1,700 steps)"
     ninja -j"$(nproc)" qemu-system-x86_64 >"$work/ninja.log" 2>&1 ||
         { tail -n 30 "$work/ninja.log" >&2; die "ninja failed"; }
     ./qemu-system-x86_64 -device help | grep '"virtio-nsm-pci"' >/dev/null ||

@@ -13,8 +13,13 @@ NODE_STAMP := node_modules/.installed
 # namespaces (and util-linux's unshare), socat for rebuilding the previous team's broken DNS
 # chain, libfaketime for peers that only verify at wall-clock time.
 DEB_PACKAGES := gcc libc6-dev iproute2 util-linux socat faketime
+# `make test-kernel` also builds QEMU (its NSM device needs libcbor and gnutls) and boots a
+# busybox initramfs on SeaBIOS with QEMU's firmware data; cpio, kmod and xz build the initramfs.
+KERNEL_DEB_PACKAGES := gcc ninja-build pkg-config python3-venv libglib2.0-dev libpixman-1-dev \
+  libcbor-dev libgnutls28-dev libfdt-dev flex bison busybox-static seabios qemu-system-data \
+  cpio kmod xz-utils debian-archive-keyring
 
-.PHONY: demo demo-nsm test lint typecheck pytest bench deps clean
+.PHONY: demo demo-nsm test test-kernel lint typecheck pytest bench deps deps-kernel clean
 
 $(NODE_STAMP): package.json package-lock.json
 	@if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then \
@@ -34,18 +39,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Installs the Debian packages of $(1) that are missing (as root; otherwise it lists them and
+# says $(2)).
+define install_debs
+missing=""; for p in $(1); do \
+  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+done; \
+if [ -n "$$missing" ]; then \
+  if [ "$$(id -u)" = 0 ]; then \
+    echo "installing Debian packages:$$missing"; \
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+  else \
+    echo "missing Debian packages:$$missing (run as root, or install them; $(2))"; \
+  fi; \
+fi
+endef
+
 deps:
-	@missing=""; for p in $(DEB_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  else \
-	    echo "missing Debian packages:$$missing (run as root, or install them; tests that need them skip)"; \
-	  fi; \
-	fi
+	@$(call install_debs,$(DEB_PACKAGES),tests that need them skip)
+
+deps-kernel:
+	@$(call install_debs,$(KERNEL_DEB_PACKAGES),make test-kernel needs them)
 
 demo: $(STAMP) $(NODE_STAMP) deps
 	$(BIN)/nitro-oracle demo --out demo-out
@@ -66,6 +80,11 @@ pytest: $(STAMP) $(NODE_STAMP) deps
 	$(BIN)/pytest
 
 test: $(STAMP) deps lint typecheck pytest
+
+# tests/kernel inside a VM: Debian's kernel with the real nsm.ko, QEMU's virtio-nsm device
+# (docs/kernel-vm.md). QEMU and the kernel are cached outside the repository.
+test-kernel: $(STAMP) deps-kernel
+	tools/kernel-vm/test-kernel.sh
 
 # Figures land in docs/benchmarks.md and docs/conformance.md; never part of `make test`.
 bench: $(STAMP) $(NODE_STAMP) deps

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # chain, libfaketime for peers that only verify at wall-clock time.
 DEB_PACKAGES := gcc libc6-dev iproute2 util-linux socat faketime
 
-.PHONY: demo demo-nsm test lint typecheck pytest bench deps clean
+.PHONY: demo demo-nsm test test-lowest test-newest lint typecheck pytest bench deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,33 @@ pytest: $(STAMP) deps
 
 test: $(STAMP) deps lint typecheck pytest
 
+# The declared dependency floors and the newest releases, each in its own fresh venv made by uv
+# (from PyPI; uv itself is pip-installed into .venv). Both run the suite; .ci/run runs both.
+UV := $(BIN)/uv
+LOWEST := .venv-lowest
+NEWEST := .venv-newest
+# test-newest leaves out the two cross-check libraries, which pin old releases (pycose: cbor2 < 6,
+# eth-account: pycryptodome < 4), and deselects their tests (marker `crosscheck`): they run in
+# `make test`. The other test tools are installed at their newest too.
+NEWEST_TOOLS := pytest pytest-timeout hypothesis jsonschema httpx2 schemathesis packaging
+
+$(UV): $(STAMP)
+	$(BIN)/pip install --quiet uv
+
+# Every direct requirement at its floor (tests/packaging/test_floors.py checks that none was lifted).
+test-lowest: $(UV) deps
+	rm -rf $(LOWEST)
+	$(UV) venv --quiet --python $(PYTHON) $(LOWEST)
+	$(UV) pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[dev]'
+	NSM_LOWEST_RUN=1 $(LOWEST)/bin/pytest -p no:cacheprovider -q
+
+test-newest: $(UV) deps
+	rm -rf $(NEWEST)
+	$(UV) venv --quiet --python $(PYTHON) $(NEWEST)
+	$(UV) pip install --quiet --python $(NEWEST)/bin/python --resolution highest \
+	  -e '.[oracle,service,testing,kms]' $(NEWEST_TOOLS)
+	NSM_NEWEST_RUN=1 $(NEWEST)/bin/pytest -p no:cacheprovider -q -m 'not crosscheck'
+
 # Figures land in docs/benchmarks.md and docs/conformance.md; never part of `make test`.
 bench: $(STAMP) deps
 	$(BIN)/python bench/verify.py
@@ -60,4 +87,4 @@ bench: $(STAMP) deps
 	$(BIN)/python bench/oracle.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LOWEST) $(NEWEST) .mypy_cache .ruff_cache .pytest_cache

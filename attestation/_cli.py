@@ -19,6 +19,7 @@ from typing import Any
 
 from cryptography import x509
 
+from attestation import __version__
 from attestation.document import AttestationDocument, VerifiedDocument
 from attestation.errors import AttestationError
 from attestation.policy import Policy, UnsafeNoPcrCheck
@@ -236,6 +237,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="nitro-attest",
         description="Inspect and verify AWS Nitro Enclave attestation documents.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     inspect = sub.add_parser("inspect", help="decode a document WITHOUT verifying it")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeAlias
 from urllib.parse import urlsplit
 
+from enclave_net import __version__
 from enclave_net.address import parse_address
 from enclave_net.egress import EgressClient, EgressConfig, Response, Timeouts
 from enclave_net.errors import EnclaveNetError
@@ -281,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Networking for Nitro enclaves: egress without DNS, the parent's proxy, "
         "the gateway, a doctor, and KMS with attestation.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_egress(sub)
     _add_fetch(sub)

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from nsm import __version__
 from nsm._transport import emulator_address
 from nsm.client import ATTESTATION_FIELD_MAX, Nsm
 from nsm.errors import NsmError
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--device", metavar="PATH", help="the NSM device (default /dev/nsm)")
     where.add_argument("--emulator", metavar="unix:PATH", help="use the emulator at this socket")
@@ -108,6 +110,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--user-data", type=_hex, help="user data as hex (AWS: at most 1024 bytes)")
     p.add_argument("--public-key", type=_hex, help="public key as hex (AWS: at most 1024 bytes)")
     p.add_argument("--out", type=Path, help="write the raw document (CBOR) to this file")
+
+    shim = sub.add_parser("shim", help="the LD_PRELOAD shim that routes /dev/nsm to the emulator")
+    shim_sub = shim.add_subparsers(dest="shim_command", metavar="ACTION", required=True)
+    p = shim_sub.add_parser(
+        "build",
+        help="compile the shim with the system C compiler ($CC or cc); prints the library's path",
+        description="Compile libnsm_preload.so from the C source shipped in the package. Then: "
+        "NSM_EMULATOR=unix:/tmp/nsm.sock LD_PRELOAD=/path/to/libnsm_preload.so your-program",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(),
+        metavar="DIR",
+        help="directory to write libnsm_preload.so into (created if missing; default: .)",
+    )
 
     emu = sub.add_parser("emulator", help="run the NSM emulator")
     emu_sub = emu.add_subparsers(dest="emulator_command", metavar="ACTION", required=True)
@@ -168,6 +186,11 @@ def _open(args: argparse.Namespace) -> Nsm:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "emulator":
         return _serve(args)
+    if args.command == "shim":
+        from nsm import shim
+
+        print(shim.build(args.out))
+        return 0
     with _open(args) as module:
         if args.command == "describe":
             d = module.describe()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from enclave_net._cli import run_command, stop_on_signals
 from enclave_net.errors import EnclaveNetError
+from oracle_example import __version__
 from oracle_example.errors import OracleExampleError
 
 __all__ = ["build_parser", "main"]
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The reference Nitro enclave price oracle. Networking tools (egress "
         "proxy, gateway, fetch) are `enclave-net`'s.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_enclave(sub)
     _add_get(sub)

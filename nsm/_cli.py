@@ -135,7 +135,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve a software NSM on a Unix socket. Its documents are signed by a "
         "local PKI whose root is written to --root-out; no default verifier trusts it.",
     )
-    p.add_argument("--socket", required=True, type=Path, help="Unix socket path to listen on")
+    p.add_argument(
+        "--socket",
+        required=True,
+        type=Path,
+        help="Unix socket path to listen on; refused while another server listens there (a "
+        "stale socket file with no listener is replaced)",
+    )
     p.add_argument("--root-out", required=True, type=Path, help="write the root PEM here")
     p.add_argument("--seed", type=int, help="seed for a deterministic PKI and PCRs")
     p.add_argument("--debug", action="store_true", help="debug mode: PCR0/1/2 are zero")
@@ -271,8 +277,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     emulator = emulator_from_args(args)
-    write_root_pem(args.root_out, emulator.root_pem)
+    # Bind first: a socket another server is listening on is refused before the root is written.
     server = EmulatorServer(args.socket, emulator)
+    write_root_pem(args.root_out, emulator.root_pem)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt

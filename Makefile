@@ -1,5 +1,6 @@
 # The two commands a new user needs: `make demo` and `make test`.
-# Each creates .venv and installs what it needs, Debian packages included.
+# Each creates .venv and installs what it needs; run as root, each also installs Debian packages
+# with apt-get (DEB_PACKAGES below; `make deps` alone does just that, and says what it installs).
 
 PYTHON ?= python3
 VENV := .venv

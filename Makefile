@@ -57,9 +57,10 @@ test: $(STAMP) deps lint typecheck pytest
 UV := $(BIN)/uv
 LOWEST := .venv-lowest
 NEWEST := .venv-newest
-# test-newest leaves out the two cross-check libraries, which pin old releases (pycose: cbor2 < 6,
-# eth-account: pycryptodome < 4), and deselects their tests (marker `crosscheck`): they run in
-# `make test`. The other test tools are installed at their newest too.
+# test-newest leaves out the two cross-check libraries, which pin old releases (pycose: cbor2 < 6;
+# eth-account: pycryptodome < 4, no longer ours since the oracle uses safe-pysha3), and deselects
+# their tests (marker `crosscheck`): they run in `make test`. The other test tools are installed
+# at their newest too.
 NEWEST_TOOLS := pytest pytest-timeout hypothesis jsonschema httpx2 schemathesis packaging
 
 $(UV): $(STAMP)

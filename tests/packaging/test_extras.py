@@ -28,7 +28,7 @@ sys.meta_path.insert(0, NotInstalled())
 """
 
 NET = "httpcore,anyio,h11,certifi"
-ORACLE = "coincurve,Crypto"
+ORACLE = "coincurve,sha3"
 
 
 def _run(blocked: str, code: str) -> subprocess.CompletedProcess[str]:

@@ -53,7 +53,8 @@ pytest: $(STAMP) deps
 test: $(STAMP) deps lint typecheck pytest
 
 # The declared dependency floors and the newest releases, each in its own fresh venv made by uv
-# (from PyPI; uv itself is pip-installed into .venv). Both run the suite; .ci/run runs both.
+# (from PyPI; uv itself is pip-installed into .venv; --seed adds pip, which tests/packaging uses to
+# build and install the wheel). Both run the suite; .ci/run runs both.
 UV := $(BIN)/uv
 LOWEST := .venv-lowest
 NEWEST := .venv-newest
@@ -69,13 +70,13 @@ $(UV): $(STAMP)
 # Every direct requirement at its floor (tests/packaging/test_floors.py checks that none was lifted).
 test-lowest: $(UV) deps
 	rm -rf $(LOWEST)
-	$(UV) venv --quiet --python $(PYTHON) $(LOWEST)
+	$(UV) venv --quiet --seed --python $(PYTHON) $(LOWEST)
 	$(UV) pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[dev]'
 	NSM_LOWEST_RUN=1 $(LOWEST)/bin/pytest -p no:cacheprovider -q
 
 test-newest: $(UV) deps
 	rm -rf $(NEWEST)
-	$(UV) venv --quiet --python $(PYTHON) $(NEWEST)
+	$(UV) venv --quiet --seed --python $(PYTHON) $(NEWEST)
 	$(UV) pip install --quiet --python $(NEWEST)/bin/python --resolution highest \
 	  -e '.[oracle,service,testing,kms]' $(NEWEST_TOOLS)
 	NSM_NEWEST_RUN=1 $(NEWEST)/bin/pytest -p no:cacheprovider -q -m 'not crosscheck'

@@ -1,6 +1,12 @@
 """AWS Nitro Enclaves attestation documents: parse, verify against the pinned AWS root.
 
 ```python
+import attestation
+
+doc = attestation.verify(data, pcrs={0: pcr0_hex}, nonce=nonce)  # AWS root, 5 min max age
+print(doc.to_json())
+
+# The explicit form: your own roots, policy objects, clock.
 from attestation import Policy, Verifier
 
 doc = Verifier.aws().verify(data, policy=Policy(pcrs={0: pcr0_hex}, nonce=nonce), at=now)
@@ -37,7 +43,7 @@ from attestation.policy import (
     VerificationPolicy,
 )
 from attestation.roots import AWS_NITRO_ROOT_G1_SHA256, aws_nitro_root, load_pem_roots
-from attestation.verifier import MAX_CLOCK_SKEW, Verifier
+from attestation.verifier import MAX_CLOCK_SKEW, Verifier, verify
 
 __all__ = [
     "AWS_NITRO_ROOT_G1_SHA256",
@@ -68,6 +74,7 @@ __all__ = [
     "errors",
     "load_pem_roots",
     "policy",
+    "verify",
 ]
 
 #: The distribution's version: pyproject.toml reads it from attestation/__init__.py, and a test

@@ -3,9 +3,11 @@
 It decodes exactly the subset an attestation document can contain and refuses everything else:
 
 - unsigned and negative integers (any length form: the NSM writes `timestamp` in the 8-byte
-  form even when a shorter one exists, so non-shortest integers and lengths are accepted);
+  form even when a shorter one exists, so non-shortest integers and lengths are accepted; the
+  same rule holds for every head, see `tag_head`);
 - byte and text strings, definite or indefinite (chunked, each chunk a definite string of the
-  same major type, RFC 8949 §3.2.3); text must be valid UTF-8;
+  same major type, RFC 8949 §3.2.3); text must be valid UTF-8, and so must every chunk of an
+  indefinite text string on its own (§3.2.3: a chunk boundary may not split a character);
 - arrays and maps, definite or indefinite (2026 documents use an indefinite payload map);
 - `false`, `true`, `null`.
 
@@ -20,7 +22,7 @@ which is what COSE signs (RFC 9052 §4.4).
 
 from __future__ import annotations
 
-__all__ = ["MAX_DEPTH", "CborError", "decode"]
+__all__ = ["MAX_DEPTH", "CborError", "decode", "tag_head"]
 
 # An attestation document nests at most three levels (payload map -> pcrs map -> value,
 # envelope array -> header map); 16 leaves room without letting input drive deep recursion.
@@ -45,6 +47,21 @@ def decode(data: bytes, *, max_depth: int = MAX_DEPTH) -> object:
     if pos != len(data):
         raise CborError("cbor.trailing-bytes", f"{len(data) - pos} bytes after the item")
     return value
+
+
+def tag_head(data: bytes) -> tuple[int | None, int]:
+    """(tag number, offset of the tagged item) if `data` starts with a tag, else (None, 0).
+
+    Like every other head, a tag's may use any length form (`d2`, `d8 12`, `d9 00 12`, ... all
+    mean tag 18): one rule for all heads, so that no encoding choice of a writer is refused in
+    one place and accepted in another.
+    """
+    if not data or data[0] >> 5 != 6:
+        return None, 0
+    info = data[0] & 0x1F
+    if info >= 28:
+        raise CborError("cbor.invalid", f"reserved additional info 0x{data[0]:02x}")
+    return _argument(data, 1, info)
 
 
 # The decoder is a few plain functions passing (value, position) around rather than a class:
@@ -85,7 +102,16 @@ def _string(data: bytes, pos: int, major: int, info: int) -> tuple[bytes, int]:
             # RFC 8949 §3.2.3: chunks are definite strings of the same major type.
             raise CborError("cbor.invalid", "bad chunk in an indefinite-length string")
         chunk, pos = _string(data, pos, major, initial & 0x1F)
+        if major == 3:
+            _utf8(chunk)
         chunks.append(chunk)
+
+
+def _utf8(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CborError("cbor.invalid", "text string is not valid UTF-8") from exc
 
 
 def _item(data: bytes, pos: int, depth: int) -> tuple[object, int]:
@@ -115,10 +141,7 @@ def _item(data: bytes, pos: int, depth: int) -> tuple[object, int]:
     elif major == 3:
         if info < 28 or info == 31:
             raw, pos = _string(data, pos, 3, info)
-            try:
-                return raw.decode("utf-8"), pos
-            except UnicodeDecodeError as exc:
-                raise CborError("cbor.invalid", "text string is not valid UTF-8") from exc
+            return _utf8(raw), pos
     elif major == 5 or major == 4:
         if info < 28 or info == 31:
             if depth <= 0:

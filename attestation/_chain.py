@@ -37,8 +37,15 @@ and hand-made edge cases, and requires that the fast path never accepts what the
 and always accepts the real chains.
 
 Names on the fast path are compared as DER bytes and not decoded into Python objects (that costs
-about 30 µs per name): a chain signed by a pinned root whose names cryptography cannot decode
-is accepted as the engine would accept it; messages that show names go through `_describe`.
+about 30 µs per name); a byte-level walk checks that every attribute value is a string type the
+fast path knows and that it decodes (strict UTF-8 for UTF8String, ASCII for PrintableString and
+IA5String), and declines otherwise, so that a name the engine cannot decode (invalid or overlong
+UTF-8, a lone surrogate, 8-bit TeletexString, a SEQUENCE value) is refused by the engine as
+`chain.certificate-malformed` and never accepted. Messages that show names go through `describe`.
+
+Error reasons never carry the parser's internals (cryptography's `ParseError { kind: ... }`
+texts): each says what was wrong with which certificate, and the exception keeps the original
+as its `__cause__` for logs.
 
 Verified paths are cached (bounded LRU keyed by the SHA-256 of the leaf and bundle DER). A cache
 hit is used only if the verification time lies inside every certificate's validity window, which
@@ -63,10 +70,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification as xv
 from cryptography.x509.oid import SignatureAlgorithmOID
 
-from attestation._chain_fast import VerifiedChain, anchor_of, fast_path
+from attestation._chain_fast import VerifiedChain, anchor_of, fast_path, serial_is_positive
 from attestation.errors import CertificateExpired, CertificateNotYetValid, ChainError
 
-__all__ = ["DEFAULT_CACHE_SIZE", "CacheInfo", "ChainValidator", "VerifiedChain"]
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "CacheInfo",
+    "ChainValidator",
+    "VerifiedChain",
+    "describe",
+    "load_certificate",
+]
 
 # Enough for every leaf of a large fleet over a leaf's 3-hour life; entries are ~5 KB.
 DEFAULT_CACHE_SIZE = 1024
@@ -111,24 +125,62 @@ def _chain_error(code: str, message: str) -> ChainError:
     return ChainError(message, code=code)
 
 
-def _describe(cert: x509.Certificate) -> str:
+def describe(cert: x509.Certificate) -> str:
     """The subject for a message; names are not decoded on the success path, so may be odd."""
     try:
         return cert.subject.rfc4514_string()
-    except (ValueError, TypeError, KeyError, UnicodeError) as exc:
-        return f"<serial {cert.serial_number:x}, undecodable subject: {exc}>"
+    except (ValueError, TypeError, KeyError, UnicodeError):
+        return f"<serial {cert.serial_number:x}, undecodable subject>"
+
+
+def load_certificate(der: bytes, role: str) -> x509.Certificate:
+    """Parse one DER certificate, or raise `chain.certificate-malformed` naming `role`.
+
+    The parts read lazily by this package are touched here so that a malformed one fails now,
+    coded. Names are not decoded (the fast path walks their bytes, the engine decodes them).
+    """
+    if not serial_is_positive(der):
+        # RFC 5280 §4.1.2.2; cryptography would load it with a deprecation warning.
+        raise _chain_error(
+            "chain.certificate-malformed", f"{role}: serial number is not a positive integer"
+        )
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        for part in ("version", "extensions", "signature_algorithm_oid"):
+            getattr(cert, part)
+        cert.not_valid_before_utc  # noqa: B018
+        cert.not_valid_after_utc  # noqa: B018
+    except x509.InvalidVersion as exc:  # not a ValueError
+        raise _chain_error(
+            "chain.certificate-malformed",
+            f"{role}: X.509 version number {exc.parsed_version} (only v3 is accepted)",
+        ) from exc
+    except UnsupportedAlgorithm as exc:
+        raise _chain_error(
+            "chain.certificate-malformed", f"{role}: unsupported key or signature algorithm"
+        ) from exc
+    except x509.DuplicateExtension as exc:
+        raise _chain_error(
+            "chain.certificate-malformed", f"{role}: extension {exc.oid.dotted_string} twice"
+        ) from exc
+    except (ValueError, TypeError, x509.UnsupportedGeneralNameType) as exc:
+        # cryptography's ValueError texts are its parser's internals: say what, not how.
+        raise _chain_error(
+            "chain.certificate-malformed", f"{role}: not a well-formed DER X.509 certificate"
+        ) from exc
+    return cert
 
 
 def _check_validity(cert: x509.Certificate, at: _dt.datetime, role: str) -> None:
     # RFC 5280 §4.1.2.5: valid from notBefore to notAfter, both inclusive.
     if at < cert.not_valid_before_utc:
         raise CertificateNotYetValid(
-            f"{role} {_describe(cert)} is valid from "
+            f"{role} {describe(cert)} is valid from "
             f"{cert.not_valid_before_utc.isoformat()}, verification time {at.isoformat()}"
         )
     if at > cert.not_valid_after_utc:
         raise CertificateExpired(
-            f"{role} {_describe(cert)} expired at "
+            f"{role} {describe(cert)} expired at "
             f"{cert.not_valid_after_utc.isoformat()}, verification time {at.isoformat()}"
         )
 
@@ -194,21 +246,9 @@ class ChainValidator:
         if cert is not None:
             self._parsed.move_to_end(der)
             return cert
-        try:
-            cert = x509.load_der_x509_certificate(der)
-            # Touch the lazily parsed parts this module reads, so a malformed one fails here,
-            # coded. Names are not decoded into Python objects (about 30 us each, the largest
-            # cost of a cold verification after the signatures): the engine compares them
-            # structurally, and messages that show them go through `_describe`.
-            for part in ("version", "extensions", "signature_algorithm_oid"):
-                getattr(cert, part)
-            cert.not_valid_before_utc  # noqa: B018
-            cert.not_valid_after_utc  # noqa: B018
-        except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
-            # cryptography raises ValueError for bad DER, UnsupportedAlgorithm for odd keys.
-            raise _chain_error("chain.certificate-malformed", f"{role}: {exc}") from exc
-        except (x509.UnsupportedGeneralNameType, x509.DuplicateExtension) as exc:
-            raise _chain_error("chain.certificate-malformed", f"{role}: {exc}") from exc
+        # Names are not decoded into Python objects here (about 30 us each, the largest cost
+        # of a cold verification after the signatures): see the module docstring.
+        cert = load_certificate(der, role)
         if self._maxsize:
             self._parsed[der] = cert
             while len(self._parsed) > self._maxsize * _PARSED_CACHE_FACTOR:
@@ -256,10 +296,17 @@ class ChainValidator:
                     warnings.simplefilter("error", UserWarning)
                     cert.subject.rfc4514_string()
                     cert.issuer.rfc4514_string()
-                cert.public_key()
             # KeyError: cryptography 45 to 48 raise it for a name string of an unknown ASN.1 tag.
-            except (ValueError, TypeError, KeyError, UnsupportedAlgorithm, UserWarning) as exc:
-                raise _chain_error("chain.certificate-malformed", f"{role}: {exc}") from exc
+            except (ValueError, TypeError, KeyError, UnicodeError, UserWarning) as exc:
+                raise _chain_error(
+                    "chain.certificate-malformed", f"{role}: a name cannot be decoded"
+                ) from exc
+            try:
+                cert.public_key()
+            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+                raise _chain_error(
+                    "chain.certificate-malformed", f"{role}: the public key cannot be decoded"
+                ) from exc
 
         # (2) AWS §3.2.3: every certificate valid at the verification time.
         _check_validity(leaf, at, "leaf certificate")
@@ -268,10 +315,7 @@ class ChainValidator:
 
         # (3) AWS §3.2.3.3 and hf/nitrite: the leaf signs ES384 documents, so its key must be
         # P-384, it must be signed with ecdsa-with-SHA384, be no CA, and allow digitalSignature.
-        try:
-            leaf_key = leaf.public_key()
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise _chain_error("chain.certificate-malformed", f"certificate: {exc}") from exc
+        leaf_key = leaf.public_key()  # decodable: checked in (1b)
         if not (
             isinstance(leaf_key, ec.EllipticCurvePublicKey)
             and isinstance(leaf_key.curve, ec.SECP384R1)
@@ -345,7 +389,7 @@ class ChainValidator:
             if not _issued_by(child, parent):
                 return _chain_error(
                     "chain.untrusted",
-                    f"{_describe(child)} is not issued by the next bundle entry",
+                    f"{describe(child)} is not issued by the next bundle entry",
                 )
         top = links[-1]
         anchors = [root for root in self._roots if _issued_by(top, root)]
@@ -358,7 +402,15 @@ class ChainValidator:
                 _check_validity(root, at, "root")
             except ChainError as expired:
                 return expired
-        return _chain_error("chain.invalid", f"path validation failed: {reason}")
+        return _chain_error("chain.invalid", f"path validation failed: {_engine_reason(reason)}")
+
+
+def _engine_reason(text: str) -> str:
+    """The engine's verdict without its internals (object reprs, parser error structures)."""
+    text = text.split(" (encountered processing", 1)[0].removeprefix("validation failed: ")
+    if "ParseError" in text or "{" in text:
+        return "a certificate part cannot be decoded"
+    return text
 
 
 def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:

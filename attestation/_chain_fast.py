@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
 
-__all__ = ["VerifiedChain", "anchor_of", "fast_path"]
+__all__ = ["VerifiedChain", "anchor_of", "fast_path", "serial_is_positive"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +88,79 @@ def _time_ok(der: bytes, pos: int) -> int:
     if tag not in (0x17, 0x18):
         raise ValueError("not a Time")
     return end
+
+
+def _tbs_serial(der: bytes) -> bytes:
+    """The content octets of the TBSCertificate's serialNumber; ValueError/IndexError if bad."""
+    _, start, _ = _tlv(der, 0)  # Certificate
+    _, tbs_start, _ = _tlv(der, start)  # TBSCertificate
+    tag, begin, pos = _tlv(der, tbs_start)
+    if tag == 0xA0:  # [0] version
+        tag, begin, pos = _tlv(der, pos)
+    if tag != 0x02:
+        raise ValueError("no serial number")
+    return der[begin:pos]
+
+
+def serial_is_positive(der: bytes) -> bool:
+    """False if the DER's serial number is negative or zero (RFC 5280 §4.1.2.2: positive).
+
+    Checked before cryptography parses the certificate: cryptography accepts such a serial with
+    a deprecation warning (to become an error), and a warning is no way to refuse a
+    certificate. True if the DER is too broken to find the serial: the parser then says why.
+    """
+    try:
+        serial = _tbs_serial(der)
+    except (ValueError, IndexError):
+        return True
+    return bool(serial) and not serial[0] & 0x80 and any(serial)
+
+
+# Directory string types the fast path decodes itself (X.520): UTF8String must be valid UTF-8
+# (no overlong form, no surrogate), PrintableString (its alphabet is checked when cryptography
+# loads the certificate) and IA5String in ASCII. Any other attribute value (TeletexString,
+# BMPString, UniversalString, a SEQUENCE, ...) is left to the engine, which decodes it or says
+# `chain.certificate-malformed`.
+_UTF8_STRING = 0x0C
+_ASCII_STRINGS = (0x13, 0x16)
+
+
+@functools.lru_cache(maxsize=256)
+def _name_decodes(name: bytes) -> bool:
+    """Whether every attribute value of the DER Name `name` is a string the engine decodes.
+
+    The fast path compares names as bytes and never builds `x509.Name` objects (about 30 µs
+    each); this walk is what keeps it from accepting a name the engine would refuse to decode.
+    Names recur across chains (one CA per parent instance, per zone), hence the cache.
+    """
+    try:
+        tag, pos, end = _tlv(name, 0)
+        if tag != 0x30 or end != len(name):
+            return False
+        while pos < end:
+            tag, attribute, rdn_end = _tlv(name, pos)  # RelativeDistinguishedName: SET OF
+            if tag != 0x31 or attribute == rdn_end:
+                return False
+            while attribute < rdn_end:
+                tag, oid, attribute_end = _tlv(name, attribute)  # AttributeTypeAndValue
+                if tag != 0x30:
+                    return False
+                tag, _, value = _tlv(name, oid)
+                if tag != 0x06:
+                    return False
+                tag, start, stop = _tlv(name, value)
+                if stop != attribute_end:
+                    return False
+                content = name[start:stop]
+                if tag == _UTF8_STRING:
+                    content.decode("utf-8")
+                elif tag not in _ASCII_STRINGS or not content.isascii():
+                    return False
+                attribute = attribute_end
+            pos = rdn_end
+    except (ValueError, IndexError):  # UnicodeDecodeError is a ValueError
+        return False
+    return True
 
 
 def _shape(der: bytes) -> _Shape | None:
@@ -260,6 +333,8 @@ def _fast_checks(
         # RFC 5280 §4.1.2.5 at full precision; v3; webpki's serial/issuer/time encodings.
         window = (cert.not_valid_before_utc, cert.not_valid_after_utc)
         if shape is None or not window[0] <= at <= window[1]:
+            return None
+        if not (_name_decodes(shape.subject) and _name_decodes(shape.issuer)):
             return None
         if cert.version is not x509.Version.v3:
             return None

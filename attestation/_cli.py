@@ -1,7 +1,8 @@
 """`nitro-attest`: inspect and verify Nitro Enclave attestation documents.
 
 Exit status: 0 verified (or inspected), 1 the document was refused (the error code is printed),
-2 usage error (bad arguments, unreadable file).
+2 usage error (bad arguments, unreadable file). With `--json`, results and errors are JSON on
+stdout in the shapes of docs/schemas/.
 """
 
 from __future__ import annotations
@@ -20,18 +21,42 @@ from typing import Any
 from cryptography import x509
 
 from attestation import __version__
-from attestation.document import AttestationDocument, VerifiedDocument
-from attestation.errors import AttestationError
+from attestation._chain import load_certificate
+from attestation._output import certificate_json, hex_or_none, iso_time
+from attestation.document import AttestationDocument
+from attestation.errors import AttestationError, MalformedDocument
 from attestation.policy import Policy, UnsafeNoPcrCheck
 from attestation.roots import load_pem_roots
 from attestation.service._cli import add_serve_parser
 from attestation.verifier import Verifier
+from nsm_attestation_cli import (
+    EXIT_USAGE,
+    CliParser,
+    UsageError,
+    dump,
+    epilog_everywhere,
+    error_json,
+    report_usage_error,
+    stdout_closed,
+    wants_json,
+)
 
 __all__ = ["main"]
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
-EXIT_USAGE = 2
+_EXIT_CODES = """\
+exit status:
+  0    verified (verify), decoded (inspect)
+  1    the document was refused: the error code names the rule (see --json)
+  2    usage error: bad arguments, unreadable file
+  141  stdout closed early (e.g. | head)
+"""
+_SERVE_EXIT_CODES = """\
+exit status:
+  0    stopped (or --check: the config is valid)
+  2    usage error, config error, or the service extra is missing
+"""
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _UNITS = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -39,8 +64,37 @@ _HEX = re.compile(rb"^[0-9a-fA-F]+$")
 _NOT_VERIFIED = "NOT VERIFIED: inspect only decodes the document; nothing here is authenticated."
 
 
-class _UsageError(Exception):
-    pass
+_NOT_A_DOCUMENT = "not an attestation document (expected raw CBOR, hex or base64)"
+# Hints by error code, in terms of this command's flags (the library's name its Python API).
+_HINTS = {
+    "policy.debug": "pass --allow-debug to accept a debug-mode enclave (development only)",
+    "chain.not-yet-valid": "check this machine's clock, or verify at another time with --at",
+    "chain.untrusted": "documents from the NSM emulator are signed by its own root: pass "
+    "--root root.pem (written by `nsm emulator serve --root-out`)",
+    "policy.stale": "ask the enclave for a fresh document, or widen --max-age (e.g. 1h, none)",
+    "policy.future": "check this machine's clock, or verify at another time with --at",
+    "policy.pcr-mismatch": "compare with `nitro-attest inspect`; pin the values that "
+    "`nitro-cli describe-eif` prints with --pcrs-from FILE",
+    "policy.nonce-mismatch": "--nonce must be the nonce the enclave was asked to include",
+    "policy.user-data-mismatch": "--user-data must equal the document's user_data",
+    "policy.public-key-mismatch": "--public-key must equal the document's public_key",
+    "policy.module-id-mismatch": "--module-id must equal the document's module_id",
+    "document.encoding": "give the document as the NSM returned it: raw CBOR, or its hex or "
+    "base64 text",
+}
+
+
+def _hint(exc: AttestationError, data: bytes | None) -> str | None:
+    if exc.code == "chain.expired" and data is not None:
+        # A stored or sample document is judged at its own time: name that time.
+        try:
+            stamp = iso_time(AttestationDocument.parse(data).timestamp)
+        except AttestationError:
+            return None
+        return f"a stored or sample document verifies at its own time: --at {stamp}"
+    if exc.code.startswith(("cbor.", "envelope.")):
+        return _HINTS["document.encoding"]
+    return _HINTS.get(exc.code)
 
 
 def _duration(text: str) -> _dt.timedelta | None:
@@ -87,13 +141,18 @@ def _read_input(name: str) -> bytes:
     try:
         data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
     except OSError as exc:
-        raise _UsageError(f"cannot read {name}: {exc.strerror or exc}") from exc
+        raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from exc
     return _decode_input(data)
 
 
 def _decode_input(data: bytes) -> bytes:
-    """Raw CBOR as is; otherwise hex, then base64 (standard or URL-safe) text."""
-    if data[:1] in (b"\x84", b"\x9f", b"\xd2"):
+    """Raw CBOR as is; otherwise hex, then base64 (standard or URL-safe) text.
+
+    Anything else is refused here with `document.encoding`: parsing it as CBOR would only
+    report some CBOR detail about bytes that were never meant to be a document.
+    """
+    # An envelope array, or a tag (18, in any head form) around it.
+    if data[:1] in (b"\x84", b"\x9f", b"\xd2", b"\xd8", b"\xd9", b"\xda", b"\xdb"):
         return data
     text = b"".join(data.split())
     if text and len(text) % 2 == 0 and _HEX.match(text):
@@ -101,46 +160,43 @@ def _decode_input(data: bytes) -> bytes:
     # URL-safe base64 is mapped onto the standard alphabet so that validation stays strict.
     padded = text.translate(bytes.maketrans(b"-_", b"+/")) + b"=" * (-len(text) % 4)
     try:
-        return base64.b64decode(padded, validate=True)
+        decoded = base64.b64decode(padded, validate=True)
     except (binascii.Error, ValueError):
-        return data
+        decoded = b""
+    if decoded[:1] in (b"\x84", b"\x9f", b"\xd2"):
+        return decoded
+    raise MalformedDocument(_NOT_A_DOCUMENT, code="document.encoding")
 
 
 def _cert_rows(certs: Sequence[x509.Certificate]) -> list[dict[str, str]]:
-    return [
-        {
-            "subject": c.subject.rfc4514_string(),
-            "not_before": c.not_valid_before_utc.isoformat(),
-            "not_after": c.not_valid_after_utc.isoformat(),
-        }
-        for c in certs
-    ]
+    return [certificate_json(c) for c in certs]
 
 
 def _load_certs(ders: Sequence[bytes]) -> list[x509.Certificate] | str:
     try:
-        return [x509.load_der_x509_certificate(d) for d in ders]
-    except ValueError as exc:
-        return f"unparseable certificate: {exc}"
+        return [load_certificate(d, "certificate") for d in ders]
+    except AttestationError as exc:
+        return f"unparseable {exc.reason}"
 
 
-def _opt_hex(value: bytes | None) -> str | None:
-    return None if value is None else value.hex()
+_opt_hex = hex_or_none
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    data = _read_input(args.file)
+    data = None
     try:
+        data = _read_input(args.file)
         doc = AttestationDocument.parse(data)
     except AttestationError as exc:
-        return _refused(args, exc)
+        return _refused(args, exc, data)
     certs = _load_certs([doc.certificate, *reversed(doc.cabundle)])
     info: dict[str, Any] = {
         "verified": False,
         "warning": _NOT_VERIFIED,
         "kind": doc.kind,
         "module_id": doc.module_id,
-        "timestamp": doc.timestamp.isoformat(),
+        "timestamp": iso_time(doc.timestamp),
+        "timestamp_ms": doc.timestamp_ms,
         "digest": doc.digest,
         "debug": doc.is_debug,
         "tagged": doc.tagged,
@@ -151,7 +207,7 @@ def _inspect(args: argparse.Namespace) -> int:
         "certificates": certs if isinstance(certs, str) else _cert_rows(certs),
     }
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(dump(info))
         return EXIT_OK
     print(_NOT_VERIFIED)
     for key in ("kind", "module_id", "timestamp", "digest", "debug", "tagged"):
@@ -171,69 +227,95 @@ def _inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _refused(args: argparse.Namespace, exc: AttestationError) -> int:
+def _refused(args: argparse.Namespace, exc: AttestationError, data: bytes | None) -> int:
+    hint = _hint(exc, data)
     if args.json:
-        print(json.dumps({"verified": False, "code": exc.code, "error": exc.reason}, indent=2))
+        print(dump(error_json(exc.code, exc.reason, hint, verified=False)))
     else:
         print(f"REFUSED {exc.code}: {exc.reason}", file=sys.stderr)
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
     return EXIT_REFUSED
 
 
-def _verified_json(doc: VerifiedDocument) -> dict[str, Any]:
-    return {
-        "verified": True,
-        "module_id": doc.module_id,
-        "timestamp": doc.timestamp.isoformat(),
-        "digest": doc.digest,
-        "debug": doc.is_debug,
-        "pcrs": {str(i): v.hex() for i, v in sorted(doc.pcrs.items())},
-        "public_key": _opt_hex(doc.public_key),
-        "user_data": _opt_hex(doc.user_data),
-        "nonce": _opt_hex(doc.nonce),
-        "certificates": _cert_rows(doc.certificates),
-    }
+def _pcrs_from(name: str) -> dict[int, bytes]:
+    """The PCRs of `nitro-cli build-enclave` / `describe-eif` output: `{"Measurements":
+    {"HashAlgorithm": "Sha384 { ... }", "PCR0": hex, ...}}`, or the inner object alone."""
+    try:
+        value = json.loads(Path(name).read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise UsageError(f"--pcrs-from {name}: not JSON ({exc})") from exc
+    if isinstance(value, dict) and isinstance(value.get("Measurements"), dict):
+        value = value["Measurements"]
+    if not isinstance(value, dict):
+        raise UsageError(f"--pcrs-from {name}: expected nitro-cli's Measurements object")
+    algorithm = value.get("HashAlgorithm", "Sha384")
+    if not isinstance(algorithm, str) or not algorithm.startswith("Sha384"):
+        raise UsageError(f"--pcrs-from {name}: HashAlgorithm {algorithm!r} is not Sha384")
+    pcrs: dict[int, bytes] = {}
+    for key, hex_value in value.items():
+        match = re.fullmatch(r"PCR([0-9]|[12][0-9]|3[01])", key)
+        if match is None:
+            continue
+        if not isinstance(hex_value, str):
+            raise UsageError(f"--pcrs-from {name}: {key} is not a hex string")
+        pcrs[int(match.group(1))] = _pcr(f"{match.group(1)}={hex_value}")[1]
+    if not pcrs:
+        raise UsageError(f"--pcrs-from {name}: no PCR0..PCR31 entries")
+    return pcrs
 
 
 def _verify(args: argparse.Namespace) -> int:
-    if not args.pcr and not args.unsafe_no_pcr_check:
-        raise _UsageError("give at least one --pcr INDEX=HEX (or --unsafe-no-pcr-check)")
-    if args.pcr and args.unsafe_no_pcr_check:
-        raise _UsageError("--pcr and --unsafe-no-pcr-check exclude each other")
-    pcrs = dict(args.pcr)
-    if len(pcrs) != len(args.pcr):
-        raise _UsageError("a PCR index is given twice")
+    pinned = args.pcr or args.pcrs_from
+    if not pinned and not args.unsafe_no_pcr_check:
+        raise UsageError(
+            "give at least one --pcr INDEX=HEX or --pcrs-from FILE (or --unsafe-no-pcr-check)"
+        )
+    if pinned and args.unsafe_no_pcr_check:
+        raise UsageError("--pcr/--pcrs-from and --unsafe-no-pcr-check exclude each other")
+    pcrs = _pcrs_from(args.pcrs_from) if args.pcrs_from else {}
+    for index, value in args.pcr:
+        if index in pcrs:
+            raise UsageError(f"PCR{index} is given twice")
+        pcrs[index] = value
     if args.root:
         try:
             roots = load_pem_roots(Path(args.root).read_bytes())
         except OSError as exc:
-            raise _UsageError(f"cannot read {args.root}: {exc.strerror or exc}") from exc
+            raise UsageError(f"cannot read {args.root}: {exc.strerror or exc}") from exc
         except AttestationError as exc:
-            raise _UsageError(f"--root: {exc.reason}") from exc
+            raise UsageError(f"--root: {exc.reason}") from exc
         verifier = Verifier(roots=roots)
     else:
         verifier = Verifier.aws()
-    data = _read_input(args.file)
     policy = Policy(
         pcrs=UnsafeNoPcrCheck() if args.unsafe_no_pcr_check else pcrs,
         nonce=args.nonce,
         max_age=args.max_age,
         allow_debug=args.allow_debug,
+        user_data=args.user_data,
+        public_key=args.public_key,
+        module_id=args.module_id,
     )
+    data = None
     try:
+        data = _read_input(args.file)
         doc = verifier.verify(data, policy=policy, at=args.at)
     except AttestationError as exc:
-        return _refused(args, exc)
+        return _refused(args, exc, data)
     if args.json:
-        print(json.dumps(_verified_json(doc), indent=2))
+        print(doc.to_json())
     else:
-        print(f"VERIFIED {doc.module_id} at {doc.timestamp.isoformat()}")
+        print(f"VERIFIED {doc.module_id} at {iso_time(doc.timestamp)}")
         if doc.is_debug:
             print("WARNING: debug-mode document (PCR0 all zero), accepted by --allow-debug")
     return EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="nitro-attest",
         description="Inspect and verify AWS Nitro Enclave attestation documents.",
     )
@@ -260,7 +342,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept any PCR values (attests nothing about the enclave code)",
     )
+    verify.add_argument(
+        "--pcrs-from",
+        metavar="FILE",
+        help="expected PCRs from the JSON `nitro-cli build-enclave` or `describe-eif` prints "
+        '({"Measurements": {"PCR0": ..., ...}}); --pcr adds to them',
+    )
     verify.add_argument("--nonce", type=_hex_arg, help="expected nonce (hex)")
+    verify.add_argument("--user-data", type=_hex_arg, help="expected user_data (hex)")
+    verify.add_argument("--public-key", type=_hex_arg, help="expected public_key (hex)")
+    verify.add_argument("--module-id", help="expected module_id (e.g. i-0123...-enc0123...)")
     verify.add_argument(
         "--at",
         type=_instant,
@@ -281,20 +372,24 @@ def _parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_verify)
 
     add_serve_parser(sub)  # the HTTP verifier service; Starlette is imported only when it runs
+    epilog_everywhere(parser, _EXIT_CODES)
+    serve = sub.choices["serve"]
+    serve.epilog = _SERVE_EXIT_CODES
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse reports usage errors by exiting with 2
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
         result: int = args.handler(args)
-    except _UsageError as exc:
-        print(f"nitro-attest: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except UsageError as exc:
+        return report_usage_error(exc, prog="nitro-attest", as_json=wants_json(argv))
+    except BrokenPipeError:
+        return stdout_closed()
     return result
 
 

@@ -6,7 +6,9 @@ verifier both depend on this module and not on each other).
 
 Envelope (RFC 9052 COSE_Sign1; AWS `attestation_process.md` §3.1, User Guide "COSE and CBOR"):
 
-- optionally wrapped in tag 18 (AWS shows it tagged; no real document is), an array of exactly 4;
+- optionally wrapped in tag 18 (AWS shows it tagged; no real document is), an array of exactly 4.
+  The tag's head may take any length form (`d2`, `d8 12`, `d9 00 12`, ...), like every other
+  head (`_cbor`); any other tag, or a second tag, is refused;
 - protected header: a byte string whose content decodes to exactly `{1: -35}` (alg ES384), no
   other label (so no `crit` either); its bytes are kept as received for the signature;
 - unprotected header: must be the **empty** map. AWS always sends `{}`; it is not signed, so
@@ -29,7 +31,8 @@ this module chooses:
   the epoch, any integer length form), `pcrs` (1..32 entries, index 0..31, value 32/48/64 bytes),
   `certificate` (1..1024 bytes), `cabundle` (1+ byte strings of 1..1024 bytes each).
 - a payload with `nitrotpm_pcrs` instead of `pcrs` is a NitroTPM (EC2 instance) document: it parses
-  as `kind == "nitrotpm"` so that the enclave verifier can refuse it with `document.nitrotpm`.
+  as `kind == "nitrotpm"` so that the enclave verifier can refuse it with `document.nitrotpm`. A
+  payload with both keys (whatever their values, `null` included) is refused.
 """
 
 from __future__ import annotations
@@ -38,13 +41,15 @@ import datetime as _dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 from cryptography import x509
 
-from attestation._cbor import CborError, decode
+from attestation._cbor import CborError, decode, tag_head
 from attestation._cose_writer import sig_structure
+from attestation._output import certificate_json, hex_or_none, iso_time
 from attestation.errors import MalformedDocument
+from nsm_attestation_cli import dump
 
 __all__ = [
     "MAX_DOCUMENT_SIZE",
@@ -70,7 +75,7 @@ MAX_PCRS = 32
 PCR_SIZES = frozenset({32, 48, 64})
 _PCR_INDICES = frozenset(range(MAX_PCRS))
 # RFC 9052: tag 18 is COSE_Sign1; label 1 is alg, -35 is ES384.
-_COSE_SIGN1_TAG = 0xD2
+_COSE_SIGN1_TAG = 18
 _PROTECTED_ES384 = {1: -35}
 _PROTECTED_ES384_BYTES = b"\xa1\x01\x38\x22"  # {1: -35}, shortest form
 # P-384 ECDSA in COSE form: r || s, 48 bytes each (RFC 9053 §2.1).
@@ -115,6 +120,17 @@ class AttestationDocument:
     tagged: bool
     raw: bytes
 
+    def __repr__(self) -> str:
+        # Values in hex, certificates and raw bytes by size: a repr to read, not to re-parse.
+        return (
+            f"AttestationDocument(kind={self.kind!r}, module_id={self.module_id!r}, "
+            f"timestamp={iso_time(self.timestamp)!r}, digest={self.digest!r}, "
+            f"pcrs={_hex_pcrs(self.pcrs)}, public_key={_hex_repr(self.public_key)}, "
+            f"user_data={_hex_repr(self.user_data)}, nonce={_hex_repr(self.nonce)}, "
+            f"certificates={1 + len(self.cabundle)}, tagged={self.tagged}, "
+            f"raw=<{len(self.raw)} bytes>)  # NOT VERIFIED"
+        )
+
     @property
     def timestamp(self) -> _dt.datetime:
         """The document's own `timestamp` as an aware UTC datetime (parse checked the range)."""
@@ -138,16 +154,20 @@ class AttestationDocument:
         data = bytes(data)
         if not data or len(data) > MAX_DOCUMENT_SIZE:
             raise _malformed("document.size", f"document is {len(data)} bytes")
-        tagged = data[0] == _COSE_SIGN1_TAG
-        body = data[1:] if tagged else data
-        if body and body[0] >> 5 == 6:
-            raise _malformed("envelope.tag", "only tag 18 (COSE_Sign1) may wrap the envelope")
         try:
+            # Tag 18 in any head form (`d2`, `d8 12`, ...): the decoder's rule for every head.
+            tag, start = tag_head(data)
+            tagged = tag == _COSE_SIGN1_TAG
+            body = data[start:]
+            if (tag is not None and not tagged) or tag_head(body)[0] is not None:
+                raise _malformed("envelope.tag", "only tag 18 (COSE_Sign1) may wrap the envelope")
             envelope = decode(body)
         except CborError as exc:
-            raise _malformed(exc.code, f"envelope: {exc}") from exc
+            raise _malformed(exc.code, f"not an attestation document: envelope: {exc}") from exc
         if not isinstance(envelope, list):
-            raise _malformed("envelope.not-array", "COSE_Sign1 must be a CBOR array")
+            raise _malformed(
+                "envelope.not-array", "not an attestation document: COSE_Sign1 must be a CBOR array"
+            )
         if len(envelope) != 4:
             raise _malformed("envelope.wrong-length", f"COSE_Sign1 has {len(envelope)} elements")
         protected, unprotected, payload, signature = envelope
@@ -222,7 +242,9 @@ class AttestationDocument:
         tpm_pcrs = fields.get("nitrotpm_pcrs")
         enclave_pcrs = fields.get("pcrs")
         kind: DocumentKind
-        if enclave_pcrs is not None and tpm_pcrs is not None:
+        # The key decides the kind, whatever its value: an enclave document that also names
+        # `nitrotpm_pcrs` (even as null) is neither kind and is refused.
+        if "pcrs" in fields and "nitrotpm_pcrs" in fields:
             raise _malformed("payload.unknown-field", "both pcrs and nitrotpm_pcrs present")
         if enclave_pcrs is not None:
             kind, pcrs = "nitro-enclave", _pcrs(enclave_pcrs, "pcrs")
@@ -256,6 +278,14 @@ class AttestationDocument:
             tagged=tagged,
             raw=raw,
         )
+
+
+def _hex_repr(value: bytes | None) -> str:
+    return "None" if value is None else f"'{value.hex()}'"
+
+
+def _hex_pcrs(pcrs: Mapping[int, bytes]) -> str:
+    return "{" + ", ".join(f"{i}: '{v.hex()}'" for i, v in sorted(pcrs.items())) + "}"
 
 
 def _pcrs(value: object, name: str) -> Mapping[int, bytes]:
@@ -316,9 +346,44 @@ class VerifiedDocument:
     """The verified path, leaf first, pinned root last."""
     raw: bytes
     """The document bytes exactly as given to `verify`."""
+    verified_at: _dt.datetime
+    """The time the chain and the policy were judged at (`verify`'s `at`, or its clock)."""
 
     @property
     def is_debug(self) -> bool:
         """PCR0 all zero (only possible if the policy allowed debug documents)."""
         pcr0 = self.pcrs.get(0)
         return pcr0 is not None and not any(pcr0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verification result as JSON values: the shape `nitro-attest verify --json` prints
+        and the service returns (docs/schemas/verification.schema.json); bytes in hex, times in
+        RFC 3339 UTC with milliseconds."""
+        return {
+            "verified": True,
+            "verified_at": iso_time(self.verified_at),
+            "module_id": self.module_id,
+            "timestamp": iso_time(self.timestamp),
+            "timestamp_ms": (self.timestamp - _EPOCH) // _dt.timedelta(milliseconds=1),
+            "digest": self.digest,
+            "debug": self.is_debug,
+            "pcrs": {str(i): v.hex() for i, v in sorted(self.pcrs.items())},
+            "public_key": hex_or_none(self.public_key),
+            "user_data": hex_or_none(self.user_data),
+            "nonce": hex_or_none(self.nonce),
+            "certificates": [certificate_json(c) for c in self.certificates],
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """`to_dict()` as JSON text."""
+        return dump(self.to_dict(), indent=indent)
+
+    def __repr__(self) -> str:
+        return (
+            f"VerifiedDocument(module_id={self.module_id!r}, "
+            f"timestamp={iso_time(self.timestamp)!r}, digest={self.digest!r}, "
+            f"pcrs={_hex_pcrs(self.pcrs)}, public_key={_hex_repr(self.public_key)}, "
+            f"user_data={_hex_repr(self.user_data)}, nonce={_hex_repr(self.nonce)}, "
+            f"certificates={[c.subject.rfc4514_string() for c in self.certificates]!r}, "
+            f"verified_at={iso_time(self.verified_at)!r}, raw=<{len(self.raw)} bytes>)"
+        )

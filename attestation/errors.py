@@ -58,11 +58,16 @@ Other kinds:
 | `policy.none-matched` | `NoPolicyMatched` | no alternative of an `AnyOf` matched (mixed reasons) |
 | `root.pin-mismatch` | `RootError` | the bundled AWS root does not match its pinned digest |
 | `root.invalid` | `RootError` | a supplied trust root cannot be loaded |
+| `document.encoding` | `MalformedDocument` | (CLI only) input neither raw CBOR, hex nor base64 |
+
+Every error also has a `hint` (or None): what to do about it, in terms of this Python API.
+The command line and the service give their own hints, in terms of their flags and config.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "HINTS",
     "AttestationError",
     "CertificateExpired",
     "CertificateNotYetValid",
@@ -100,8 +105,29 @@ class AttestationError(Exception):
         """The human-readable message, without the code."""
         return str(self.args[0]) if self.args else ""
 
+    @property
+    def hint(self) -> str | None:
+        """What to do about it with this library's API, when there is something to do."""
+        return HINTS.get(self.code)
+
     def __str__(self) -> str:
         return f"{self.code}: {self.reason}"
+
+
+#: Hints by code, naming the Python API (the CLI and the service keep their own, naming flags).
+HINTS: dict[str, str] = {
+    "policy.debug": "Policy(allow_debug=True) accepts debug-mode documents (development only)",
+    "policy.no-pcr-check": "pin the measurements with Policy(pcrs={0: ..., 1: ..., 2: ...}), "
+    "or pass UnsafeNoPcrCheck() to check none on purpose",
+    "chain.expired": "a stored document verifies at its own time: "
+    "verify(data, policy=..., at=document.timestamp)",
+    "chain.not-yet-valid": "check this machine's clock, or pass at= to verify",
+    "chain.untrusted": "documents from the NSM emulator are signed by its own root: "
+    "Verifier(roots=load_pem_roots(root_pem))",
+    "policy.stale": "ask the enclave for a fresh document, or widen Policy(max_age=...)",
+    "policy.future": "check this machine's clock, or pass at= to verify",
+    "policy.nonce-mismatch": "the document must carry the nonce given to Policy(nonce=...)",
+}
 
 
 class MalformedDocument(AttestationError):

@@ -388,7 +388,14 @@ class Policy:
             sets = [PcrSet(p) for p in pcrs]
             if not sets:
                 raise InsecurePolicy("pcrs: at least one PCR set is required")
-            parts.append(sets[0] if len(sets) == 1 else AnyOf(*sets))
+            if len(sets) == 1:
+                parts.append(sets[0])
+            elif allow_debug:
+                # `AnyOf` lets a debug document through only an alternative that allows debug
+                # itself (see `AnyOf`): here every alternative does, as the caller asked.
+                parts.append(AnyOf(*(AllOf(s, AllowDebug()) for s in sets)))
+            else:
+                parts.append(AnyOf(*sets))
         if nonce is not None:
             parts.append(Nonce(nonce))
         if max_age is not None:

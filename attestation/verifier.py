@@ -14,6 +14,9 @@ doc = verifier.verify(
 
 `verify` returns a `VerifiedDocument` only when every step passed; otherwise it raises an
 `AttestationError` subclass whose `code` says which step failed.
+
+For the common case, one call: `attestation.verify(data, pcrs={0: "..."}, nonce=nonce)`, over a
+cached AWS-pinned verifier (one per thread, so its chain cache is never shared unlocked).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import logging
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -38,10 +42,17 @@ from attestation.errors import (
     SignatureError,
     UnsupportedDocumentKind,
 )
-from attestation.policy import VerificationPolicy, allows_debug, checks_pcrs
+from attestation.policy import (
+    PcrValue,
+    Policy,
+    UnsafeNoPcrCheck,
+    VerificationPolicy,
+    allows_debug,
+    checks_pcrs,
+)
 from attestation.roots import aws_nitro_root
 
-__all__ = ["MAX_CLOCK_SKEW", "Verifier"]
+__all__ = ["MAX_CLOCK_SKEW", "Verifier", "verify"]
 
 _log = logging.getLogger("attestation.verifier")
 
@@ -157,10 +168,7 @@ class Verifier:
         #    attestation"): refused unless the policy says otherwise, loudly.
         if doc.is_debug:
             if not allows_debug(policy):
-                raise DebugDocument(
-                    f"{doc.module_id} is a debug-mode enclave (PCR0 all zero); "
-                    "use Policy(allow_debug=True) only for development"
-                )
+                raise DebugDocument(f"{doc.module_id} is a debug-mode enclave (PCR0 all zero)")
             _log.warning(
                 "accepting debug-mode attestation document from %s: its PCRs attest nothing",
                 doc.module_id,
@@ -177,6 +185,43 @@ class Verifier:
             nonce=doc.nonce,
             certificates=chain.certificates,
             raw=doc.raw,
+            verified_at=at,
         )
         policy.verify(verified, at)
         return verified
+
+
+_per_thread = threading.local()
+
+
+def verify(
+    data: bytes,
+    *,
+    pcrs: Mapping[int, PcrValue] | Sequence[Mapping[int, PcrValue]] | UnsafeNoPcrCheck,
+    nonce: bytes | str | None = None,
+    max_age: _dt.timedelta | None = _dt.timedelta(minutes=5),
+    at: _dt.datetime | None = None,
+    allow_debug: bool = False,
+    user_data: bytes | str | None = None,
+    public_key: bytes | str | None = None,
+    module_id: str | Iterable[str] | None = None,
+) -> VerifiedDocument:
+    """Verify `data` against the pinned AWS root under `Policy(pcrs=..., nonce=..., ...)`.
+
+    The keywords are `Policy`'s; `at` defaults to now. The verifier underneath is
+    `Verifier.aws()`, made once per thread and kept, so repeated calls reuse its chain cache.
+    For other roots, several policies or a clock of your own, use `Verifier` directly.
+    """
+    policy = Policy(
+        pcrs=pcrs,
+        nonce=nonce,
+        max_age=max_age,
+        allow_debug=allow_debug,
+        user_data=user_data,
+        public_key=public_key,
+        module_id=module_id,
+    )
+    verifier: Verifier | None = getattr(_per_thread, "verifier", None)
+    if verifier is None:
+        verifier = _per_thread.verifier = Verifier.aws()
+    return verifier.verify(data, policy=policy, at=at)

@@ -300,11 +300,24 @@ def render(
         "case's time in whole seconds, clock stopped, `FAKETIME_NO_CACHE=1`). Our verifier "
         "takes `at` and needs none of this.",
         "",
-        "Where AWS contradicts itself (`docs/attestation_process.md` of aws/aws-nitro-enclaves-nsm-api: its CDDL allows 0..1024 bytes, its §3.2.2.2 rules 1..1024 for public_key and 0..512 for user_data and nonce) the corpus expects this "
+        "Where AWS contradicts itself (`docs/attestation_process.md` of "
+        "aws/aws-nitro-enclaves-nsm-api: its CDDL allows 0..1024 bytes, its §3.2.2.2 rules "
+        "1..1024 for public_key and 0..512 for user_data and nonce) the corpus expects this "
         "repository's documented choice (`attestation/document.py`): public_key, user_data and "
         "nonce of 0..1024 bytes. epsilon's rejection of `valid/max-size-fields` follows AWS's "
         "§3.2.2.2 limit of 512 bytes for user_data; evervault's rejection of the genuine 2021 "
         "hf/nitrite document follows §3.2.2.2's public_key length of at least 1.",
+        "",
+        "CBOR heads, one rule everywhere (`attestation/_cbor.py`): a head may use any of its "
+        "length forms, and its argument is read by value. `1b 00 00 00 00 00 00 00 05` is the "
+        "integer 5, and `d8 12`, `d9 00 12`, `da 00 00 00 12` and `db 00 00 00 00 00 00 00 12` "
+        "are tag 18 exactly as `d2` is. The NSM writes `timestamp` in the 8-byte form, so "
+        "refusing non-shortest heads would refuse real documents; refusing them for the tag "
+        "alone would be an inconsistency, not a safeguard (the tag is outside the signed bytes "
+        "and carries no data). Refused: any tag other than 18 around the envelope, a second "
+        "tag, a tag anywhere inside, reserved additional information (28 to 30), and an "
+        "indefinite-length text string whose chunk boundary splits a UTF-8 character (RFC 8949 "
+        "§3.2.3).",
         "",
         "Not run:",
         "",

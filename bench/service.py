@@ -109,19 +109,21 @@ def library_throughput(data: bytes, policy: Policy, at: datetime, seconds: float
 
 
 class Server:
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    def __init__(self, config: Path, port: int, log: Path, kind: str = "serve") -> None:
         self.port = port
         self._log = log.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "attestation.service",
-                "--config",
+        listen = f"127.0.0.1:{port}"
+        argv = ["-m", "attestation.service", "--config", str(config), "--listen", listen]
+        if kind != "serve":  # the same app under uvicorn's defaults, to compare (bench/hostile.py)
+            argv = [
+                str(REPO / "bench" / "hostile.py"),
+                "--run-uvicorn",
+                kind,
                 str(config),
-                "--listen",
-                f"127.0.0.1:{port}",
-            ],
+                str(port),
+            ]
+        self.process = subprocess.Popen(
+            [sys.executable, *argv],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=self._log,
@@ -395,12 +397,15 @@ def soak(client: str, server: Server, catalogue: list[Request], seconds: float, 
     )
 
 
-def server_stack() -> str:
-    # uvicorn's "auto" choices: httptools and uvloop when installed, else h11 and asyncio.
+def server_stack(kind: str = "serve") -> str:
+    # `serve` always parses with h11 (attestation/service/_server.py); uvicorn's "auto" choices
+    # are httptools and uvloop when installed, else h11 and asyncio.
     import importlib.metadata as metadata
     import importlib.util
 
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    if kind != "uvicorn-default":
+        http = "h11, with nitro-attest serve's bounds" if kind == "serve" else "h11"
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     return f"uvicorn {metadata.version('uvicorn')} (HTTP parser {http}, event loop {loop})"
 
@@ -543,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
         help="load generator (default: wrk if installed)",
     )
     parser.add_argument("--no-access-log", action="store_true", help="turn the access log off")
+    parser.add_argument(
+        "--server",
+        choices=["serve", "uvicorn-default", "uvicorn-h11"],
+        default="serve",
+        help="nitro-attest serve (default), or the app under uvicorn's defaults to compare",
+    )
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args(argv)
     client = args.client or ("wrk" if shutil.which("wrk") else "asyncio")
@@ -566,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
             f"access_log = {'false' if args.no_access_log else 'true'}\n"
             f"[policies.bench]\npcrs = {{ {table} }}\nmax_age_seconds = 300\n"
         )
-        server = Server(config, _free_port(), work / "server.log")
+        server = Server(config, _free_port(), work / "server.log", args.server)
         try:
             catalogue = requests(data, at)
             check_answers(server, catalogue)
@@ -602,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         document=DOCUMENT,
         access_log=not args.no_access_log,
         load_average=load_average,
-        stack=server_stack(),
+        stack=server_stack(args.server),
     )
     print(section)
     if args.write_docs:

@@ -10,21 +10,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import TypeAlias
+from typing import TypeAlias, cast
 from urllib.parse import urlsplit
 
 from enclave_net import __version__
+from enclave_net._output import EXIT_CODES, print_error
 from enclave_net.address import parse_address
 from enclave_net.egress import EgressClient, EgressConfig, Response, Timeouts
 from enclave_net.errors import EnclaveNetError
 from enclave_net.gateway import Gateway, GatewayLimits
 from enclave_net.jsonlog import json_logging, log_event
+from nsm_attestation_cli import (
+    EXIT_USAGE,
+    CliParser,
+    UsageError,
+    dump,
+    epilog_everywhere,
+    report_usage_error,
+    stdout_closed,
+    wants_json,
+)
 
 __all__ = ["build_parser", "main", "run_command", "stop_on_signals"]
 
@@ -194,18 +204,11 @@ def _run_fetch(args: argparse.Namespace) -> int:
         )
         response = asyncio.run(_get(config, args.url))
     except EnclaveNetError as exc:
-        if args.json:
-            print(
-                json.dumps(
-                    {"url": args.url, "error": {"type": type(exc).__name__, "message": str(exc)}}
-                )
-            )
-        else:
-            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print_error(exc, as_json=args.json, prefix="enclave-net fetch", url=args.url)
         return 1
     if args.json:
         print(
-            json.dumps(
+            dump(
                 {
                     "url": args.url,
                     "status": response.status,
@@ -277,18 +280,19 @@ def _add_doctor(sub: _Sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="enclave-net",
         description="Networking for Nitro enclaves: egress without DNS, the parent's proxy, "
         "the gateway, a doctor, and KMS with attestation.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = cast("_Sub", parser.add_subparsers(dest="command", metavar="COMMAND"))
     _add_egress(sub)
     _add_fetch(sub)
     _add_doctor(sub)
     _add_gateway(sub)
     _add_kms(sub)
+    epilog_everywhere(parser, EXIT_CODES)
     return parser
 
 
@@ -318,17 +322,27 @@ def run_command(
     *,
     errors: tuple[type[BaseException], ...] = (EnclaveNetError, OSError, ValueError),
 ) -> int:
-    """Parse and run one subcommand (its `func`); `errors` become one line and exit status 2,
-    not a traceback. Shared by `enclave-net` and the apps' command lines."""
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
+    """Parse and run one subcommand (its `func`); `errors` become one line (the error shape
+    under --json) and exit status 2, not a traceback; so do usage errors when `parser` is a
+    `CliParser`. Shared by `enclave-net` and the apps' command lines."""
+    as_json = wants_json(argv)
     try:
-        result: int = args.func(args)
-    except errors as exc:
-        print(f"{parser.prog} {args.command}: {exc}", file=sys.stderr)
-        return 2
+        try:
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.print_help(sys.stderr)
+                return EXIT_USAGE
+            result: int = args.func(args)
+        except UsageError as exc:  # from argparse, or a command's own check of its arguments
+            return report_usage_error(exc, prog=parser.prog, as_json=as_json)
+        except BrokenPipeError:
+            raise
+        except errors as exc:
+            prefix = f"{parser.prog} {args.command}"
+            print_error(exc, as_json=getattr(args, "json", False), prefix=prefix)
+            return EXIT_USAGE
+    except BrokenPipeError:
+        return stdout_closed()
     return result
 
 

@@ -18,7 +18,9 @@ from types import ModuleType
 __all__ = ["MissingExtraError", "import_or_explain", "run_entry_point"]
 
 #: Our own top-level packages: a missing one of these is a broken install, not a missing extra.
-_OURS = frozenset({"nsm", "attestation", "enclave_net", "oracle_example", "vectors"})
+_OURS = frozenset(
+    {"nsm", "attestation", "enclave_net", "oracle_example", "vectors", "nsm_attestation_cli"}
+)
 _USAGE_ERROR = 2
 
 

@@ -1,13 +1,14 @@
 """`nsm`: talk to the Nitro Secure Module, or run its emulator.
 
-Exit status: 0 on success, 1 when the module or its transport fails, 2 for usage errors.
+Exit status: 0 on success, 1 when the module or its transport fails, 2 for usage errors
+(including arguments the module itself refuses, and output files that cannot be written).
+With `--json`, results and errors are JSON on stdout (docs/schemas/nsm.schema.json, error).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import json
 import logging
 import signal
 import sys
@@ -18,7 +19,28 @@ from typing import TYPE_CHECKING
 from nsm import __version__
 from nsm._transport import emulator_address
 from nsm.client import ATTESTATION_FIELD_MAX, Nsm
-from nsm.errors import NsmError
+from nsm.errors import (
+    ArgumentError,
+    DeviceNotFound,
+    ModuleError,
+    NsmError,
+    ProtocolError,
+    TransportError,
+)
+from nsm.models import ErrorCode
+
+# The output contract every command shares (standard library only, no attestation).
+from nsm_attestation_cli import (
+    EXIT_USAGE,
+    CliParser,
+    UsageError,
+    dump,
+    epilog_everywhere,
+    error_json,
+    report_usage_error,
+    stdout_closed,
+    wants_json,
+)
 
 if TYPE_CHECKING:
     from nsm.emulator import Emulator
@@ -31,6 +53,19 @@ emulator (`nsm emulator serve --socket /tmp/nsm.sock --root-out root.pem`) and s
 explicitly with --emulator unix:/tmp/nsm.sock or NSM_EMULATOR=unix:/tmp/nsm.sock.
 A missing /dev/nsm never falls back to the emulator.
 """
+_EXIT_CODES = """\
+exit status:
+  0    done
+  1    the module or its transport failed (no /dev/nsm, emulator gone, locked PCR...)
+  2    usage error: bad arguments, arguments the module refused (InvalidIndex,
+       InvalidArgument, InputTooLarge), a file or socket path that cannot be written
+  141  stdout closed early (e.g. | head)
+"""
+_EXIT_FAILED = 1
+# What the module says about the arguments themselves: the caller's mistake, as a usage error.
+_ARGUMENT_CODES = frozenset(
+    {ErrorCode.INVALID_INDEX, ErrorCode.INVALID_ARGUMENT, ErrorCode.INPUT_TOO_LARGE}
+)
 
 
 def _hex(value: str) -> bytes:
@@ -68,11 +103,9 @@ def _field_max(value: str) -> int | None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="nsm",
         description="Talk to the AWS Nitro Secure Module (/dev/nsm), or run its emulator.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     where = parser.add_mutually_exclusive_group()
@@ -178,6 +211,8 @@ def _parser() -> argparse.ArgumentParser:
         help=f"refuse user_data, nonce or public_key longer than this (default "
         f"{ATTESTATION_FIELD_MAX}, AWS's documented limit; real modules sign larger ones: none)",
     )
+    epilog_everywhere(parser, _EXIT_CODES)
+    parser.epilog = _EPILOG + "\n" + _EXIT_CODES
     return parser
 
 
@@ -245,7 +280,7 @@ def _pcr(module: Nsm, args: argparse.Namespace) -> int:
 
 def _print(fields: dict[str, object], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(fields, indent=2))
+        print(dump(fields))
         return
     width = max(len(k) for k in fields)
     for key, value in fields.items():
@@ -277,9 +312,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     emulator = emulator_from_args(args)
-    # Bind first: a socket another server is listening on is refused before the root is written.
-    server = EmulatorServer(args.socket, emulator)
-    write_root_pem(args.root_out, emulator.root_pem)
+    # Bind first: a socket another server is listening on is refused (SocketInUseError) before
+    # the root is written. Name the path the user gave, not the bare socket call that failed.
+    try:
+        server = EmulatorServer(args.socket, emulator)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, f"--socket {args.socket}") from exc
+    try:
+        write_root_pem(args.root_out, emulator.root_pem)
+    except OSError as exc:
+        server.server_close()
+        raise OSError(exc.errno, exc.strerror, f"--root-out {args.root_out}") from exc
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -300,13 +343,61 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _failure(exc: Exception, args: argparse.Namespace) -> tuple[int, str, str, str | None]:
+    """Exit status, error code, message and hint (naming this command's flags) for `exc`."""
+    if isinstance(exc, DeviceNotFound):
+        return (
+            _EXIT_FAILED,
+            "nsm.no-device",
+            f"{args.device or '/dev/nsm'} does not exist: this is not a Nitro enclave",
+            "off-enclave, start `nsm emulator serve --socket /tmp/nsm.sock --root-out root.pem`"
+            " and pass --emulator unix:/tmp/nsm.sock (or set NSM_EMULATOR)",
+        )
+    if isinstance(exc, ModuleError):
+        kebab = exc.code.name.lower().replace("_", "-")
+        status = EXIT_USAGE if exc.code in _ARGUMENT_CODES else _EXIT_FAILED
+        hint = (
+            "PCRs 0-15 are locked by the enclave's launch; extend 16-31"
+            if exc.code is ErrorCode.READ_ONLY_INDEX
+            else None
+        )
+        return status, f"nsm.module.{kebab}", str(exc), hint
+    if isinstance(exc, ArgumentError):
+        return EXIT_USAGE, "usage", str(exc), "see nsm --help"
+    if isinstance(exc, OSError):  # --out, --root-out, --socket
+        where = f"{exc.filename}: " if exc.filename else ""
+        return EXIT_USAGE, "io", f"{where}{exc.strerror or exc}", None
+    code = {ProtocolError: "nsm.protocol", TransportError: "nsm.transport"}
+    return (
+        _EXIT_FAILED,
+        next((c for t, c in code.items() if isinstance(exc, t)), "nsm"),
+        str(exc),
+        None,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    as_json = wants_json(argv)
     try:
-        return _run(args)
-    except NsmError as exc:
-        print(f"nsm: error: {exc}", file=sys.stderr)
-        return 1
+        try:
+            args = _parser().parse_args(argv)
+        except UsageError as exc:
+            return report_usage_error(exc, prog="nsm", as_json=as_json)
+        try:
+            return _run(args)
+        except (NsmError, OSError) as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            status, code, message, hint = _failure(exc, args)
+            if as_json:
+                print(dump(error_json(code, message, hint)))
+            else:
+                print(f"nsm: error: {message}", file=sys.stderr)
+                if hint:
+                    print(f"hint: {hint}", file=sys.stderr)
+            return status
+    except BrokenPipeError:
+        return stdout_closed()
 
 
 if __name__ == "__main__":  # pragma: no cover

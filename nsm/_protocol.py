@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import cbor2
 
@@ -244,15 +244,28 @@ _REQUESTS: dict[str, Callable[[object], Request]] = {
 _UNIT_REQUESTS: dict[str, Request] = {"DescribeNSM": DescribeNSM(), "GetRandom": GetRandom()}
 
 
+_V = TypeVar("_V")
+
+
+def _decode_variant(
+    data: bytes,
+    side: str,
+    units: Mapping[str, _V],
+    variants: Mapping[str, Callable[[object], _V]],
+) -> _V:
+    """One externally tagged enum value: a unit variant, or a one-key map to its decoder."""
+    name, body = _variant(data, side)
+    if name in units:
+        _unit_body(name, body)
+        return units[name]
+    if name in variants and body is not _UNIT:
+        return variants[name](body)
+    raise ProtocolError(f"unknown NSM {side} {name!r:.60}")
+
+
 def decode_request(data: bytes) -> Request:
     """Decode a request (the emulator's side of the codec)."""
-    name, body = _variant(data, "request")
-    if name in _UNIT_REQUESTS:
-        _unit_body(name, body)
-        return _UNIT_REQUESTS[name]
-    if name in _REQUESTS and body is not _UNIT:
-        return _REQUESTS[name](body)
-    raise ProtocolError(f"unknown NSM request {name!r:.60}")
+    return _decode_variant(data, "request", _UNIT_REQUESTS, _REQUESTS)
 
 
 def _resp_describe_nsm(body: object) -> Response:
@@ -333,10 +346,4 @@ _UNIT_RESPONSES: dict[str, Response] = {"LockPCR": PcrLocked(), "LockPCRs": Pcrs
 
 def decode_response(data: bytes) -> Response:
     """Decode a module's answer; an `{"Error": ...}` answer becomes an `ErrorResponse`."""
-    name, body = _variant(data, "response")
-    if name in _UNIT_RESPONSES:
-        _unit_body(name, body)
-        return _UNIT_RESPONSES[name]
-    if name in _RESPONSES and body is not _UNIT:
-        return _RESPONSES[name](body)
-    raise ProtocolError(f"unknown NSM response {name!r:.60}")
+    return _decode_variant(data, "response", _UNIT_RESPONSES, _RESPONSES)

@@ -6,7 +6,7 @@ import os
 from types import TracebackType
 from typing import TypeVar
 
-from nsm import _protocol
+from nsm import _protocol, models
 from nsm._transport import (
     EMULATOR_ENV,
     Transport,
@@ -15,25 +15,6 @@ from nsm._transport import (
     emulator_address,
 )
 from nsm.errors import ArgumentError, ModuleError, ProtocolError
-from nsm.models import (
-    Attestation,
-    AttestationResponse,
-    DescribeNSM,
-    DescribePCR,
-    Description,
-    ErrorResponse,
-    ExtendPCR,
-    GetRandom,
-    LockPCR,
-    LockPCRs,
-    PcrExtended,
-    PcrLocked,
-    PcrsLocked,
-    PcrState,
-    RandomBytes,
-    Request,
-    Response,
-)
 
 __all__ = ["ATTESTATION_FIELD_MAX", "DEVICE_PATH", "MAX_PCRS", "Nsm"]
 
@@ -52,7 +33,7 @@ _U16_MAX = 0xFFFF
 #: refuses past this limit by default (configurable), and the verifier keeps AWS's documented one.
 ATTESTATION_FIELD_MAX = 1024
 
-_R = TypeVar("_R", bound=Response)
+_R = TypeVar("_R", bound=models.Response)
 
 
 class Nsm:
@@ -104,18 +85,20 @@ class Nsm:
 
     # --- operations ---------------------------------------------------------------------
 
-    def describe(self) -> Description:
-        return self._call(DescribeNSM(), Description)
+    def describe(self) -> models.Description:
+        return self._call(models.DescribeNSM(), models.Description)
 
-    def describe_pcr(self, index: int) -> PcrState:
-        return self._call(DescribePCR(_index(index)), PcrState)
+    def describe_pcr(self, index: int) -> models.PcrState:
+        return self._call(models.DescribePCR(_index(index)), models.PcrState)
 
     def extend_pcr(self, index: int, data: bytes) -> bytes:
         """Extend PCR `index` with `data`: new = SHA384(old || data). Returns the new value."""
-        return self._call(ExtendPCR(_index(index), _data(data, "data")), PcrExtended).data
+        return self._call(
+            models.ExtendPCR(_index(index), _data(data, "data")), models.PcrExtended
+        ).data
 
     def lock_pcr(self, index: int) -> None:
-        self._call(LockPCR(_index(index)), PcrLocked)
+        self._call(models.LockPCR(_index(index)), models.PcrLocked)
 
     def lock_pcrs(self, range: int) -> None:
         """Lock PCRs `[0, range)`."""
@@ -123,7 +106,7 @@ class Nsm:
             raise ArgumentError(
                 f"lock_pcrs range must be an integer in 0..{_U16_MAX} (u16), got {range!r}"
             )
-        self._call(LockPCRs(range), PcrsLocked)
+        self._call(models.LockPCRs(range), models.PcrsLocked)
 
     def get_random(self, n: int) -> bytes:
         """`n` random bytes; the module answers 256 at a time, so this asks as often as needed."""
@@ -131,7 +114,7 @@ class Nsm:
             raise ArgumentError(f"get_random needs a non-negative integer, got {n!r}")
         out = bytearray()
         while len(out) < n:
-            chunk = self._call(GetRandom(), RandomBytes).random
+            chunk = self._call(models.GetRandom(), models.RandomBytes).random
             if not chunk:
                 raise ProtocolError("the NSM answered GetRandom with no bytes")
             out += chunk
@@ -145,21 +128,21 @@ class Nsm:
         public_key: bytes | None = None,
     ) -> bytes:
         """A signed attestation document (COSE_Sign1 bytes) binding the given fields."""
-        request = Attestation(
+        request = models.Attestation(
             user_data=_field(user_data, "user_data"),
             nonce=_field(nonce, "nonce"),
             public_key=_field(public_key, "public_key"),
         )
-        return self._call(request, AttestationResponse).document
+        return self._call(request, models.AttestationResponse).document
 
     # --- plumbing -----------------------------------------------------------------------
 
-    def _call(self, request: Request, expected: type[_R]) -> _R:
+    def _call(self, request: models.Request, expected: type[_R]) -> _R:
         encoded = _protocol.encode_request(request)
         check_request_size(encoded)
         answer = _protocol.decode_response(self._transport.exchange(encoded))
         name = type(request).__name__
-        if isinstance(answer, ErrorResponse):
+        if isinstance(answer, models.ErrorResponse):
             raise ModuleError(answer.code, name)
         if not isinstance(answer, expected):
             raise ProtocolError(

@@ -27,31 +27,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from attestation import _profiles, builder
-from nsm import _protocol
+from nsm import _protocol, models
 from nsm._transport import REQUEST_MAX
 from nsm.client import ATTESTATION_FIELD_MAX, MAX_PCRS
 from nsm.errors import ProtocolError
-from nsm.models import (
-    Attestation,
-    AttestationResponse,
-    DescribeNSM,
-    DescribePCR,
-    Description,
-    Digest,
-    ErrorCode,
-    ErrorResponse,
-    ExtendPCR,
-    GetRandom,
-    LockPCR,
-    LockPCRs,
-    PcrExtended,
-    PcrLocked,
-    PcrsLocked,
-    PcrState,
-    RandomBytes,
-    Request,
-    Response,
-)
 
 __all__ = ["BOOT_LOCKED_PCRS", "PCR_SIZE", "RANDOM_SIZE", "Emulator"]
 
@@ -169,68 +148,81 @@ class Emulator:
         with self._lock:
             return self._pcrs[index]
 
+    def restart(self) -> None:
+        """The enclave relaunched from the same EIF on the same instance: a new enclave id (so a
+        new `module_id` and leaf certificate), the app-extendable PCRs (16 and up) zero and
+        unlocked again; the boot PCRs, the instance and the PKI (the root callers pinned)
+        stay."""
+        with self._lock:
+            enclave = _profiles.enclave_id(self._now(), seed=self._seed)
+            self.module_id = f"{self.instance_id}-enc{enclave}"
+            self._leaf = None
+            for index in range(BOOT_LOCKED_PCRS, MAX_PCRS):
+                self._pcrs[index] = bytes(PCR_SIZE)
+                self._locked[index] = False
+
     def handle(self, request: bytes) -> bytes:
         """Answer one encoded request with one encoded response."""
         return _protocol.encode_response(self._answer(request))
 
     # --- request handling ---------------------------------------------------------------
 
-    def _answer(self, raw: bytes) -> Response:
+    def _answer(self, raw: bytes) -> models.Response:
         if len(raw) > REQUEST_MAX:
-            return ErrorResponse(ErrorCode.INPUT_TOO_LARGE)
+            return models.ErrorResponse(models.ErrorCode.INPUT_TOO_LARGE)
         try:
             request = _protocol.decode_request(raw)
         except ProtocolError:
-            return ErrorResponse(ErrorCode.INVALID_OPERATION)
+            return models.ErrorResponse(models.ErrorCode.INVALID_OPERATION)
         with self._lock:
             return self._dispatch(request)
 
-    def _dispatch(self, request: Request) -> Response:
+    def _dispatch(self, request: models.Request) -> models.Response:
         match request:
-            case DescribeNSM():
-                return Description(
+            case models.DescribeNSM():
+                return models.Description(
                     version_major=1,
                     version_minor=0,
                     version_patch=0,
                     module_id=self.module_id,
                     max_pcrs=MAX_PCRS,
                     locked_pcrs=frozenset(i for i in range(MAX_PCRS) if self._locked[i]),
-                    digest=Digest.SHA384,
+                    digest=models.Digest.SHA384,
                 )
-            case DescribePCR(index=index):
+            case models.DescribePCR(index=index):
                 if index >= MAX_PCRS:
-                    return ErrorResponse(ErrorCode.INVALID_INDEX)
-                return PcrState(locked=self._locked[index], data=self._pcrs[index])
-            case ExtendPCR(index=index, data=data):
+                    return models.ErrorResponse(models.ErrorCode.INVALID_INDEX)
+                return models.PcrState(locked=self._locked[index], data=self._pcrs[index])
+            case models.ExtendPCR(index=index, data=data):
                 if index >= MAX_PCRS:
-                    return ErrorResponse(ErrorCode.INVALID_INDEX)
+                    return models.ErrorResponse(models.ErrorCode.INVALID_INDEX)
                 if self._locked[index]:
-                    return ErrorResponse(ErrorCode.READ_ONLY_INDEX)
+                    return models.ErrorResponse(models.ErrorCode.READ_ONLY_INDEX)
                 self._pcrs[index] = extend(self._pcrs[index], data)
-                return PcrExtended(self._pcrs[index])
-            case LockPCR(index=index):
+                return models.PcrExtended(self._pcrs[index])
+            case models.LockPCR(index=index):
                 if index >= MAX_PCRS:
-                    return ErrorResponse(ErrorCode.INVALID_INDEX)
+                    return models.ErrorResponse(models.ErrorCode.INVALID_INDEX)
                 if self._locked[index]:
-                    return ErrorResponse(ErrorCode.READ_ONLY_INDEX)
+                    return models.ErrorResponse(models.ErrorCode.READ_ONLY_INDEX)
                 self._locked[index] = True
-                return PcrLocked()
-            case LockPCRs(range=range_):
+                return models.PcrLocked()
+            case models.LockPCRs(range=range_):
                 if range_ > MAX_PCRS:
-                    return ErrorResponse(ErrorCode.INVALID_INDEX)
+                    return models.ErrorResponse(models.ErrorCode.INVALID_INDEX)
                 for i in range(range_):
                     self._locked[i] = True
-                return PcrsLocked()
-            case GetRandom():
-                return RandomBytes(self._random(RANDOM_SIZE))
-            case Attestation():
+                return models.PcrsLocked()
+            case models.GetRandom():
+                return models.RandomBytes(self._random(RANDOM_SIZE))
+            case models.Attestation():
                 return self._attest(request)
 
-    def _attest(self, request: Attestation) -> Response:
+    def _attest(self, request: models.Attestation) -> models.Response:
         fields = (request.user_data, request.nonce, request.public_key)
         limit = self._field_max
         if limit is not None and any(f is not None and len(f) > limit for f in fields):
-            return ErrorResponse(ErrorCode.INPUT_TOO_LARGE)
+            return models.ErrorResponse(models.ErrorCode.INPUT_TOO_LARGE)
         now = self._now()
         leaf = self._current_leaf(now)
         document = builder.build_document(
@@ -245,7 +237,7 @@ class Emulator:
             nonce=request.nonce,
             indefinite=self._indefinite,
         )
-        return AttestationResponse(document)
+        return models.AttestationResponse(document)
 
     # --- PKI upkeep ---------------------------------------------------------------------
 

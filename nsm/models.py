@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import ClassVar
 
 __all__ = [
     "Attestation",
@@ -26,6 +27,24 @@ __all__ = [
     "Request",
     "Response",
 ]
+
+
+class _HexRepr:
+    """`repr` with byte values in hex (PCRs, keys, nonces read as their digests are written);
+    the fields named in `_SIZED` (whole documents) by their size only."""
+
+    _SIZED: ClassVar[frozenset[str]] = frozenset()
+
+    def __repr__(self) -> str:
+        parts = []
+        for field in fields(self):  # type: ignore[arg-type]  # every user is a dataclass
+            value = getattr(self, field.name)
+            if isinstance(value, bytes):
+                shown = f"<{len(value)} bytes>" if field.name in self._SIZED else f"'{value.hex()}'"
+            else:
+                shown = repr(value)
+            parts.append(f"{field.name}={shown}")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
 
 class ErrorCode(enum.Enum):
@@ -67,8 +86,8 @@ class Description:
     digest: Digest
 
 
-@dataclass(frozen=True)
-class PcrState:
+@dataclass(frozen=True, repr=False)
+class PcrState(_HexRepr):
     """Answer to DescribePCR: whether the PCR is locked, and its value."""
 
     locked: bool
@@ -93,8 +112,8 @@ class DescribePCR:
     index: int
 
 
-@dataclass(frozen=True)
-class ExtendPCR:
+@dataclass(frozen=True, repr=False)
+class ExtendPCR(_HexRepr):
     index: int
     data: bytes
 
@@ -109,8 +128,8 @@ class LockPCRs:
     range: int
 
 
-@dataclass(frozen=True)
-class Attestation:
+@dataclass(frozen=True, repr=False)
+class Attestation(_HexRepr):
     user_data: bytes | None = None
     nonce: bytes | None = None
     public_key: bytes | None = None
@@ -122,8 +141,8 @@ Request = DescribeNSM | GetRandom | DescribePCR | ExtendPCR | LockPCR | LockPCRs
 # Responses. LockPCR and LockPCRs answers are unit variants (bare text on the wire).
 
 
-@dataclass(frozen=True)
-class PcrExtended:
+@dataclass(frozen=True, repr=False)
+class PcrExtended(_HexRepr):
     """Answer to ExtendPCR: the PCR's new value."""
 
     data: bytes
@@ -139,15 +158,16 @@ class PcrsLocked:
     """Answer to LockPCRs."""
 
 
-@dataclass(frozen=True)
-class AttestationResponse:
+@dataclass(frozen=True, repr=False)
+class AttestationResponse(_HexRepr):
     """Answer to Attestation: the COSE_Sign1 document bytes."""
 
+    _SIZED: ClassVar[frozenset[str]] = frozenset({"document"})
     document: bytes
 
 
-@dataclass(frozen=True)
-class RandomBytes:
+@dataclass(frozen=True, repr=False)
+class RandomBytes(_HexRepr):
     """Answer to GetRandom."""
 
     random: bytes

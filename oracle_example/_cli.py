@@ -15,13 +15,39 @@ import logging
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from enclave_net._cli import run_command, stop_on_signals
 from enclave_net.errors import EnclaveNetError
+from nsm_attestation_cli import CliParser, UsageError, dump, epilog_everywhere
 from oracle_example import __version__
 from oracle_example.errors import OracleExampleError
 
+if TYPE_CHECKING:
+    from oracle_example.sealed import SealedKeyOptions
+
 __all__ = ["build_parser", "main"]
+
+_EXIT_CODES = """\
+exit status:
+  0    done; get: a verified price
+  1    get: verification failed, or the enclave signed an OracleError; doctor: a check failed
+  2    usage error; get: gateway unreachable; enclave: boot refused; bad configuration
+  141  stdout closed early (e.g. | head)
+With --json, results and errors are JSON on stdout (docs/schemas/).
+"""
+# `get`'s hints by error code, in terms of its flags.
+_GET_HINTS = {
+    "policy.debug": "pass --allow-debug to accept a debug-mode enclave (development only)",
+    "chain.untrusted": "an enclave on the NSM emulator is signed by its own root: pass --root "
+    "PEM (the demo writes it to its --out directory)",
+    "policy.pcr-mismatch": "pin the PCRs the enclave image measures (--pcr I=HEX, from "
+    "`nitro-cli describe-eif`)",
+    "client.transport": "is the gateway running at --gateway? (`enclave-net gateway` on the "
+    "parent)",
+    "verify.too_few_sources": "fewer exchanges answered than --min-sources",
+    "verify.stale_report": "the report is older than --max-age SECONDS",
+}
 
 
 # --- enclave --------------------------------------------------------------------------------------
@@ -35,8 +61,9 @@ def _add_enclave(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser(
         "enclave",
         help="run the oracle inside the enclave (boot, fetch loop, API over vsock)",
-        description="Boots the oracle (lo up, NSM, key from NSM randomness, PCR16 := config "
-        "hash, locked; attestation binding the key), then fetches, signs and serves reports. "
+        description="Boots the oracle (lo up, NSM, PCR16 := config hash, locked; key from NSM "
+        "randomness, or unsealed with --sealed-key; attestation binding the key), then "
+        "fetches, signs and serves reports. "
         "Production mode (the default) refuses the NSM emulator and debug-mode enclaves. "
         f"Default routes (one per configured source): {', '.join(default_routes(OracleConfig()))}.",
     )
@@ -64,8 +91,65 @@ def _add_enclave(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="SECONDS",
         help="(--dev only) shift the enclave clock, to exercise the clock check",
     )
+    _add_sealed_key(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_run_enclave)
+
+
+def _add_sealed_key(p: argparse.ArgumentParser) -> None:
+    from oracle_example.sealed import DEFAULT_CREDENTIALS, DEFAULT_KMS_ROUTE, DEFAULT_STORE
+
+    g = p.add_argument_group(
+        "sealed key",
+        "Keep the signing key across restarts: sealed with KMS Encrypt on the first boot, "
+        "unsealed with Decrypt + Recipient later, which the key policy allows only for this "
+        "image's PCR0 and this config's PCR16. A refusal stops the boot (no new key).",
+    )
+    g.add_argument(
+        "--sealed-key", metavar="KEY_ID", help="the KMS key (id, ARN or alias) that seals it"
+    )
+    g.add_argument("--kms-region", metavar="REGION", help="the key's region (with --sealed-key)")
+    g.add_argument(
+        "--kms-route",
+        default=DEFAULT_KMS_ROUTE,
+        metavar="ADDR",
+        help=f"parent address for kms.REGION.amazonaws.com:443 (default {DEFAULT_KMS_ROUTE})",
+    )
+    g.add_argument(
+        "--kms-credentials",
+        default=DEFAULT_CREDENTIALS,
+        metavar="ADDR",
+        help=f"parent credentials endpoint (default {DEFAULT_CREDENTIALS})",
+    )
+    g.add_argument(
+        "--sealed-key-store",
+        default=DEFAULT_STORE,
+        metavar="ADDR",
+        help=f"parent's write-once blob store (default {DEFAULT_STORE})",
+    )
+    g.add_argument(
+        "--kms-ca-bundle", type=Path, metavar="PEM", help="CAs for KMS (default: certifi's)"
+    )
+
+
+def _sealed_key(args: argparse.Namespace) -> SealedKeyOptions | None:
+    from enclave_net.address import parse_address
+    from oracle_example.sealed import SealedKeyOptions
+
+    if args.sealed_key is None:
+        if args.kms_region is not None:
+            raise ValueError("--kms-region needs --sealed-key KEY_ID")
+        return None
+    if args.kms_region is None:
+        raise ValueError("--sealed-key needs --kms-region")
+    return SealedKeyOptions(
+        key_id=args.sealed_key,
+        region=args.kms_region,
+        kms_route=parse_address(args.kms_route),
+        credentials=parse_address(args.kms_credentials),
+        store=parse_address(args.sealed_key_store),
+        ca_bundle=args.kms_ca_bundle,
+    )
 
 
 def _run_enclave(args: argparse.Namespace) -> int:
@@ -109,6 +193,7 @@ def _enclave(args: argparse.Namespace) -> int:
         production=not args.dev,
         interval=timedelta(seconds=args.interval),
         clock=clock,
+        sealed_key=_sealed_key(args),
     )
     emulated = args.nsm != "device"
     if emulated and not args.dev:
@@ -127,7 +212,7 @@ def _enclave(args: argparse.Namespace) -> int:
             try:
                 oracle.boot()
             except OracleExampleError as exc:
-                log.error("boot refused: %s", exc)
+                log.error("boot refused: %s", exc, extra={"fields": {"code": exc.code}})
                 return 2
 
             async def main() -> None:
@@ -185,8 +270,7 @@ def _run_get(args: argparse.Namespace) -> int:
     from oracle_example.errors import ClientError, ReportVerificationError
 
     if not args.pcr:
-        print("nitro-oracle get: pin at least PCR0 with --pcr 0=HEX", file=sys.stderr)
-        return 2
+        raise UsageError("pin at least PCR0 with --pcr 0=HEX")
     verifier = Verifier(roots=load_pem_roots(args.root.read_bytes())) if args.root else None
     config_hash = (
         OracleConfig.from_json(json.loads(args.config.read_text())).config_hash
@@ -206,13 +290,16 @@ def _run_get(args: argparse.Namespace) -> int:
             timeout=args.timeout,
         )
     except (ReportVerificationError, ClientError) as exc:
+        hint = _GET_HINTS.get(exc.code)
         if args.json:
-            print(json.dumps(failure_json(args.feed, exc)))
+            print(dump(failure_json(args.feed, exc, hint=hint)))
         else:
             print(f"{args.feed}  NOT VERIFIED: {exc} [{exc.code}]")
+            if hint:
+                print(f"hint: {hint}")
         return 2 if isinstance(exc, ClientError) else 1
     if args.json:
-        print(json.dumps(result_json(result), default=str))
+        print(dump(result_json(result)))
     else:
         print("\n".join(summary(result)))
     return 0 if result.verified is not None else 1
@@ -228,13 +315,20 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Starts the NSM emulator, the parent egress proxy, the enclave app (in a "
         "network namespace with no interfaces when root) and the gateway; fetches and verifies "
         "BTC/USD and ETH/USD; writes reports, the attestation and the emulator root to --out. "
-        "Uses live exchanges when they answer, else a local HTTPS replay (said loudly).",
+        "Uses live exchanges when they answer, else a local HTTPS replay (said loudly). The "
+        "enclave runs with --sealed-key against a KMS double and is restarted once: the signer "
+        "address must stay the same.",
     )
     p.add_argument("--out", type=Path, default=Path("oracle-demo"), metavar="DIR")
     p.add_argument("--seed", type=int, default=None, help="deterministic emulator PKI and PCRs")
     p.add_argument("--replay", action="store_true", help="skip the live probe, use the replay")
     p.add_argument(
         "--no-netns", action="store_true", help="run the enclave as a plain process even as root"
+    )
+    p.add_argument(
+        "--no-sealed-key",
+        action="store_true",
+        help="a new key every boot, no KMS double and no restart step",
     )
     p.set_defaults(func=_run_demo)
 
@@ -243,7 +337,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     from oracle_example.demo import run_demo
 
     return run_demo(
-        args.out, seed=args.seed, force_replay=args.replay, netns=False if args.no_netns else None
+        args.out,
+        seed=args.seed,
+        force_replay=args.replay,
+        netns=False if args.no_netns else None,
+        sealed_key=not args.no_sealed_key,
     )
 
 
@@ -295,17 +393,21 @@ def _run_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="nitro-oracle",
         description="The reference Nitro enclave price oracle. Networking tools (egress "
         "proxy, gateway, fetch) are `enclave-net`'s.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", metavar="COMMAND"),
+    )
     _add_enclave(sub)
     _add_get(sub)
     _add_doctor(sub)
     _add_demo(sub)
+    epilog_everywhere(parser, _EXIT_CODES)
     return parser
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from attestation import Policy
+from nsm_attestation_cli import error_json
 from oracle_example.binding import (
     DEFAULT_MAX_REPORT_AGE,
     DocumentVerifier,
@@ -216,6 +217,10 @@ def result_json(result: GetResult) -> dict[str, object]:
     return out
 
 
-def failure_json(feed: str, exc: ReportVerificationError | ClientError) -> dict[str, object]:
+def failure_json(
+    feed: str, exc: ReportVerificationError | ClientError, *, hint: str | None = None
+) -> dict[str, object]:
+    """A failed `get_report` in the one error shape (docs/schemas/error.schema.json), with the
+    feed, `verified: false` and the broken link (`step`) beside it."""
     step = exc.step if isinstance(exc, ReportVerificationError) else "transport"
-    return {"feed": feed, "verified": False, "step": step, "code": exc.code, "message": str(exc)}
+    return error_json(exc.code, str(exc), hint, feed=feed, verified=False, step=step)

@@ -15,27 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
 import logging
 import os
 import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
-import certifi
 from cryptography import x509
 
 from attestation import AttestationDocument, Verifier, load_pem_roots
@@ -48,11 +44,11 @@ from nsm._server import EmulatorServer, write_root_pem
 from nsm.emulator import Emulator
 from oracle_example.client import GetResult, get_report, http_get, summary
 from oracle_example.config import OracleConfig
-from oracle_example.errors import ClientError, OracleExampleError, ReportVerificationError
-from oracle_example.exchanges import build_sources
+from oracle_example.errors import ClientError, ReportVerificationError
+from oracle_example.kms_parent import SealedKeyParent
 from oracle_example.oracle import expected_pcr16
+from oracle_example.probes import probe_live
 from oracle_example.replay import DemoCertificates, ReplayExchange
-from oracle_example.sources import Source
 
 __all__ = ["OracleStack", "probe_live", "run_demo"]
 
@@ -61,59 +57,7 @@ _LOGGERS = ("enclave_net", "oracle_example")
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 #: Long enough for a cold Python start, boot and the first round on a slow 2-core machine.
 READY_TIMEOUT = 30.0
-#: Live probe: one HTTPS GET per exchange through the parent's resolver, connect and read.
-PROBE_TIMEOUT = 3.0
-_PROBE_MAX_BODY = 64 * 1024
 _STOP_TIMEOUT = 5.0
-
-
-def probe_live(config: OracleConfig, *, timeout: float = PROBE_TIMEOUT) -> dict[str, str | None]:
-    """source id -> None when the exchange answered a real quote, else why not.
-
-    "Answers" means what the enclave needs: an HTTPS GET of the source's own endpoint for the
-    first feed, with certificate checks (certifi), returning a body its adapter parses into a
-    quote. A TCP connect alone would call a geo-blocked (451) or intercepted host live.
-    """
-    feed = config.feeds[0].symbol
-    context = ssl.create_default_context(cafile=certifi.where())
-
-    def one(source: Source) -> str | None:
-        request = source.request(feed)
-        connection = http.client.HTTPSConnection(
-            request.host, request.port, timeout=timeout, context=context
-        )
-        try:
-            connection.request("GET", request.path, headers=dict(request.headers))
-            response = connection.getresponse()
-            body = response.read(_PROBE_MAX_BODY + 1)
-            if len(body) > _PROBE_MAX_BODY:
-                return f"answer larger than {_PROBE_MAX_BODY} bytes"
-            source.parse(
-                feed,
-                status=response.status,
-                headers=dict(response.getheaders()),
-                body=body,
-                now=datetime.now(UTC),
-            )
-            return None
-        except (OSError, http.client.HTTPException, OracleExampleError) as exc:
-            return f"{type(exc).__name__}: {exc}"
-        finally:
-            connection.close()
-
-    sources = build_sources(config)
-    pool = ThreadPoolExecutor(max_workers=len(sources) or 1)
-    try:
-        futures = {name: pool.submit(one, source) for name, source in sources.items()}
-        out: dict[str, str | None] = {}
-        for name, future in futures.items():
-            try:
-                out[name] = future.result(timeout * 3)
-            except Exception as exc:
-                out[name] = f"probe failed: {exc!r}"
-        return out
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _netns_available() -> bool:
@@ -154,6 +98,7 @@ class OracleStack:
         interval: float = 2.0,
         enclave_args: Sequence[str] = (),
         workdir: Path | None = None,
+        sealed: bool = False,
     ) -> None:
         self.config = config or OracleConfig()
         self.replay_mode = replay
@@ -175,6 +120,10 @@ class OracleStack:
         self._loop: _Loop | None = None
         self._log_file: TextIO | None = None
         self.stopped: list[str] = []
+        # --sealed-key: the KMS double, credentials and blob store, and the parent's KMS route.
+        self.sealed = sealed
+        self.kms: SealedKeyParent | None = None
+        self.kms_proxy: EgressProxy | None = None
 
     # --- addresses -------------------------------------------------------------------------
 
@@ -185,6 +134,10 @@ class OracleStack:
     @property
     def enclave_socket(self) -> Path:
         return self.dir / "enclave.sock"
+
+    @property
+    def _kms_route(self) -> UnixAddress:
+        return UnixAddress(str(self.dir / "egress-kms.sock"))
 
     def egress_socket(self, source: str) -> Path:
         return self.dir / f"egress-{source}.sock"
@@ -227,6 +180,15 @@ class OracleStack:
             ProxyConfig(routes=routes, pins=pins, allow_private=self.replay_mode)
         )
         self._loop.run(self.proxy.start())
+        if self.sealed:
+            self.kms = SealedKeyParent(
+                self.dir,
+                root_pem=self.root_pem,
+                pcr0=self.emulator.pcr(0),
+                pcr16=expected_pcr16(self.config),
+            ).start()
+            self.kms_proxy = EgressProxy(self.kms.proxy_config(self._kms_route))
+            self._loop.run(self.kms_proxy.start())
         self._start_enclave()
         self._wait_for_socket(self.enclave_socket)
         self.gateway = Gateway(
@@ -256,18 +218,28 @@ class OracleStack:
             args += ["--route", f"{source.host}:443=unix:{self.egress_socket(source.id)}"]
         if self.certs is not None:
             args += ["--ca-bundle", str(self.certs.ca_pem)]
+        if self.kms is not None:
+            args += self.kms.enclave_args(self._kms_route)
         args += self.enclave_args
         # `unshare --net` execs the command in a new network namespace: only `lo`, DOWN, no
         # routes. It dies with the process, so nothing is left to delete afterwards.
         return (["unshare", "--net", "--"] if self.netns else []) + args
 
-    def _start_enclave(self) -> None:
+    def restart_enclave(self) -> None:
+        """Stop the enclave and launch it again, as on a relaunch of the same EIF: the NSM's
+        PCRs 16 and up are fresh, everything else (image, instance, parent) is the same."""
+        self._stop_enclave()
+        self.emulator.restart()
+        self._start_enclave(log_mode="a")
+        self._wait_for_socket(self.enclave_socket)
+
+    def _start_enclave(self, log_mode: Literal["w", "a"] = "w") -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p
         )
         env.pop("NSM_EMULATOR", None)  # the enclave is told explicitly, with --nsm
-        self._log_file = self.enclave_log.open("w")
+        self._log_file = self.enclave_log.open(log_mode)
         self.enclave = subprocess.Popen(
             self.enclave_command(),
             stdin=subprocess.DEVNULL,
@@ -340,8 +312,7 @@ class OracleStack:
         options.update(kwargs)
         return get_report(self.gateway_url, feed, **options)
 
-    def close(self) -> None:
-        """Stop everything started, in reverse order; safe to call twice or after a failure."""
+    def _stop_enclave(self) -> None:
         if self.enclave is not None:
             if self.enclave.poll() is None:
                 self.enclave.send_signal(signal.SIGTERM)
@@ -355,19 +326,28 @@ class OracleStack:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    def close(self) -> None:
+        """Stop everything started, in reverse order; safe to call twice or after a failure."""
+        self._stop_enclave()
         if self._loop is not None:
-            for name, part in (("gateway", self.gateway), ("egress proxy", self.proxy)):
+            parts = (("gateway", self.gateway), ("egress proxy", self.proxy))
+            for name, part in (*parts, ("KMS route", self.kms_proxy)):
                 if part is not None:
                     with contextlib.suppress(Exception):
                         self._loop.run(part.close())
                     self.stopped.append(name)
-            self.gateway = self.proxy = None
+            self.gateway = self.proxy = self.kms_proxy = None
             with contextlib.suppress(Exception):
                 self._loop.run(_cancel_remaining())
             self._loop.loop.call_soon_threadsafe(self._loop.loop.stop)
             self._loop.thread.join(_STOP_TIMEOUT)
             self._loop.loop.close()
             self._loop = None
+        if self.kms is not None:
+            self.kms.close()
+            self.kms = None
+            self.stopped.append("KMS double, credentials endpoint, blob store")
         if self.replay is not None:
             self.replay.close()
             self.replay = None
@@ -426,6 +406,29 @@ def _attestation_lines(document: bytes) -> list[str]:
     return lines
 
 
+def _restart_with_sealed_key(
+    stack: OracleStack, before: dict[str, Any], write: Callable[[str], None]
+) -> tuple[dict[str, Any], bool]:
+    """Restart the enclave; with --sealed-key the signer address must come back unchanged."""
+    assert stack.kms is not None
+    blob = stack.kms.blob_file.stat().st_size
+    write(
+        f"sealed key       boot 1 ({before['key']}): born from NSM randomness, KMS Encrypt, "
+        f"{blob} bytes of ciphertext in the parent's store"
+    )
+    write("restarting the enclave (same image and config: same PCR0 and PCR16) ...")
+    stack.restart_enclave()
+    after = stack.wait_ready(timeout=READY_TIMEOUT)
+    write(f"signer address   {before['address']} before the restart")
+    write(f"signer address   {after['address']} after the restart ({after['key']}: KMS")
+    write("                 Decrypt + Recipient, allowed by the key policy for this PCR0/PCR16)")
+    write(f"KMS double       served {', '.join(stack.kms.served())}")
+    same = after["address"] == before["address"] and after["key"] == "unsealed"
+    write("  -> SAME signer address across the restart" if same else _loud("ADDRESS CHANGED"))
+    write("")
+    return after, same
+
+
 def _print(line: str) -> None:
     print(line, flush=True)
 
@@ -441,6 +444,7 @@ def run_demo(
     force_replay: bool = False,
     netns: bool | None = None,
     write: Callable[[str], None] | None = None,
+    sealed_key: bool = True,
 ) -> int:
     """Run the demo; 0 when both feeds verified end to end."""
     if write is None:
@@ -466,7 +470,7 @@ def run_demo(
                 )
             )
             write(f"    (probe: {reasons})")
-    stack = OracleStack(config=config, seed=seed, replay=not live, netns=netns)
+    stack = OracleStack(config=config, seed=seed, replay=not live, netns=netns, sealed=sealed_key)
     verified: list[GetResult] = []
     try:
         with (
@@ -491,6 +495,12 @@ def run_demo(
             pid = stack.enclave.pid if stack.enclave is not None else "?"
             write(f"  enclave app    pid {pid} {where}; DNS guarded off; --dev (emulator)")
             write(f"  gateway        {stack.gateway_url} -> unix:{stack.enclave_socket}")
+            if stack.kms is not None and stack.kms.double is not None:
+                write(
+                    f"  KMS double     {stack.kms.host} -> 127.0.0.1:{stack.kms.double.port} "
+                    "(a double, not AWS; key policy on PCR0 and PCR16), with the parent's "
+                    "credentials endpoint and write-once blob store"
+                )
             health = stack.wait_ready(timeout=READY_TIMEOUT)
             write("")
             write("PCRs pinned by the consumer (PCR0-2 as the build prints them, PCR16 = config):")
@@ -500,6 +510,9 @@ def run_demo(
             write(f"configHash       {health['configHash']}")
             write("")
             failures = 0
+            if stack.kms is not None:
+                health, same = _restart_with_sealed_key(stack, health, write)
+                failures += not same
             for feed in feeds:
                 try:
                     result = stack.get(feed)

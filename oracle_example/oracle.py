@@ -5,9 +5,11 @@ Boot (`Oracle.boot`), in this order, failing closed at each step:
 1. bring `lo` up (fatal in production, a warning in development);
 2. open the NSM: `/dev/nsm`, or the emulator only when named explicitly; production mode refuses
    the emulator and a debug-mode enclave (PCR0 all zero, reference/oracle.md §4);
-3. a secp256k1 key from NSM randomness (coincurve). It lives in this process only: nothing
-   serialises, logs or returns it;
-4. PCR16 := SHA384(0^48 || configHash), then locked, so the document names the config too;
+3. PCR16 := SHA384(0^48 || configHash), then locked, so the document names the config too;
+4. a secp256k1 key from NSM randomness (coincurve). It lives in this process only: nothing
+   logs or returns it. With `sealed_key` (sealed.py) it is also sealed with KMS on the first
+   boot and unsealed on later ones, which KMS allows only for this PCR0 and PCR16 (hence
+   after step 3); a refusal stops the boot rather than making a new key;
 5. an attestation with `public_key` = the 65-byte uncompressed key and `user_data` = the fixed
    88-byte binding (binding.py), whose timestamp is the first clock check.
 
@@ -69,6 +71,7 @@ from oracle_example.report import (
     detail_hash,
     feed_id,
 )
+from oracle_example.sealed import SealedKeyOptions, load_signing_secret
 from oracle_example.sources import Source, SourceState
 
 __all__ = [
@@ -124,6 +127,8 @@ class EnclaveOptions:
     clock_check: _dt.timedelta = DEFAULT_CLOCK_CHECK
     clock: Callable[[], _dt.datetime] = _utcnow
     """The enclave clock; injected so tests can make it drift."""
+    sealed_key: SealedKeyOptions | None = None
+    """Keep the signing key across restarts, sealed with KMS (None: a new key every boot)."""
 
 
 @dataclass
@@ -167,6 +172,9 @@ class Oracle:
         self.pcr0 = b""
         self.pcr16 = b""
         self.debug = False
+        # "nsm" (a new key this boot), "sealed" (new, and sealed for later boots) or
+        # "unsealed" (the key an earlier boot sealed).
+        self.key_origin = ""
         self._document = b""
         self._slowest = 0.0
         self._started = options.clock()
@@ -200,10 +208,6 @@ class Oracle:
                             "production mode refuses to sign (run-enclave without --debug-mode)"
                         )
                     log.warning("DEBUG-MODE NSM (PCR0 all zero): documents will not verify")
-                self._key = _key_from_nsm(self._nsm)
-                self.public_key = public_key_bytes(self._key)
-                self.binding = Binding.for_key(self.public_key, self.config)
-                self.address = self.binding.address
                 state = self._nsm.describe_pcr(_PCR16)
                 if state.locked or any(state.data):
                     raise EnclaveBootError(
@@ -212,6 +216,10 @@ class Oracle:
                     )
                 self.pcr16 = self._nsm.extend_pcr(_PCR16, self.config.config_hash)
                 self._nsm.lock_pcr(_PCR16)
+                self._key = self._signing_key()
+                self.public_key = public_key_bytes(self._key)
+                self.binding = Binding.for_key(self.public_key, self.config)
+                self.address = self.binding.address
         except NsmError as exc:
             raise EnclaveBootError(f"NSM: {exc}") from exc
         self._check_clock()
@@ -223,12 +231,30 @@ class Oracle:
                     "nsm": "emulator" if self.emulated else "device",
                     "module_id": description.module_id,
                     "address": to_checksum_address(self.address),
+                    "key": self.key_origin,
                     "config_hash": "0x" + self.config.config_hash.hex(),
                     "pcr0": self.pcr0.hex(),
                     "pcr16": self.pcr16.hex(),
                 }
             },
         )
+
+    def _signing_key(self) -> coincurve.PrivateKey:
+        sealed = self.options.sealed_key
+        if sealed is None:
+            self.key_origin = "nsm"
+            return _key_from_nsm(self._nsm)
+        secret, created = load_signing_secret(
+            self._nsm,
+            sealed,
+            create=lambda: _key_from_nsm(self._nsm).secret,
+            pcr0=self.pcr0,
+            pcr16=self.pcr16,
+        )
+        if len(secret) != 32 or not 0 < int.from_bytes(secret, "big") < SECP256K1_N:
+            raise EnclaveBootError("the unsealed signing key is not a secp256k1 scalar")
+        self.key_origin = "sealed" if created else "unsealed"
+        return coincurve.PrivateKey(secret)
 
     def _attest(self, nonce: bytes | None) -> bytes:
         if self.binding is None:
@@ -464,6 +490,7 @@ class Oracle:
             "nsm": "emulator" if self.emulated else "device",
             "debug": self.debug,
             "address": to_checksum_address(self.address),
+            "key": self.key_origin,
             "publicKey": "0x" + self.public_key.hex(),
             "configHash": "0x" + self.config.config_hash.hex(),
             "domainsHash": "0x" + self.config.domains_hash.hex(),

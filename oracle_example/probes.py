@@ -4,13 +4,21 @@ Each exchange's `Source` knows its time endpoint and how to read it (exchanges.p
 only adapts it to the doctor's `Probe` and adds the oracle's own check (reference/networking.md
 §7.2 point 12): the exchange's ticker, fetched and judged exactly as a round does, must be
 fresh. The network can be healthy and the data still stale.
+
+`probe_live` is the demo's question before it starts: does each exchange answer a real quote
+from here (through the parent's resolver)?
 """
 
 from __future__ import annotations
 
+import http.client
+import ssl
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+
+import certifi
 
 from enclave_net.address import HostPort
 from enclave_net.doctor import (
@@ -26,11 +34,11 @@ from enclave_net.doctor import (
 from enclave_net.egress import EgressClient, Response
 from enclave_net.errors import EgressError
 from oracle_example.config import OracleConfig
-from oracle_example.errors import SourceError, SourceMalformed
+from oracle_example.errors import OracleExampleError, SourceError, SourceMalformed
 from oracle_example.exchanges import build_sources
 from oracle_example.sources import Source
 
-__all__ = ["ExchangeProbe", "oracle_probes"]
+__all__ = ["ExchangeProbe", "oracle_probes", "probe_live"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,3 +139,57 @@ def oracle_probes(config: OracleConfig, *, max_age: timedelta | None = None) -> 
             )
         )
     return probes
+
+
+#: Live probe: one HTTPS GET per exchange through the parent's resolver, connect and read.
+PROBE_TIMEOUT = 3.0
+_PROBE_MAX_BODY = 64 * 1024
+
+
+def probe_live(config: OracleConfig, *, timeout: float = PROBE_TIMEOUT) -> dict[str, str | None]:
+    """source id -> None when the exchange answered a real quote, else why not.
+
+    "Answers" means what the enclave needs: an HTTPS GET of the source's own endpoint for the
+    first feed, with certificate checks (certifi), returning a body its adapter parses into a
+    quote. A TCP connect alone would call a geo-blocked (451) or intercepted host live.
+    """
+    feed = config.feeds[0].symbol
+    context = ssl.create_default_context(cafile=certifi.where())
+
+    def one(source: Source) -> str | None:
+        request = source.request(feed)
+        connection = http.client.HTTPSConnection(
+            request.host, request.port, timeout=timeout, context=context
+        )
+        try:
+            connection.request("GET", request.path, headers=dict(request.headers))
+            response = connection.getresponse()
+            body = response.read(_PROBE_MAX_BODY + 1)
+            if len(body) > _PROBE_MAX_BODY:
+                return f"answer larger than {_PROBE_MAX_BODY} bytes"
+            source.parse(
+                feed,
+                status=response.status,
+                headers=dict(response.getheaders()),
+                body=body,
+                now=datetime.now(UTC),
+            )
+            return None
+        except (OSError, http.client.HTTPException, OracleExampleError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            connection.close()
+
+    sources = build_sources(config)
+    pool = ThreadPoolExecutor(max_workers=len(sources) or 1)
+    try:
+        futures = {name: pool.submit(one, source) for name, source in sources.items()}
+        out: dict[str, str | None] = {}
+        for name, future in futures.items():
+            try:
+                out[name] = future.result(timeout * 3)
+            except Exception as exc:
+                out[name] = f"probe failed: {exc!r}"
+        return out
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -5,27 +5,26 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from attestation._chain import DEFAULT_CACHE_SIZE
+from attestation._output import certificate_json
+from attestation._output import iso_time as _iso
 from attestation.document import VerifiedDocument
 from attestation.errors import AttestationError
 from attestation.policy import Policy
@@ -38,9 +37,11 @@ from attestation.service._config import (
 )
 from attestation.service._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from attestation.service._metrics import Registry
+from attestation.service._middleware import HeadLimits, Observe, access_log
 from attestation.service._openapi import openapi_schema
 from attestation.service._wire import CBOR, JSON, MAX_NONCE_BYTES
 from attestation.verifier import Verifier
+from nsm_attestation_cli import error_json
 
 __all__ = ["app_from_environment", "configure_logging", "create_app"]
 
@@ -54,11 +55,7 @@ _RFC3339 = re.compile(
 )
 _QUERY_KEYS = frozenset({"policy", "nonce", "at"})
 _JSON_KEYS = frozenset({"document", "policy", "nonce", "at"})
-# Routes with their own metrics label; anything else is "other", so that scanners probing random
-# paths cannot grow the label set without bound.
-_ROUTES = ("/v1/verify", "/healthz", "/metrics", "/openapi.json")
 
-_access_log = logging.getLogger("attestation.service.access")
 _log = logging.getLogger("attestation.service")
 
 
@@ -76,8 +73,35 @@ class _RequestError(Exception):
         self.reason = reason
 
 
+# Hints by error code, in terms of this API and its config (the library's name Python calls).
+_HINTS = {
+    "request.content-type": "POST the raw document as application/cbor with ?policy=NAME, or "
+    'application/json {"document": BASE64, "policy": NAME}',
+    "request.policy": "name one of the policies GET /healthz lists",
+    "request.unknown-policy": "name one of the policies GET /healthz lists",
+    "request.at-not-allowed": "the server's config must set allow_at_override = true "
+    "(for audit deployments)",
+    "request.nonce": f"send the nonce as 1..{MAX_NONCE_BYTES} bytes of hex",
+    "request.at": "send at as RFC 3339 with an offset, e.g. 2026-01-02T03:04:05Z",
+    "policy.debug": "only a policy with allow_debug = true in the server's config accepts "
+    "debug-mode enclaves (development only)",
+    "chain.expired": "a stored document verifies at its own time: send at = its timestamp "
+    "(needs allow_at_override)",
+    "policy.nonce-mismatch": "send the nonce the enclave was asked to include",
+    "policy.stale": "ask the enclave for a fresh document",
+}
+
+
+def _error_body(code: str, reason: str, **context: object) -> bytes:
+    return _dumps(error_json(code, reason, _HINTS.get(code), **context))
+
+
 def _dumps(body: Mapping[str, object]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _json(
@@ -94,23 +118,8 @@ def _utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
 
 
-def _iso(when: _dt.datetime) -> str:
-    return when.astimezone(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _hex_json(value: bytes | None) -> str:
     return "null" if value is None else f'"{value.hex()}"'
-
-
-def _certificate_summary(cert: x509.Certificate) -> dict[str, str]:
-    return {
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "serial": format(cert.serial_number, "x"),
-        "not_before": _iso(cert.not_valid_before_utc),
-        "not_after": _iso(cert.not_valid_after_utc),
-        "sha256": hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
-    }
 
 
 class _PathJson:
@@ -130,7 +139,7 @@ class _PathJson:
         entry = self._entries.get(id(certificates))
         if entry is not None and entry[0] is certificates:
             return entry[1]
-        text = json.dumps([_certificate_summary(c) for c in certificates], separators=(",", ":"))
+        text = json.dumps([certificate_json(c) for c in certificates], separators=(",", ":"))
         if len(self._entries) >= self._maxsize:
             del self._entries[next(iter(self._entries))]  # oldest first (dicts keep order)
         self._entries[id(certificates)] = (certificates, text)
@@ -138,7 +147,8 @@ class _PathJson:
 
 
 def _verified_json(doc: VerifiedDocument, *, policy: str, at: _dt.datetime, path: str) -> bytes:
-    # Assembled as text: this runs once per verified request, and json.dumps of the whole dict
+    # `doc.to_dict()` plus the policy's name (the one result shape; a test holds the two equal),
+    # assembled as text: this runs once per verified request, and json.dumps of the whole dict
     # cost a sizeable share of the service's own overhead. Only `module_id` and `digest` come
     # from the document as text, and they go through json.dumps; everything else is hex, a
     # number, a boolean, a timestamp or a policy name from the validated config.
@@ -182,6 +192,7 @@ class _Service:
         try:
             status, body = await self._answer(scope, receive, state)
         except _Disconnected:
+            state["disconnected"] = True  # nothing to answer; `Observe` counts it apart
             return
         await send(
             {
@@ -208,7 +219,7 @@ class _Service:
                 policy = policy_config.build(nonce=nonce)
         except _RequestError as exc:
             state["code"] = exc.code
-            return exc.status, _dumps({"verified": False, "code": exc.code, "reason": exc.reason})
+            return exc.status, _error_body(exc.code, exc.reason, verified=False)
         when = self.clock() if at is None else at
         # Verification runs on the event loop thread on purpose: it is CPU-bound (about one
         # P-384 check when warm) and holds the GIL, so a thread pool would add a hop per request
@@ -217,8 +228,7 @@ class _Service:
             doc = self.verifier.verify(document, policy=policy, at=when)
         except AttestationError as exc:
             state["code"] = exc.code
-            reason = {"verified": False, "code": exc.code, "reason": exc.reason, "policy": name}
-            return 422, _dumps(reason)
+            return 422, _error_body(exc.code, exc.reason, verified=False, policy=name)
         state["code"] = "ok"
         return 200, _verified_json(doc, policy=name, at=when, path=self.path_json(doc.certificates))
 
@@ -296,8 +306,10 @@ class _Service:
     @staticmethod
     def _json_fields(body: bytes) -> tuple[str, bytes, str | None, str | None]:
         try:
-            fields = json.loads(body)
-        except (ValueError, RecursionError) as exc:
+            # Strict JSON (RFC 8259): UTF-8 only (json.loads would guess UTF-16/32 from bytes),
+            # no NaN/Infinity literals (Python's extension), no byte order mark.
+            fields = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise _RequestError(400, "request.json", "the body is not valid UTF-8 JSON") from exc
         if not isinstance(fields, dict):
             raise _RequestError(400, "request.json", "the body must be a JSON object")
@@ -377,109 +389,10 @@ class _VerifyEndpoint:
         await self.service.verify(scope, receive, send)
 
 
-class _Observe:
-    """Outermost ASGI layer: request metrics and a structured access log line per request.
-
-    It records what the handler concluded (outcome, error code, policy name), sizes and
-    timings; never a body, a query string (it may carry a nonce) or a header value.
-    """
-
-    def __init__(self, app: ASGIApp, *, registry: Registry, access_log: bool) -> None:
-        self.app = app
-        self.access_log = access_log
-        self.requests = registry.counter(
-            "nitro_attest_requests_total", "HTTP requests by route, status, outcome and error code."
-        )
-        self.latency = registry.histogram(
-            "nitro_attest_verify_duration_seconds",
-            "Time to answer POST /v1/verify (reading the body included), in seconds.",
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def observe_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, observe_send)
-        finally:
-            self._record(scope, status, time.perf_counter() - start)
-
-    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
-        path: str = scope.get("path", "")
-        route = path if path in _ROUTES else "other"
-        state: dict[str, Any] = scope.get("nitro_attest", {})
-        code = state.get("code", "")
-        outcome = _outcome(status, verify=route == "/v1/verify")
-        self.requests.inc(
-            (("route", route), ("status", str(status)), ("outcome", outcome), ("code", code))
-        )
-        if route == "/v1/verify":
-            self.latency.observe(elapsed)
-        if self.access_log and _access_log.isEnabledFor(logging.INFO):
-            _access_log.info(_access_line(scope, route, status, outcome, code, state, elapsed))
-
-
-def _quoted(value: str | None) -> str:
-    return f'"{value}"' if value else "null"
-
-
-def _access_line(
-    scope: Scope,
-    route: str,
-    status: int,
-    outcome: str,
-    code: str,
-    state: Mapping[str, Any],
-    elapsed: float,
-) -> str:
-    # Built by hand: json.dumps of a dict cost more than the rest of the service's overhead.
-    # Every value is a number, a literal above, a library/service error code, or a policy name
-    # from the validated config; client address and method come from the server and are quoted
-    # with json.dumps. `policy` is only set for configured names, so a client cannot inject one.
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-    client = scope.get("client")
-    policy = state.get("policy")
-    size = state.get("bytes")
-    return (
-        f'{{"ts":"{stamp}.{int(now % 1 * 1000):03d}Z",'
-        f'"client":{json.dumps(client[0]) if client else "null"},'
-        f'"method":{json.dumps(scope.get("method"))},"path":"{route}","status":{status},'
-        f'"outcome":"{outcome}","code":{_quoted(code)},"policy":{_quoted(policy)},'
-        f'"body_bytes":{size if size is not None else "null"},'
-        f'"duration_ms":{elapsed * 1000:.3f}}}'
-    )
-
-
-_OUTCOMES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "too_large",
-    415: "unsupported_media_type",
-    422: "rejected",
-}
-
-
-def _outcome(status: int, *, verify: bool) -> str:
-    if status == 200:
-        return "verified" if verify else "ok"
-    return _OUTCOMES.get(status, "error" if status >= 500 else "other")
-
-
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "request.not-found", 405: "request.method"}.get(exc.status_code, "request.http")
-    return _json(exc.status_code, {"code": code, "reason": exc.detail}, headers=exc.headers)
+    return _json(exc.status_code, error_json(code, exc.detail), headers=exc.headers)
 
 
 def create_app(
@@ -521,17 +434,20 @@ def create_app(
         ],
         exception_handlers={HTTPException: _http_error},
     )
-    return _Observe(app, registry=registry, access_log=config.access_log)
+    # Starlette would answer `/v1/verify/` with a 307 whose Location is built from the
+    # client's Host header; no redirect is built from client input: 404 instead.
+    app.router.redirect_slashes = False
+    return Observe(HeadLimits(app), registry=registry, access_log=config.access_log)
 
 
 def configure_logging() -> None:
     """Access log lines (already JSON) go to stderr as they are; other records get a prefix."""
-    if not _access_log.handlers:  # once per process, however many apps are made
+    if not access_log.handlers:  # once per process, however many apps are made
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        _access_log.addHandler(handler)
-    _access_log.setLevel(logging.INFO)
-    _access_log.propagate = False
+        access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -540,9 +456,9 @@ def configure_logging() -> None:
 def app_from_environment() -> ASGIApp:
     """An app from the config file named by `$NITRO_ATTEST_SERVICE_CONFIG`, for ASGI servers.
 
-    For several workers under one uvicorn (each worker has its own chain cache):
-    `NITRO_ATTEST_SERVICE_CONFIG=/etc/nitro-attest/service.toml uvicorn --factory
-    attestation.service:app_from_environment --workers 4 --no-access-log`.
+    For another ASGI server, one process per port: forked workers sharing a port would each
+    keep their own metrics, and scrapes would see counters go backwards. The connection bounds
+    (deadlines, connection cap) are `nitro-attest serve`'s, not the app's (docs/deployment.md).
     """
     path = os.environ.get(CONFIG_ENV)
     if not path:

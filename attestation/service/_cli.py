@@ -51,16 +51,16 @@ def run_serve(args: argparse.Namespace) -> int:
     summary = (
         f"config ok: {len(config.policies)} policies ({', '.join(sorted(config.policies))}), "
         f"{len(config.roots)} trust root(s) ({roots}), listen {config.host}:{config.port}, "
-        f"body limit {config.max_body_bytes} bytes, at override "
+        f"body limit {config.max_body_bytes} bytes, up to {config.max_connections} connections, "
+        f"head/body deadlines {config.head_timeout:g}/{config.body_timeout:g} s, at override "
         f"{'ENABLED' if config.allow_at_override else 'off'}"
     )
     if args.check:
         print(summary)
         return 0
     try:
-        import uvicorn
-
         from attestation.service._app import configure_logging, create_app
+        from attestation.service._server import serve
     except ImportError as exc:
         print(
             f"nitro-attest serve: {exc.name} is not installed; "
@@ -72,15 +72,7 @@ def run_serve(args: argparse.Namespace) -> int:
     _log.info("%s", summary)
     if config.allow_at_override:
         _log.warning("allow_at_override is on: clients may verify at any time they choose")
-    uvicorn.run(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        # The service's own access log is structured and body-free; uvicorn's would duplicate it.
-        access_log=False,
-        log_config=None,
-        server_header=False,
-    )
+    serve(create_app(config), config)
     return 0
 
 

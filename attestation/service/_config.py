@@ -7,6 +7,9 @@ max_body_bytes = 16384           # 413 above this
 allow_at_override = false        # accept a client-chosen verification time (audits, tests only)
 access_log = true                # one JSON line per request, never the body
 trust_roots = ["aws"]            # "aws" = the pinned AWS root; anything else is a PEM file path
+max_connections = 1000           # open connections (lowered to fit the descriptor limit)
+head_timeout_seconds = 10        # a request head must arrive within this (408 after)
+body_timeout_seconds = 30        # the body must arrive, and the answer leave, within this
 
 [policies.price-oracle]
 pcrs = { 0 = "<96 hex>", 1 = "<96 hex>", 2 = "<96 hex>" }
@@ -67,8 +70,23 @@ _POLICY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _AWS_ROOT = "aws"
 
 _SERVICE_KEYS = frozenset(
-    {"listen", "max_body_bytes", "allow_at_override", "access_log", "trust_roots"}
+    {
+        "listen",
+        "max_body_bytes",
+        "allow_at_override",
+        "access_log",
+        "trust_roots",
+        "max_connections",
+        "head_timeout_seconds",
+        "body_timeout_seconds",
+    }
 )
+# Connection bounds (docs/deployment.md, "Hostile clients"): the defaults and the accepted range.
+DEFAULT_MAX_CONNECTIONS = 1000
+MAX_MAX_CONNECTIONS = 65535
+DEFAULT_HEAD_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
+MAX_TIMEOUT = 300.0
 _POLICY_KEYS = frozenset({"pcrs", "pcr_sets", "max_age_seconds", "allow_debug"})
 _TOP_KEYS = frozenset({"service", "policies"})
 
@@ -105,6 +123,12 @@ class ServiceConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     allow_at_override: bool = False
     access_log: bool = True
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Open connections at most; `nitro-attest serve` lowers it to fit the descriptor limit."""
+    head_timeout: float = DEFAULT_HEAD_TIMEOUT
+    """Seconds for a request head to arrive (from the connection or the previous answer)."""
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    """Seconds for the body to arrive after the head, and for the answer to be sent."""
     roots: tuple[x509.Certificate, ...]
     """The trust anchors, loaded and checked at start (the AWS root is pin-checked)."""
     uses_aws_root: bool
@@ -154,6 +178,14 @@ def parse_config(
         )
     allow_at = _bool(service.get("allow_at_override", False), f"{where} allow_at_override")
     access_log = _bool(service.get("access_log", True), f"{where} access_log")
+    max_connections = service.get("max_connections", DEFAULT_MAX_CONNECTIONS)
+    if type(max_connections) is not int or not 1 <= max_connections <= MAX_MAX_CONNECTIONS:
+        raise ConfigError(
+            f"{where} max_connections: expected an integer in 1..{MAX_MAX_CONNECTIONS}, "
+            f"got {max_connections!r}"
+        )
+    head_timeout = _seconds(service, "head_timeout_seconds", DEFAULT_HEAD_TIMEOUT, where)
+    body_timeout = _seconds(service, "body_timeout_seconds", DEFAULT_BODY_TIMEOUT, where)
     roots, uses_aws = _roots(service.get("trust_roots", [_AWS_ROOT]), where, base_dir)
 
     policies_table = _table(document.get("policies", {}), f"{source}: [policies]")
@@ -170,10 +202,23 @@ def parse_config(
         max_body_bytes=max_body,
         allow_at_override=allow_at,
         access_log=access_log,
+        max_connections=max_connections,
+        head_timeout=head_timeout,
+        body_timeout=body_timeout,
         roots=roots,
         uses_aws_root=uses_aws,
         policies=MappingProxyType(policies),
     )
+
+
+def _seconds(table: Mapping[str, object], key: str, default: float, where: str) -> float:
+    value = table.get(key, default)
+    # bool is an int subclass: `true` is not a number of seconds.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where} {key}: expected a number of seconds, got {value!r}")
+    if not 0.1 <= value <= MAX_TIMEOUT:
+        raise ConfigError(f"{where} {key}: expected seconds in 0.1..{MAX_TIMEOUT:g}, got {value}")
+    return float(value)
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -49,17 +49,36 @@ def openapi_schema(config: ServiceConfig) -> dict[str, Any]:
         }
         parameters.append({"name": "at", "in": "query", "required": False, "schema": at})
         properties["at"] = at
+    # The one error shape of every command and of this service (docs/schemas/error.schema.json).
     error = {
         "type": "object",
-        "required": ["code", "reason"],
+        "required": ["error"],
         "properties": {
             "verified": {"type": "boolean", "enum": [False]},
-            "code": {"type": "string"},
-            "reason": {"type": "string"},
             "policy": {"type": "string"},
+            "error": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["code", "message", "hint"],
+                "properties": {
+                    "code": {"type": "string", "description": "Stable error code."},
+                    "message": {"type": "string"},
+                    "hint": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "What to do about it, when there is something to do.",
+                    },
+                },
+            },
         },
     }
     hex_or_null = {"type": "string", "nullable": True, "pattern": "^(?:[0-9a-f]{2})*$"}
+    # RFC 3339 in UTC with milliseconds, as every time in the results.
+    utc_ms = {
+        "type": "string",
+        "format": "date-time",
+        "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$",
+    }
     verified = {
         "type": "object",
         "required": [
@@ -80,9 +99,9 @@ def openapi_schema(config: ServiceConfig) -> dict[str, Any]:
         "properties": {
             "verified": {"type": "boolean", "enum": [True]},
             "policy": {"type": "string"},
-            "verified_at": {"type": "string", "format": "date-time"},
+            "verified_at": utc_ms,
             "module_id": {"type": "string"},
-            "timestamp": {"type": "string", "format": "date-time"},
+            "timestamp": utc_ms,
             "timestamp_ms": {"type": "integer"},
             "digest": {"type": "string"},
             "debug": {"type": "boolean"},
@@ -103,15 +122,10 @@ def openapi_schema(config: ServiceConfig) -> dict[str, Any]:
                         "sha256",
                     ],
                     "properties": {
-                        key: {"type": "string"}
-                        for key in (
-                            "subject",
-                            "issuer",
-                            "serial",
-                            "not_before",
-                            "not_after",
-                            "sha256",
-                        )
+                        **{key: {"type": "string"} for key in ("subject", "issuer", "serial")},
+                        "not_before": utc_ms,
+                        "not_after": utc_ms,
+                        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                     },
                 },
             },

@@ -13,6 +13,7 @@ from enclave_net.address import connect_socket as _connect_socket
 from enclave_net.doctor._probe import Finding
 from enclave_net.doctor._probe import fail as _fail
 from enclave_net.doctor._probe import ok as _ok
+from enclave_net.doctor._probe import warn as _warn
 from enclave_net.doctor.enclave import CHAIN_REMEDY, processes
 from enclave_net.errors import EnclaveNetError
 from enclave_net.proxy_config import address_refusal, load_config
@@ -32,12 +33,17 @@ def _vsock_proxy_allowlist(path: Path) -> list[tuple[str, str]]:
 def parent_checks(
     config_path: Path | None, *, vsock_proxy_config: Path, probe_listeners: bool = True
 ) -> Iterator[Finding]:
+    # Every check says what it looked at, even when there was nothing to find: a doctor that
+    # prints nothing cannot be told from one that checked nothing.
+    relays = dns_relays = 0
     for pid, argv in processes():
         if not argv or Path(argv[0]).name != "vsock-proxy":
             continue
+        relays += 1
         # vsock-proxy [OPTIONS] <local_port> <remote_addr> <remote_port>
         args = [a for a in argv[1:] if not a.startswith("-")]
         if any(args[i + 2] == "53" for i in range(len(args) - 2)):
+            dns_relays += 1
             yield _fail(
                 "parent-dns-proxy",
                 f"pid {pid} ({' '.join(argv)}) relays vsock to port 53 over TCP",
@@ -45,6 +51,8 @@ def parent_checks(
                 "length a TCP DNS server expects (RFC 1035 §4.2.2): no answer ever comes back. "
                 + CHAIN_REMEDY,
             )
+    if not dns_relays:
+        yield _ok("vsock-proxy processes", f"{relays} running, none relays DNS (port 53)")
     if vsock_proxy_config.exists():
         entries = _vsock_proxy_allowlist(vsock_proxy_config)
         quoted = [a for a, p in entries if not p.isdigit()]
@@ -60,7 +68,19 @@ def parent_checks(
                 f"{len(entries)} entries in {vsock_proxy_config}; "
                 "each vsock-proxy exits at start unless its host:port is listed",
             )
+    else:
+        yield _warn(
+            "vsock-proxy allowlist",
+            f"{vsock_proxy_config} does not exist: not checked",
+            "pass --vsock-proxy-config PATH where AWS's vsock-proxy is configured "
+            "(not needed when the parent runs `enclave-net egress`)",
+        )
     if config_path is None:
+        yield _warn(
+            "egress config",
+            "no --config given: routes, CONNECT allow list, parent DNS and listeners not checked",
+            "pass --config FILE, the TOML file `enclave-net egress --config` runs with",
+        )
         return
     try:
         config = load_config(config_path)

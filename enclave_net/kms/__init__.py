@@ -41,7 +41,14 @@ from enclave_net.kms.errors import (
     ValidationException,
 )
 from enclave_net.kms.recipient import Recipient
-from enclave_net.kms.seal import FileStore, ParentStore, load_or_create, seal_key, unseal_key
+from enclave_net.kms.seal import (
+    FileStore,
+    ParentStore,
+    load_or_create,
+    seal_key,
+    sealing_key_policy,
+    unseal_key,
+)
 
 __all__ = [
     "AccessDeniedException",
@@ -67,5 +74,6 @@ __all__ = [
     "ValidationException",
     "load_or_create",
     "seal_key",
+    "sealing_key_policy",
     "unseal_key",
 ]

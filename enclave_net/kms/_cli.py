@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from enclave_net._output import EXIT_CODES, print_error
 from enclave_net.address import parse_address
 from enclave_net.egress import EgressConfig, Timeouts
 from enclave_net.errors import EgressError
@@ -44,6 +45,7 @@ from enclave_net.kms.credentials import (
 )
 from enclave_net.kms.errors import KmsError, KmsServiceError
 from enclave_net.kms.recipient import KEY_SIZES, Recipient
+from nsm_attestation_cli import dump, epilog_everywhere, stdout_closed
 
 __all__ = ["add_kms_commands", "main"]
 
@@ -207,20 +209,16 @@ def _run_enclave(args: argparse.Namespace) -> int:
 
         result = asyncio.run(go())
     except (KmsError, EgressError, ValueError) as exc:
-        code = exc.code if isinstance(exc, KmsServiceError) else type(exc).__name__
-        if args.json:
-            print(json.dumps({"error": {"type": code, "message": str(exc)}}))
-        else:
-            print(f"error: {exc}", file=sys.stderr)
+        # KMS's own error names (AccessDeniedException...) under `kms.`, as the error shape's
+        # codes are dotted lower-case namespaces.
+        code = f"kms.{exc.code}" if isinstance(exc, KmsServiceError) else None
+        print_error(exc, as_json=args.json, prefix="error", code=code)
         return 1 if isinstance(exc, KmsServiceError) else 3
     except Exception as exc:  # NsmError, OSError: no NSM, no attestation
-        if args.json:
-            print(json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}}))
-        else:
-            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print_error(exc, as_json=args.json, prefix=f"error: {type(exc).__name__}")
         return 3
     if args.json:
-        print(json.dumps(result))
+        print(dump(result))
     else:
         for name, label in _TEXT_LABELS.items():
             if name in result:
@@ -280,12 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="enclave-net")  # the console script it joins
     add_kms_commands(parser.add_subparsers(dest="command", required=True))
+    epilog_everywhere(parser, EXIT_CODES)
     args = parser.parse_args(["kms", *(sys.argv[1:] if argv is None else argv)])
     try:
         result: int = args.func(args)
     except (KmsError, EgressError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except BrokenPipeError:
+        return stdout_closed()
     return result
 
 

@@ -42,14 +42,11 @@ import hmac
 import json
 import logging
 import os
-import re
-import socket
 import ssl
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +55,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from attestation import AllOf, AttestationError, MaxAge, PolicyError, VerifiedDocument, Verifier
+from attestation import AllOf, AttestationError, MaxAge, VerifiedDocument, Verifier
+from enclave_net.kms._double_config import (
+    ACTIONS,
+    DoubleConfig,
+    DoubleConfigError,
+    DoubleKey,
+    KeyPolicyGate,
+    PolicyDenied,
+    Principal,
+    Statement,
+    allowed,
+)
 from enclave_net.kms.cms import build_enveloped
-from enclave_net.kms.credentials import Credentials
 from enclave_net.kms.errors import (
     AccessDeniedException,
     DisabledException,
@@ -68,7 +75,6 @@ from enclave_net.kms.errors import (
     IncorrectKeyException,
     InvalidCiphertextException,
     InvalidSignatureException,
-    KmsError,
     KMSInternalException,
     KmsServiceError,
     NotFoundException,
@@ -84,6 +90,7 @@ from enclave_net.kms.sigv4 import (
     parse_authorization,
     signature_for,
 )
+from enclave_net.tls_server import QuietHandler, ThreadingTLSServer
 
 __all__ = ["DoubleConfig", "DoubleConfigError", "DoubleKey", "KmsDouble", "Principal"]
 
@@ -91,7 +98,6 @@ _log = logging.getLogger("enclave_net.kms.double")
 
 _MAX_SKEW = _dt.timedelta(minutes=5)
 _MAX_BODY = 512 * 1024
-_SOCKET_TIMEOUT = 10.0
 _AMZ_DATE = "%Y%m%dT%H%M%SZ"
 _BLOB_MAGIC = b"KDB1"
 _NONCE = 12
@@ -100,16 +106,9 @@ _UUID_LEN = 36
 _MAX_PLAINTEXT = 4096
 _MAX_RANDOM = 1024
 _KEY_SPECS = {"AES_256": 32, "AES_128": 16}
-_CONDITION_KEY = re.compile(
-    r"^kms:RecipientAttestation:(?:ImageSha384|PCR([0-9]|[12][0-9]|3[01]))$"
-)
 # AWS's message for an unknown access key or a wrong session token (not a secret).
 _INVALID_TOKEN = "The security token included in the request is invalid."  # noqa: S105
-_OPERATORS = frozenset({"StringEquals", "StringEqualsIgnoreCase"})
-_ACTIONS = frozenset(
-    {"Encrypt", "Decrypt", "GenerateDataKey", "GenerateDataKeyPair", "GenerateRandom"}
-)
-_RECIPIENT_ACTIONS = _ACTIONS - {"Encrypt"}
+_RECIPIENT_ACTIONS = ACTIONS - {"Encrypt"}
 _RSA_RECIPIENT_BITS = range(2048, 4097)
 
 Clock = Callable[[], _dt.datetime]
@@ -117,249 +116,6 @@ Clock = Callable[[], _dt.datetime]
 
 def _utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
-
-
-class DoubleConfigError(KmsError, ValueError):
-    """The double's config file is inconsistent or uses policy grammar the double lacks."""
-
-
-# --- key policies ---------------------------------------------------------------------------
-
-
-def _strings(value: Any, what: str) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(isinstance(v, str) for v in items):
-        raise DoubleConfigError(f"{what}: expected a string or a non-empty list of strings")
-    return tuple(items)
-
-
-@dataclass(frozen=True, slots=True)
-class _Condition:
-    operator: str
-    key: str
-    values: tuple[str, ...]
-
-    def holds(self, context: Mapping[str, str]) -> bool:
-        actual = context.get(self.key)
-        if actual is None:
-            return False
-        if self.operator == "StringEqualsIgnoreCase":
-            return any(actual.casefold() == v.casefold() for v in self.values)
-        return actual in self.values
-
-
-@dataclass(frozen=True, slots=True)
-class _Statement:
-    effect: str
-    principals: tuple[str, ...]
-    actions: tuple[str, ...]
-    conditions: tuple[_Condition, ...]
-
-    @classmethod
-    def parse(cls, raw: Any, where: str) -> _Statement:
-        if not isinstance(raw, dict):
-            raise DoubleConfigError(f"{where}: a statement must be an object")
-        unknown = set(raw) - {"Sid", "Effect", "Principal", "Action", "Resource", "Condition"}
-        if unknown:
-            raise DoubleConfigError(f"{where}: unsupported statement fields {sorted(unknown)}")
-        effect = raw.get("Effect")
-        if effect not in ("Allow", "Deny"):
-            raise DoubleConfigError(f"{where}: Effect must be Allow or Deny")
-        principal = raw.get("Principal", "*")
-        if principal == "*":
-            principals: tuple[str, ...] = ("*",)
-        elif isinstance(principal, dict) and set(principal) == {"AWS"}:
-            principals = _strings(principal["AWS"], f"{where}: Principal.AWS")
-        else:
-            raise DoubleConfigError(f'{where}: Principal must be "*" or {{"AWS": ...}}')
-        actions = _strings(raw.get("Action"), f"{where}: Action")
-        for action in actions:
-            if action != "kms:*" and action.removeprefix("kms:") not in _ACTIONS:
-                raise DoubleConfigError(f"{where}: action {action!r} is not one the double has")
-        if _strings(raw.get("Resource", "*"), f"{where}: Resource") != ("*",):
-            raise DoubleConfigError(f'{where}: a key policy\'s Resource is "*"')
-        conditions = []
-        block = raw.get("Condition", {})
-        if not isinstance(block, dict):
-            raise DoubleConfigError(f"{where}: Condition must be an object")
-        for operator, pairs in block.items():
-            if operator not in _OPERATORS or not isinstance(pairs, dict):
-                raise DoubleConfigError(f"{where}: condition operator {operator!r} unsupported")
-            for key, values in pairs.items():
-                if not _CONDITION_KEY.match(key):
-                    raise DoubleConfigError(f"{where}: condition key {key!r} unsupported")
-                conditions.append(_Condition(operator, key, _strings(values, f"{where}: {key}")))
-        return cls(effect, principals, actions, tuple(conditions))
-
-    def applies(self, principal: str, account: str, action: str) -> bool:
-        root = f"arn:aws:iam::{account}:root"
-        who = any(
-            p in ("*", principal) or (p == root and _in_account(principal, account))
-            for p in self.principals
-        )
-        what = any(a in ("kms:*", f"kms:{action}") for a in self.actions)
-        return who and what
-
-
-def _in_account(arn: str, account: str) -> bool:
-    return arn.startswith(f"arn:aws:iam::{account}:") or arn.startswith(f"arn:aws:sts::{account}:")
-
-
-def _attestation_context(pcrs: Mapping[int, bytes] | None) -> dict[str, str]:
-    if pcrs is None:
-        return {}
-    context = {f"kms:RecipientAttestation:PCR{i}": value.hex() for i, value in pcrs.items()}
-    if 0 in pcrs:
-        context["kms:RecipientAttestation:ImageSha384"] = pcrs[0].hex()
-    return context
-
-
-def _allowed(
-    statements: Sequence[_Statement],
-    *,
-    principal: str,
-    account: str,
-    action: str,
-    pcrs: Mapping[int, bytes] | None,
-) -> bool:
-    context = _attestation_context(pcrs)
-    matching = [
-        s
-        for s in statements
-        if s.applies(principal, account, action) and all(c.holds(context) for c in s.conditions)
-    ]
-    if any(s.effect == "Deny" for s in matching):
-        return False
-    return any(s.effect == "Allow" for s in matching)
-
-
-class _Denied(PolicyError):
-    """The key policy does not allow this principal, action and attestation."""
-
-
-class _KeyPolicyGate:
-    """The verifier's policy step: the key policy decides, on the verified PCRs.
-
-    It constrains PCRs exactly as much as the key policy does (`kms:RecipientAttestation:*`
-    conditions); a policy without such conditions lets any authentic enclave through, which is
-    what that policy says.
-    """
-
-    checks_pcrs = True
-
-    def __init__(self, decide: Callable[[Mapping[int, bytes]], bool]) -> None:
-        self._decide = decide
-
-    def verify(self, doc: VerifiedDocument, at: _dt.datetime) -> None:
-        if not self._decide(doc.pcrs):
-            raise _Denied("the key policy does not allow this enclave", code="kms.denied")
-
-
-# --- config ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Principal:
-    arn: str
-    credentials: Credentials
-
-
-@dataclass(frozen=True)
-class DoubleKey:
-    key_id: str
-    arn: str
-    aliases: tuple[str, ...]
-    material: bytes = field(repr=False)
-    enabled: bool
-    policy: tuple[_Statement, ...]
-
-
-@dataclass(frozen=True)
-class DoubleConfig:
-    region: str
-    account: str
-    principals: Mapping[str, Principal]
-    keys: Mapping[str, DoubleKey]
-    generate_random_policy: tuple[_Statement, ...] | None = None
-    max_attestation_age: _dt.timedelta = _dt.timedelta(minutes=5)
-
-    @classmethod
-    def load(cls, path: Path) -> DoubleConfig:
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DoubleConfigError(f"{path}: {exc}") from exc
-        return cls.from_dict(raw)
-
-    @classmethod
-    def from_dict(cls, raw: Any) -> DoubleConfig:
-        if not isinstance(raw, dict):
-            raise DoubleConfigError("the config must be a JSON object")
-        region = raw.get("region")
-        account = raw.get("account")
-        if not isinstance(region, str) or not isinstance(account, str) or not account.isdigit():
-            raise DoubleConfigError("region (string) and account (digits) are required")
-        principals = {}
-        for i, p in enumerate(raw.get("principals", [])):
-            try:
-                creds = Credentials(
-                    p["access_key_id"], p["secret_access_key"], p.get("session_token")
-                )
-                principals[creds.access_key_id] = Principal(str(p["arn"]), creds)
-            except (KeyError, TypeError) as exc:
-                raise DoubleConfigError(f"principals[{i}]: {exc}") from None
-        keys = {}
-        for i, k in enumerate(raw.get("keys", [])):
-            where = f"keys[{i}]"
-            try:
-                key_id = str(uuid.UUID(k["key_id"]))
-                material = bytes.fromhex(k["material"])
-                statements = k["policy"]["Statement"]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DoubleConfigError(f"{where}: {exc!r}") from None
-            if len(material) != 32:
-                raise DoubleConfigError(f"{where}: material must be 32 bytes (64 hex digits)")
-            keys[key_id] = DoubleKey(
-                key_id=key_id,
-                arn=f"arn:aws:kms:{region}:{account}:key/{key_id}",
-                aliases=tuple(k.get("aliases", ())),
-                material=material,
-                enabled=bool(k.get("enabled", True)),
-                policy=tuple(
-                    _Statement.parse(s, f"{where}.Statement[{j}]")
-                    for j, s in enumerate(_list(statements, where))
-                ),
-            )
-        random_policy = raw.get("generate_random_policy")
-        return cls(
-            region=region,
-            account=account,
-            principals=principals,
-            keys=keys,
-            generate_random_policy=None
-            if random_policy is None
-            else tuple(
-                _Statement.parse(s, f"generate_random_policy[{j}]")
-                for j, s in enumerate(_list(random_policy, "generate_random_policy"))
-            ),
-            max_attestation_age=_dt.timedelta(
-                seconds=float(raw.get("max_attestation_age_seconds", 300))
-            ),
-        )
-
-    def find_key(self, key_id: str) -> DoubleKey:
-        """By key id, key ARN, alias name or alias ARN, as KMS accepts them."""
-        for key in self.keys.values():
-            alias_arns = {f"arn:aws:kms:{self.region}:{self.account}:{a}" for a in key.aliases}
-            if key_id in (key.key_id, key.arn) or key_id in key.aliases or key_id in alias_arns:
-                return key
-        raise NotFoundException(f"Key '{key_id}' does not exist")
-
-
-def _list(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise DoubleConfigError(f"{where}: expected a list of statements")
-    return value
 
 
 # --- the service ----------------------------------------------------------------------------
@@ -406,7 +162,7 @@ class _Service:
     def handle(
         self, principal: Principal, action: str, request: Mapping[str, Any]
     ) -> dict[str, Any]:
-        if action not in _ACTIONS:
+        if action not in ACTIONS:
             raise UnsupportedOperationException(f"the double has no {action}")
         recipient_key = self._recipient_key(action, request)
         method: Callable[..., dict[str, Any]] = getattr(self, f"_op_{action}")
@@ -431,13 +187,13 @@ class _Service:
         self,
         principal: Principal,
         action: str,
-        statements: Sequence[_Statement] | None,
+        statements: Sequence[Statement] | None,
         document: bytes | None,
     ) -> rsa.RSAPublicKey | None:
         def decide(pcrs: Mapping[int, bytes] | None) -> bool:
             if statements is None:  # GenerateRandom without an account policy
                 return True
-            return _allowed(
+            return allowed(
                 statements,
                 principal=principal.arn,
                 account=self.config.account,
@@ -453,14 +209,14 @@ class _Service:
             if not decide(None):
                 raise denied
             return None
-        gate = _KeyPolicyGate(decide)
+        gate = KeyPolicyGate(decide)
         try:
             verified = self._verifier.verify(
                 document,
                 policy=AllOf(MaxAge(self.config.max_attestation_age), gate),
                 at=self._clock(),
             )
-        except _Denied:
+        except PolicyDenied:
             raise denied from None
         except AttestationError as exc:
             raise ValidationException(
@@ -621,12 +377,8 @@ def _recipient_public_key(verified: VerifiedDocument) -> rsa.RSAPublicKey:
 # --- HTTP -----------------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # the access log would be the only place a request line could leak; keep none
 
     def do_POST(self) -> None:
         double = self.server.owner
@@ -671,27 +423,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(ThreadingTLSServer):
     owner: KmsDouble
 
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = self.socket.accept()
-        # The handshake runs in the request's thread (finish_request), not in the accept loop.
-        return self.owner.context.wrap_socket(
-            sock, server_side=True, do_handshake_on_connect=False
-        ), addr
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        try:
-            request.settimeout(_SOCKET_TIMEOUT)
-            request.do_handshake()
-        except (OSError, ssl.SSLError):
-            return
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        _log.warning("KMS double: a connection failed")
+def _connection_failed() -> None:
+    _log.warning("KMS double: a connection failed")
 
 
 @dataclass(frozen=True)
@@ -723,7 +460,7 @@ class KmsDouble:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.context.load_cert_chain(cert_file, key_file)
-        self._server = _Server((bind, port), _Handler)
+        self._server = _Server((bind, port), _Handler, self.context, on_error=_connection_failed)
         self._server.owner = self
         self.port: int = self._server.server_address[1]
         self._lock = threading.Lock()

@@ -75,46 +75,70 @@ class KmsServiceError(KmsError):
 
 # AWS's names, so that `except AccessDeniedException` reads like the KMS API reference.
 class AccessDeniedException(KmsServiceError):
+    """Not allowed: IAM or the key policy refused the caller, or a `kms:RecipientAttestation:*`
+    condition did not match the attestation document."""
+
     code = "AccessDeniedException"
 
 
 class DisabledException(KmsServiceError):
+    """The KMS key is disabled."""
+
     code = "DisabledException"
 
 
 class IncorrectKeyException(KmsServiceError):
+    """The ciphertext was not encrypted under the KMS key named by `KeyId`."""
+
     code = "IncorrectKeyException"
 
 
 class InvalidCiphertextException(KmsServiceError):
+    """The ciphertext, its encryption context or a grant token is invalid or was tampered with."""
+
     code = "InvalidCiphertextException"
 
 
 class NotFoundException(KmsServiceError):
+    """No such key or alias in this account and region."""
+
     code = "NotFoundException"
 
 
 class ValidationException(KmsServiceError):
+    """A request parameter failed KMS's validation (also the double's answer to a document that
+    does not verify)."""
+
     code = "ValidationException"
 
 
 class UnsupportedOperationException(KmsServiceError):
+    """The operation is not supported for this key (its spec or usage)."""
+
     code = "UnsupportedOperationException"
 
 
 class UnrecognizedClientException(KmsServiceError):
+    """The access key id is unknown to AWS (wrong or expired credentials)."""
+
     code = "UnrecognizedClientException"
 
 
 class InvalidSignatureException(KmsServiceError):
+    """The SigV4 signature does not match: wrong secret key, or a clock far off."""
+
     code = "InvalidSignatureException"
 
 
 class IncompleteSignatureException(KmsServiceError):
+    """The request's SigV4 authorization is missing a part."""
+
     code = "IncompleteSignatureException"
 
 
 class KMSInternalException(KmsServiceError):
+    """KMS failed internally; the request may be retried."""
+
     code = "KMSInternalException"
     status = 500
 

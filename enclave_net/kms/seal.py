@@ -20,9 +20,9 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from enclave_net.address import Address, connect_socket
 from enclave_net.errors import EgressError
@@ -38,6 +38,7 @@ __all__ = [
     "SealedKeyError",
     "load_or_create",
     "seal_key",
+    "sealing_key_policy",
     "unseal_key",
 ]
 
@@ -65,6 +66,45 @@ def _context(name: str, extra: Mapping[str, str] | None) -> dict[str, str]:
     # The encryption context binds the blob to its purpose: a blob sealed for one name cannot be
     # replayed as another (KMS refuses a Decrypt whose context differs).
     return {"purpose": "enclave-sealed-key", "name": name, **(extra or {})}
+
+
+def sealing_key_policy(
+    enclave_principal: str,
+    *,
+    pcr0: str,
+    pcr16: str,
+    encrypters: Sequence[str] = (),
+    actions: Sequence[str] = ("kms:Decrypt",),
+) -> dict[str, Any]:
+    """The key policy a sealed key needs (docs/kms.md): `enclave_principal` (the parent's role,
+    whose credentials the enclave uses) and `encrypters` may `Encrypt`, which needs no
+    attestation; `actions` are allowed only with an attestation whose PCR0 (the image) and
+    PCR16 (the app's config) are these, in hex."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "The parent's role may seal (Encrypt needs no attestation)",
+                "Effect": "Allow",
+                "Principal": {"AWS": [*encrypters, enclave_principal]},
+                "Action": "kms:Encrypt",
+                "Resource": "*",
+            },
+            {
+                "Sid": "Only this enclave image with this config may unseal",
+                "Effect": "Allow",
+                "Principal": {"AWS": enclave_principal},
+                "Action": list(actions),
+                "Resource": "*",
+                "Condition": {
+                    "StringEqualsIgnoreCase": {
+                        "kms:RecipientAttestation:ImageSha384": pcr0,
+                        "kms:RecipientAttestation:PCR16": pcr16,
+                    }
+                },
+            },
+        ],
+    }
 
 
 async def seal_key(

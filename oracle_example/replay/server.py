@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from enclave_net.tls_server import QuietHandler, ThreadingTLSServer
 from oracle_example.exchanges import ADAPTERS
 from oracle_example.replay._pki import (
     issue_server_certificate,
@@ -44,8 +43,6 @@ __all__ = [
 DATA_DIR = Path(__file__).resolve().parent / "data"
 #: Every adapter's host: a new exchange in exchanges.py is served (and certified) here too.
 EXCHANGE_HOSTS = tuple(cls.default_host for cls in ADAPTERS.values())
-# A TLS handshake or request head that takes longer than this is a stuck client: drop it.
-_SOCKET_TIMEOUT = 10.0
 # The demo certificates only need to outlive one demo or test run.
 _CERT_LIFETIME = _dt.timedelta(days=2)
 
@@ -153,7 +150,7 @@ class ReplayExchange:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.context.load_cert_chain(certs.cert_pem, certs.key_pem)
-        self._server = _Server((bind, 0), _Handler)
+        self._server = _Server((bind, 0), _Handler, self.context)
         self._server.owner = self
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(
@@ -279,12 +276,8 @@ def _restamp(source: str, body: bytes, shift: _dt.timedelta) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_GET(self) -> None:
         host = (self.headers.get("Host") or "").split(":")[0].lower()
@@ -314,25 +307,5 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Date", self._replay_date)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(ThreadingTLSServer):
     owner: ReplayExchange
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = self.socket.accept()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        wrapped = self.owner.context.wrap_socket(
-            sock, server_side=True, do_handshake_on_connect=False
-        )
-        return wrapped, addr
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        try:
-            request.settimeout(_SOCKET_TIMEOUT)
-            request.do_handshake()
-        except (OSError, ssl.SSLError):
-            return
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass

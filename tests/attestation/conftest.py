@@ -28,6 +28,18 @@ requires_real = pytest.mark.skipif(not MANIFEST, reason=f"real vectors not found
 
 
 @pytest.fixture(scope="session")
+def prod() -> RealVector:
+    """A real production-mode enclave document (skip tests that use it with `requires_real`)."""
+    return next(v for v in real_vectors("nitro-enclave") if not v.debug)
+
+
+@pytest.fixture(scope="session")
+def debug() -> RealVector:
+    """A real debug-mode enclave document."""
+    return next(v for v in real_vectors("nitro-enclave") if v.debug)
+
+
+@pytest.fixture(scope="session")
 def factory() -> DocumentFactory:
     return DocumentFactory.create(seed=7, not_before=SYNTHETIC_EPOCH)
 

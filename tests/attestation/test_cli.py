@@ -12,19 +12,9 @@ import pytest
 
 from attestation import AttestationDocument
 from attestation._cli import main
-from tests.attestation.conftest import RealVector, real_vectors, requires_real
+from tests.attestation.conftest import RealVector, requires_real
 
 pytestmark = requires_real
-
-
-@pytest.fixture(scope="module")
-def prod() -> RealVector:
-    return next(v for v in real_vectors("nitro-enclave") if not v.debug)
-
-
-@pytest.fixture(scope="module")
-def debug() -> RealVector:
-    return next(v for v in real_vectors("nitro-enclave") if v.debug)
 
 
 def _pcr_args(vector: RealVector) -> list[str]:
@@ -82,7 +72,7 @@ def test_verify_refusals(
     at = prod.timestamp.isoformat()
     wrong = ["--pcr", "0=" + "00" * 48]
     assert main(["verify", path, *wrong, "--at", at, "--json"]) == 1
-    assert json.loads(capsys.readouterr().out)["code"] == "policy.pcr-mismatch"
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "policy.pcr-mismatch"
     _, end = prod.window
     assert (
         main(
@@ -146,7 +136,7 @@ def test_usage_errors(tmp_path: Path, prod: RealVector, argv: list[str]) -> None
 def test_malformed_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path, "junk", b"\x84\x00")
     assert main(["inspect", "--json", path]) == 1
-    assert json.loads(capsys.readouterr().out)["code"].startswith(("cbor.", "envelope."))
+    assert json.loads(capsys.readouterr().out)["error"]["code"].startswith(("cbor.", "envelope."))
 
 
 def test_subprocess_stdin(prod: RealVector) -> None:

@@ -40,6 +40,7 @@ def _doc(**overrides: object) -> VerifiedDocument:
         "nonce": b"nonce",
         "certificates": (),
         "raw": b"",
+        "verified_at": AT,
     }
     fields.update(overrides)
     return VerifiedDocument(**fields)  # type: ignore[arg-type]

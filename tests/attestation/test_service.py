@@ -136,7 +136,7 @@ def test_real_document_refused_past_its_chain(vector: RealVector, real_client: T
     )
     assert response.status_code == 422
     # One second past the leaf's notAfter the chain fails before freshness is looked at.
-    assert response.json()["code"] == "chain.expired"
+    assert response.json()["error"]["code"] == "chain.expired"
 
 
 @requires_real
@@ -146,11 +146,11 @@ def test_real_document_refused_under_wrong_pcrs_and_debug(real_client: TestClien
     wrong = real_client.post(
         f"/v1/verify?policy=wrong-pcr&at={at}", content=debug.data, headers=CBOR
     )
-    assert (wrong.status_code, wrong.json()["code"]) == (422, "policy.pcr-mismatch")
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (422, "policy.pcr-mismatch")
     refused = real_client.post(
         f"/v1/verify?policy=strict-prod&at={at}", content=debug.data, headers=CBOR
     )
-    assert (refused.status_code, refused.json()["code"]) == (422, "policy.debug")
+    assert (refused.status_code, refused.json()["error"]["code"]) == (422, "policy.debug")
 
 
 @requires_real
@@ -169,7 +169,7 @@ def test_real_negatives(kind: str, codes: set[str], real_client: TestClient) -> 
         f"/v1/verify?policy=wrong-pcr&at={at}", content=vector.data, headers=CBOR
     )
     assert response.status_code == 422
-    assert response.json()["code"] in codes
+    assert response.json()["error"]["code"] in codes
 
 
 @requires_real
@@ -179,7 +179,7 @@ def test_nitrotpm_refused_as_wrong_kind(vector: RealVector, real_client: TestCli
     response = real_client.post(
         f"/v1/verify?policy=wrong-pcr&at={at}", content=vector.data, headers=CBOR
     )
-    assert (response.status_code, response.json()["code"]) == (422, "document.nitrotpm")
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "document.nitrotpm")
 
 
 # --- synthetic documents: nonce, clock, freshness, mutations ------------------------------------
@@ -238,7 +238,7 @@ def test_synthetic_verifies_at_the_service_clock(
     # Past max_age_seconds (120) the same document is stale.
     clock.now += timedelta(minutes=5)
     stale = client.post("/v1/verify?policy=app", content=document, headers=CBOR)
-    assert (stale.status_code, stale.json()["code"]) == (422, "policy.stale")
+    assert (stale.status_code, stale.json()["error"]["code"]) == (422, "policy.stale")
 
 
 def test_nonce_from_query_and_json(
@@ -251,7 +251,7 @@ def test_nonce_from_query_and_json(
     assert ok.status_code == 200
     assert ok.json()["nonce"] == nonce.hex()
     bad = client.post(f"/v1/verify?policy=app&nonce={'00' * 8}", content=document, headers=CBOR)
-    assert (bad.status_code, bad.json()["code"]) == (422, "policy.nonce-mismatch")
+    assert (bad.status_code, bad.json()["error"]["code"]) == (422, "policy.nonce-mismatch")
     encoded = base64.b64encode(document).decode()
     upper = client.post(
         "/v1/verify", json={"document": encoded, "policy": "app", "nonce": nonce.hex().upper()}
@@ -265,7 +265,7 @@ def test_nonce_from_query_and_json(
             "nonce": nonce.hex(),
         },
     )
-    assert (missing.status_code, missing.json()["code"]) == (422, "policy.nonce-mismatch")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (422, "policy.nonce-mismatch")
 
 
 def test_at_override_only_when_enabled(
@@ -275,27 +275,27 @@ def test_at_override_only_when_enabled(
     later = _iso(service_factory.timestamp + timedelta(days=2))
     client, _ = synthetic()
     refused = client.post(f"/v1/verify?policy=app&at={later}", content=document, headers=CBOR)
-    assert (refused.status_code, refused.json()["code"]) == (400, "request.at-not-allowed")
+    assert (refused.status_code, refused.json()["error"]["code"]) == (400, "request.at-not-allowed")
     encoded = base64.b64encode(document).decode()
     refused_json = client.post(
         "/v1/verify", json={"document": encoded, "policy": "app", "at": later}
     )
-    assert refused_json.json()["code"] == "request.at-not-allowed"
+    assert refused_json.json()["error"]["code"] == "request.at-not-allowed"
 
     audit, clock = synthetic(allow_at_override=True)
     clock.now = service_factory.timestamp + timedelta(days=30)  # the service's own clock: expired
     expired = audit.post("/v1/verify?policy=app", content=document, headers=CBOR)
-    assert expired.json()["code"] == "chain.expired"
+    assert expired.json()["error"]["code"] == "chain.expired"
     at = _iso(service_factory.timestamp + timedelta(seconds=1)).lower()  # RFC 3339 allows t/z
     ok = audit.post(f"/v1/verify?policy=app&at={at}", content=document, headers=CBOR)
     assert ok.status_code == 200, ok.text
     two_days = audit.post(f"/v1/verify?policy=app&at={later}", content=document, headers=CBOR)
-    assert two_days.json()["code"] == "chain.expired"
+    assert two_days.json()["error"]["code"] == "chain.expired"
     for bad in ("yesterday", "2025-06-01T09:14:00", "2025-13-01T00:00:00Z", "2025-06-01T25:00:00Z"):
         response = audit.post(
             "/v1/verify", params={"policy": "app", "at": bad}, content=document, headers=CBOR
         )
-        assert (response.status_code, response.json()["code"]) == (400, "request.at"), bad
+        assert (response.status_code, response.json()["error"]["code"]) == (400, "request.at"), bad
 
 
 # A mutated certificate can carry a country name of the wrong length, which cryptography
@@ -331,7 +331,7 @@ def test_corpus_like_cases_never_pass_or_crash(
     response = client.post(f"/v1/verify?policy=app&at={at}", content=document, headers=CBOR)
     assert response.status_code == expected, response.text
     if expected == 422:
-        code = response.json()["code"]
+        code = response.json()["error"]["code"]
         assert code.split(".")[0] in {
             "cbor",
             "envelope",
@@ -417,7 +417,7 @@ def test_corpus_case_through_the_service(
         assert response.json()["verified"] is True
     else:
         assert response.status_code == 422, response.text
-        assert response.json()["code"] == case.expected_code
+        assert response.json()["error"]["code"] == case.expected_code
 
 
 # --- malformed requests ---------------------------------------------------------------------------
@@ -446,7 +446,7 @@ def test_malformed_cbor_requests(
     client, _ = synthetic()
     response = client.post(f"/v1/verify{query}", content=service_factory.document(), headers=CBOR)
     assert response.status_code == 400
-    assert response.json()["code"] == code
+    assert response.json()["error"]["code"] == code
 
 
 @pytest.mark.parametrize(
@@ -475,7 +475,7 @@ def test_malformed_json_requests(
     client, _ = synthetic()
     response = client.post("/v1/verify", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
-    assert response.json()["code"] == code
+    assert response.json()["error"]["code"] == code
 
 
 def test_json_with_query_parameters_is_refused(
@@ -483,7 +483,8 @@ def test_json_with_query_parameters_is_refused(
 ) -> None:
     client, _ = synthetic()
     response = client.post("/v1/verify?policy=app", json={"document": "AAAA", "policy": "app"})
-    assert (response.status_code, response.json()["code"]) == (400, "request.unknown-parameter")
+    code = response.json()["error"]["code"]
+    assert (response.status_code, code) == (400, "request.unknown-parameter")
 
 
 def test_garbage_documents_are_422_with_parse_codes(
@@ -497,8 +498,8 @@ def test_garbage_documents_are_422_with_parse_codes(
         (b"\x84", "cbor.truncated"),
     ]:
         response = client.post("/v1/verify?policy=app", content=body, headers=CBOR)
-        assert (response.status_code, response.json()["code"]) == (422, code), body
-        assert response.json()["reason"]
+        assert (response.status_code, response.json()["error"]["code"]) == (422, code), body
+        assert response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -523,7 +524,7 @@ def test_wrong_content_type_is_415(
         "/v1/verify?policy=app", content=service_factory.document(), headers=headers
     )
     assert response.status_code == 415
-    assert response.json()["code"] == "request.content-type"
+    assert response.json()["error"]["code"] == "request.content-type"
 
 
 def test_content_type_parameters_and_case_are_accepted(
@@ -544,7 +545,7 @@ def test_oversize_bodies_are_413(
     client, _ = synthetic()
     limit = 16 * 1024
     response = client.post("/v1/verify?policy=app", content=b"\0" * (limit + 1), headers=CBOR)
-    assert (response.status_code, response.json()["code"]) == (413, "request.too-large")
+    assert (response.status_code, response.json()["error"]["code"]) == (413, "request.too-large")
     # Exactly at the limit is read and handed to the verifier (which refuses zero bytes).
     at_limit = client.post("/v1/verify?policy=app", content=b"\0" * limit, headers=CBOR)
     assert at_limit.status_code == 422
@@ -555,7 +556,7 @@ def test_oversize_bodies_are_413(
             yield b"\0" * 1024
 
     chunked = client.post("/v1/verify?policy=app", content=chunks(), headers=CBOR)
-    assert (chunked.status_code, chunked.json()["code"]) == (413, "request.too-large")
+    assert (chunked.status_code, chunked.json()["error"]["code"]) == (413, "request.too-large")
 
     small, _ = synthetic(max_body_bytes=1000)
     document = service_factory.document()
@@ -568,7 +569,7 @@ def test_oversize_bodies_are_413(
 def test_routing_errors_are_json(synthetic: Callable[..., tuple[TestClient, Clock]]) -> None:
     client, _ = synthetic()
     missing = client.get("/v2/verify")
-    assert (missing.status_code, missing.json()["code"]) == (404, "request.not-found")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "request.not-found")
     wrong_method = client.get("/v1/verify")
     assert wrong_method.status_code == 405
     assert wrong_method.headers["allow"] == "POST"

@@ -8,7 +8,6 @@ import datetime
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -18,7 +17,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -28,12 +26,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from enclave_net.address import UnixAddress, parse_host_port
 from enclave_net.proxy_config import Pin, ProxyConfig, ProxyRoute
+from enclave_net.tls_server import QuietHandler, ThreadingTLSServer
 from oracle_example.replay._pki import (
     issue_server_certificate,
     self_signed_ca,
     write_certificate,
     write_key,
 )
+from tests.output_contract import check
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,12 +76,8 @@ class CertAuthority:
         return cert_path, key_path
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
@@ -128,30 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(ThreadingTLSServer):
     owner: HttpsExchange
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = self.socket.accept()
-        # Headers and body go out in two writes; with Nagle on, the second waits for the
-        # client's delayed ACK (40 ms) and every keep-alive latency measures that instead.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return self.owner.context.wrap_socket(
-            sock, server_side=True, do_handshake_on_connect=False
-        ), addr
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        try:
-            request.settimeout(10)
-            request.do_handshake()
-        except (OSError, ssl.SSLError) as exc:
-            self.owner.handshake_errors.append(repr(exc))
-            return
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
 
 
 @dataclass
@@ -174,7 +148,12 @@ class HttpsExchange:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.load_cert_chain(self.cert, self.key)
         self.context.sni_callback = lambda s, name, c: self.sni.append(name)
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server(
+            ("127.0.0.1", 0),
+            _Handler,
+            self.context,
+            on_handshake_error=lambda exc: self.handshake_errors.append(repr(exc)),
+        )
         self._server.owner = self
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -378,8 +357,8 @@ class ProxyThread:
 
 
 def doctor_findings(output: str) -> dict[str, dict[str, str]]:
-    """The doctor's `--json` output, by check name."""
-    report = json.loads(output)
+    """The doctor's `--json` output, by check name (checked against its published schema)."""
+    report = check("doctor", json.loads(output))
     return {f["check"]: f for f in report["findings"]}
 
 

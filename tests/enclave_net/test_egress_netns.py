@@ -18,6 +18,7 @@ from tests.enclave_net._support import (
     cli,
     relay_args,
 )
+from tests.output_contract import check, check_error
 
 pytestmark = pytest.mark.root
 
@@ -30,6 +31,7 @@ def _fetch(enclave: Enclave, pki: CertAuthority, *mode: str) -> dict[str, object
     )
     assert done.stdout, done.stderr
     result: dict[str, object] = json.loads(done.stdout)
+    check("fetch" if done.returncode == 0 else "error", result)
     result["exit"] = done.returncode
     return result
 
@@ -108,7 +110,7 @@ def test_without_the_proxy_it_fails_and_says_why(
     assert result["exit"] == 1
     error = result["error"]
     assert isinstance(error, dict)
-    assert error["type"] == "EgressConnectError"
+    assert error["code"] == "net.egress-connect"
     assert "no listener on parent" in error["message"]
 
 
@@ -126,7 +128,7 @@ def test_route_to_another_host_fails_certificate_verification(
     assert result["exit"] == 1
     error = result["error"]
     assert isinstance(error, dict)
-    assert error["type"] == "TLSVerificationError"
+    assert error["code"] == "net.tls-verification"
     assert "Hostname mismatch" in error["message"]
     assert "routed to a different host" in error["message"]
 
@@ -144,8 +146,7 @@ def test_unrouted_host_is_refused_inside_the_enclave(
             "--json",
         )
     )
-    error = json.loads(done.stdout)["error"]
-    assert error["type"] == "NoRouteError"
+    check_error(json.loads(done.stdout), "net.no-route")
     assert not listen.exists()
 
 

@@ -236,9 +236,7 @@ def test_cli_sets_boot_pcrs() -> None:
     "bad", [["--pcr", "16=" + "00" * 48], ["--pcr", "3=00"], ["--pcr", "x"], ["--field-max", "-1"]]
 )
 def test_cli_refuses_bad_boot_values(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        _cli._parser().parse_args(["emulator", "serve", "--socket", "s", "--root-out", "r", *bad])
-    assert exited.value.code == 2
+    assert _cli.main(["emulator", "serve", "--socket", "s", "--root-out", "r", *bad]) == 2
     assert "error:" in capsys.readouterr().err
 
 

@@ -133,6 +133,21 @@ def test_lock_range(emulator: Emulator) -> None:
     assert ask(emulator, ExtendPCR(31, b"x")) == error(ErrorCode.READ_ONLY_INDEX)
 
 
+def test_restart_resets_application_pcrs_only(emulator: Emulator) -> None:
+    boot = [emulator.pcr(i) for i in range(16)]
+    root, module_id, instance_id = emulator.root_pem, emulator.module_id, emulator.instance_id
+    ask(emulator, ExtendPCR(16, b"config"))
+    ask(emulator, LockPCRs(32))
+    emulator.restart()
+    assert [emulator.pcr(i) for i in range(16)] == boot
+    assert emulator.root_pem == root and emulator.instance_id == instance_id
+    assert emulator.module_id != module_id
+    assert emulator.module_id.startswith(instance_id + "-enc")
+    assert ask(emulator, DescribePCR(16)) == PcrState(locked=False, data=ZERO)
+    assert ask(emulator, ExtendPCR(0, b"x")) == error(ErrorCode.READ_ONLY_INDEX)
+    assert ask(emulator, ExtendPCR(31, b"x")) == PcrExtended(hashlib.sha384(ZERO + b"x").digest())
+
+
 @pytest.mark.parametrize(
     "request_", [DescribePCR(32), ExtendPCR(32, b"x"), LockPCR(32), DescribePCR(0xFFFF)]
 )

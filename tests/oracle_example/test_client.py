@@ -18,6 +18,7 @@ from oracle_example.errors import ClientError, ReportVerificationError
 from oracle_example.eth import to_checksum_address
 from oracle_example.report import SignedReport, sign_message
 from tests.oracle_example.oracle_stack import oracle_stack
+from tests.output_contract import check, check_error
 
 
 @pytest.fixture(scope="module")
@@ -128,15 +129,28 @@ def test_cli_get_human_and_json(stack: OracleStack, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "BTC/USD  VERIFIED" in out and "median" in out and "signature" in out
     assert _cli.main(_cli_get(stack, "--json", "--min-sources", "4")) == 0
-    result = json.loads(capsys.readouterr().out)
+    result = check("oracle-get", json.loads(capsys.readouterr().out))
     assert result["verified"] is True and result["numSources"] == 4
     assert result["address"] == stack.health()["address"]
     assert _cli.main(_cli_get(stack, "--json", "--min-sources", "5")) == 1
     failure = json.loads(capsys.readouterr().out)
-    assert failure == {
-        "feed": "BTC/USD",
-        "verified": False,
-        "step": "sources",
-        "code": "verify.too_few_sources",
-        "message": failure["message"],
-    }
+    error = check_error(failure, "verify.too_few_sources")
+    assert "--min-sources" in error["hint"]
+    assert (failure["feed"], failure["verified"], failure["step"]) == ("BTC/USD", False, "sources")
+
+
+def test_cli_get_errors_are_json(stack: OracleStack, capsys: pytest.CaptureFixture[str]) -> None:
+    # An unreachable gateway: exit 2, the transport error in the error shape.
+    argv = ["get", "BTC/USD", "--gateway", "http://127.0.0.1:9", "--pcr", f"0={'00' * 48}"]
+    assert _cli.main([*argv, "--timeout", "1", "--json"]) == 2
+    check_error(json.loads(capsys.readouterr().out), "client.transport")
+    # No PCR pinned, a bad PCR: usage errors, JSON too.
+    assert _cli.main(["get", "BTC/USD", "--gateway", stack.gateway_url, "--json"]) == 2
+    check_error(json.loads(capsys.readouterr().out), "usage")
+    assert _cli.main(["get", "BTC/USD", "--gateway", "x", "--pcr", "0=zz", "--json"]) == 2
+    check_error(json.loads(capsys.readouterr().out), "usage")
+    # The AWS root refuses the emulator's documents: the hint names --root.
+    no_root = [a for a in _cli_get(stack, "--json") if not a.startswith("--root")]
+    no_root = [a for a in no_root if not a.endswith("root.pem")]
+    assert _cli.main(no_root) == 1
+    assert "--root" in check_error(json.loads(capsys.readouterr().out), "chain.untrusted")["hint"]

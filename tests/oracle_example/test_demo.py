@@ -69,6 +69,13 @@ def test_demo_verifies_both_feeds_and_leaves_nothing(tmp_path: Path) -> None:
     assert "network namespace with no interface up" in output
     assert output.count("  VERIFIED  ") == 2, output
     assert "RESULT: 2 feeds verified end to end (REPLAY)" in output
+    # --sealed-key: one signer address before and after the enclave restart, the second
+    # boot unsealed through the KMS double, and the reports signed by that same key.
+    before = re.findall(r"signer address   (0x[0-9a-fA-F]{40}) before the restart", output)
+    after = re.findall(r"signer address   (0x[0-9a-fA-F]{40}) after the restart \(unsealed", output)
+    assert len(before) == len(after) == 1 and before == after, output
+    assert "KMS double       served Encrypt, Decrypt\n" in output
+    assert output.count(f"recovers {before[0]} = the key attested") == 2, output
     # The attestation behind the reports, for a person: module id and the chain with validity.
     assert "attestation      " in output and ", module i-" in output
     assert output.count(" UTC\n") >= 6  # the document's time, then five certificates

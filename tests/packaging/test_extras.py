@@ -27,7 +27,7 @@ class NotInstalled(MetaPathFinder):
 sys.meta_path.insert(0, NotInstalled())
 """
 
-NET = "httpcore,anyio,h11,certifi"
+NET = "httpcore2,anyio,h11,certifi"
 ORACLE = "coincurve,sha3"
 
 

@@ -16,6 +16,7 @@ from enclave_net.kms.client import KmsClient
 from enclave_net.kms.credentials import Credentials, CredentialSource, StaticCredentials
 from enclave_net.kms.double import DoubleConfig, KmsDouble
 from enclave_net.kms.recipient import Recipient
+from enclave_net.kms.seal import sealing_key_policy
 from nsm import Nsm
 from nsm.emulator import Emulator
 
@@ -72,35 +73,13 @@ def expected_pcr16(config: bytes = CONFIG_PCR16) -> str:
 
 def key_policy(pcr0: str, pcr16: str) -> dict[str, Any]:
     """The policy docs/kms.md recommends: the admin encrypts, the measured enclave decrypts."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "Admin and the parent may encrypt (sealing needs no attestation)",
-                "Effect": "Allow",
-                "Principal": {"AWS": [ADMIN_ROLE, ENCLAVE_ROLE]},
-                "Action": "kms:Encrypt",
-                "Resource": "*",
-            },
-            {
-                "Sid": "Only the measured enclave may decrypt or generate",
-                "Effect": "Allow",
-                "Principal": {"AWS": ENCLAVE_ROLE},
-                "Action": [
-                    "kms:Decrypt",
-                    "kms:GenerateDataKey",
-                    "kms:GenerateDataKeyPair",
-                ],
-                "Resource": "*",
-                "Condition": {
-                    "StringEqualsIgnoreCase": {
-                        "kms:RecipientAttestation:ImageSha384": pcr0,
-                        "kms:RecipientAttestation:PCR16": pcr16,
-                    }
-                },
-            },
-        ],
-    }
+    return sealing_key_policy(
+        ENCLAVE_ROLE,
+        pcr0=pcr0,
+        pcr16=pcr16,
+        encrypters=[ADMIN_ROLE],
+        actions=["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyPair"],
+    )
 
 
 def principal(arn: str, credentials: Credentials) -> dict[str, Any]:

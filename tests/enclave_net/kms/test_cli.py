@@ -27,6 +27,7 @@ from tests.enclave_net.kms._support import (
     booted,
     short_tempdir,
 )
+from tests.output_contract import check, check_error
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_genrandom_json(world: KmsWorld, nsm_socket: Path) -> None:
         world, nsm_socket, "genrandom", "--length", "48", "--json", env=ENV_CREDENTIALS
     )
     assert result.returncode == 0, result.stderr
-    assert len(base64.b64decode(json.loads(result.stdout)["Plaintext"])) == 48
+    assert len(base64.b64decode(check("kms", json.loads(result.stdout))["Plaintext"])) == 48
 
 
 def test_genkey_then_decrypt_through_the_credentials_endpoint(
@@ -93,7 +94,7 @@ def test_genkey_then_decrypt_through_the_credentials_endpoint(
             "--credentials", address,
         )  # fmt: skip
         assert made.returncode == 0, made.stderr
-        key = json.loads(made.stdout)
+        key = check("kms", json.loads(made.stdout))
         opened = kms_cli(
             world, nsm_socket, "decrypt", "--ciphertext", key["CiphertextBlob"],
             "--credentials", address,
@@ -114,7 +115,7 @@ def test_a_kms_error_exits_1_with_its_aws_name(world: KmsWorld, nsm_socket: Path
         world, nsm_socket, "genkey", "--key-id", "alias/missing", "--json", env=ENV_CREDENTIALS
     )
     assert result.returncode == 1
-    assert json.loads(result.stdout)["error"]["type"] == "NotFoundException"
+    check_error(json.loads(result.stdout), "kms.NotFoundException")
 
 
 def test_no_credentials_endpoint_exits_3(world: KmsWorld, nsm_socket: Path) -> None:

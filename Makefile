@@ -62,7 +62,7 @@ NEWEST := .venv-newest
 # eth-account: pycryptodome < 4, no longer ours since the oracle uses safe-pysha3), and deselects
 # their tests (marker `crosscheck`): they run in `make test`. The other test tools are installed
 # at their newest too.
-NEWEST_TOOLS := pytest pytest-timeout hypothesis jsonschema httpx2 schemathesis packaging
+NEWEST_TOOLS := pytest pytest-timeout hypothesis jsonschema httpx2 schemathesis packaging hatchling
 
 $(UV): $(STAMP)
 	$(BIN)/pip install --quiet uv

@@ -1,5 +1,6 @@
 # The two commands a new user needs: `make demo` and `make test`.
-# Each creates .venv and installs what it needs, Debian packages included.
+# Each creates .venv and installs what it needs; run as root, each also installs Debian packages
+# with apt-get (DEB_PACKAGES below; `make deps` alone does just that, and says what it installs).
 
 PYTHON ?= python3
 VENV := .venv
@@ -19,7 +20,7 @@ KERNEL_DEB_PACKAGES := gcc ninja-build pkg-config python3-venv libglib2.0-dev li
   libcbor-dev libgnutls28-dev libfdt-dev flex bison busybox-static seabios qemu-system-data \
   cpio kmod xz-utils debian-archive-keyring
 
-.PHONY: demo demo-nsm test test-kernel lint typecheck pytest bench deps deps-kernel clean
+.PHONY: demo demo-nsm test test-kernel test-lowest test-newest lint typecheck pytest bench deps deps-kernel clean
 
 $(NODE_STAMP): package.json package-lock.json
 	@if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then \
@@ -86,6 +87,35 @@ test: $(STAMP) deps lint typecheck pytest
 test-kernel: $(STAMP) deps-kernel
 	tools/kernel-vm/test-kernel.sh
 
+# The declared dependency floors and the newest releases, each in its own fresh venv made by uv
+# (from PyPI; uv itself is pip-installed into .venv; --seed adds pip, which tests/packaging uses to
+# build and install the wheel). Both run the suite; .ci/run runs both.
+UV := $(BIN)/uv
+LOWEST := .venv-lowest
+NEWEST := .venv-newest
+# test-newest leaves out the two cross-check libraries, which pin old releases (pycose: cbor2 < 6;
+# eth-account: pycryptodome < 4, no longer ours since the oracle uses safe-pysha3), and deselects
+# their tests (marker `crosscheck`): they run in `make test`. The other test tools are installed
+# at their newest too.
+NEWEST_TOOLS := pytest pytest-timeout hypothesis jsonschema httpx2 schemathesis packaging hatchling
+
+$(UV): $(STAMP)
+	$(BIN)/pip install --quiet uv
+
+# Every direct requirement at its floor (tests/packaging/test_floors.py checks that none was lifted).
+test-lowest: $(UV) deps
+	rm -rf $(LOWEST)
+	$(UV) venv --quiet --seed --python $(PYTHON) $(LOWEST)
+	$(UV) pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[dev]'
+	NSM_LOWEST_RUN=1 $(LOWEST)/bin/pytest -p no:cacheprovider -q
+
+test-newest: $(UV) deps
+	rm -rf $(NEWEST)
+	$(UV) venv --quiet --seed --python $(PYTHON) $(NEWEST)
+	$(UV) pip install --quiet --python $(NEWEST)/bin/python --resolution highest \
+	  -e '.[oracle,service,testing,kms]' $(NEWEST_TOOLS)
+	NSM_NEWEST_RUN=1 $(NEWEST)/bin/pytest -p no:cacheprovider -q -m 'not crosscheck'
+
 # Figures land in docs/benchmarks.md and docs/conformance.md; never part of `make test`.
 bench: $(STAMP) $(NODE_STAMP) deps
 	$(BIN)/python bench/verify.py
@@ -96,4 +126,4 @@ bench: $(STAMP) $(NODE_STAMP) deps
 	$(BIN)/python bench/onchain.py
 
 clean:
-	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LOWEST) $(NEWEST) node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -82,3 +82,7 @@ __all__ = [
     "policy",
     "verify",
 ]
+
+#: The distribution's version: pyproject.toml reads it from attestation/__init__.py, and a test
+#: keeps the four packages equal.
+__version__ = "0.1.0"

@@ -59,6 +59,7 @@ import datetime as _dt
 import functools
 import hashlib
 import itertools
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,7 +129,7 @@ def describe(cert: x509.Certificate) -> str:
     """The subject for a message; names are not decoded on the success path, so may be odd."""
     try:
         return cert.subject.rfc4514_string()
-    except (ValueError, TypeError, UnicodeError):
+    except (ValueError, TypeError, KeyError, UnicodeError):
         return f"<serial {cert.serial_number:x}, undecodable subject>"
 
 
@@ -289,9 +290,14 @@ class ChainValidator:
             *((f"cabundle[{i + 1}]", c) for i, c in enumerate(intermediates)),
         ):
             try:
-                cert.subject.rfc4514_string()
-                cert.issuer.rfc4514_string()
-            except (ValueError, TypeError, UnicodeError) as exc:
+                # cryptography only warns about a name attribute of the wrong length (a country
+                # name of 7 characters): here it is malformed, as under `-W error`.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", UserWarning)
+                    cert.subject.rfc4514_string()
+                    cert.issuer.rfc4514_string()
+            # KeyError: cryptography 45 to 48 raise it for a name string of an unknown ASN.1 tag.
+            except (ValueError, TypeError, KeyError, UnicodeError, UserWarning) as exc:
                 raise _chain_error(
                     "chain.certificate-malformed", f"{role}: a name cannot be decoded"
                 ) from exc

@@ -20,6 +20,7 @@ from typing import Any
 
 from cryptography import x509
 
+from attestation import __version__
 from attestation._chain import load_certificate
 from attestation._output import certificate_json, hex_or_none, iso_time
 from attestation.document import AttestationDocument
@@ -327,6 +328,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="nitro-attest",
         description="Inspect and verify AWS Nitro Enclave attestation documents.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     inspect = sub.add_parser("inspect", help="decode a document WITHOUT verifying it")

@@ -300,7 +300,9 @@ def render(
         "case's time in whole seconds, clock stopped, `FAKETIME_NO_CACHE=1`). Our verifier "
         "takes `at` and needs none of this.",
         "",
-        "Where AWS contradicts itself (reference/verifiers.md §2.3) the corpus expects this "
+        "Where AWS contradicts itself (`docs/attestation_process.md` of "
+        "aws/aws-nitro-enclaves-nsm-api: its CDDL allows 0..1024 bytes, its §3.2.2.2 rules "
+        "1..1024 for public_key and 0..512 for user_data and nonce) the corpus expects this "
         "repository's documented choice (`attestation/document.py`): public_key, user_data and "
         "nonce of 0..1024 bytes. epsilon's rejection of `valid/max-size-fields` follows AWS's "
         "§3.2.2.2 limit of 512 bytes for user_data; evervault's rejection of the genuine 2021 "

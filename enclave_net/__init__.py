@@ -22,7 +22,30 @@ asyncio.run(main())
 
 from __future__ import annotations
 
-from enclave_net.egress import EgressClient, EgressConfig, Response, Timeouts
+from typing import TYPE_CHECKING
+
+from enclave_net._extras import import_or_explain
 from enclave_net.errors import EgressError, EnclaveNetError
 
+if TYPE_CHECKING:
+    from enclave_net.egress import EgressClient, EgressConfig, Response, Timeouts
+
+#: Loaded on first use, so that `import enclave_net` (and `enclave-net --help`) work without the
+#: [net] extra and say which extra is missing instead of a traceback.
+_LAZY = {
+    name: "enclave_net.egress" for name in ("EgressClient", "EgressConfig", "Response", "Timeouts")
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'enclave_net' has no attribute {name!r}")
+    return getattr(import_or_explain(module, "net"), name)
+
+
 __all__ = ["EgressClient", "EgressConfig", "EgressError", "EnclaveNetError", "Response", "Timeouts"]
+
+#: The distribution's version: pyproject.toml reads it from attestation/__init__.py, and a test
+#: keeps the four packages equal.
+__version__ = "0.1.0"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeAlias, cast
 from urllib.parse import urlsplit
 
+from enclave_net import __version__
 from enclave_net._output import EXIT_CODES, print_error
 from enclave_net.address import parse_address
 from enclave_net.egress import EgressClient, EgressConfig, Response, Timeouts
@@ -284,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Networking for Nitro enclaves: egress without DNS, the parent's proxy, "
         "the gateway, a doctor, and KMS with attestation.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = cast("_Sub", parser.add_subparsers(dest="command", metavar="COMMAND"))
     _add_egress(sub)
     _add_fetch(sub)

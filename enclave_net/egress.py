@@ -33,7 +33,9 @@ from urllib.parse import urlsplit
 
 import certifi
 import h11
-import httpcore
+
+# httpcore2: httpcore 1.0's maintained continuation, the same API (docs/dependencies.md).
+import httpcore2 as httpcore
 
 from enclave_net.address import (
     Address,

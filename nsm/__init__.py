@@ -43,3 +43,7 @@ __all__ = [
     "TransportError",
     "UnixTransport",
 ]
+
+#: The distribution's version: pyproject.toml reads it from attestation/__init__.py, and a test
+#: keeps the four packages equal.
+__version__ = "0.1.0"

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from nsm import __version__
 from nsm._transport import emulator_address
 from nsm.client import ATTESTATION_FIELD_MAX, Nsm
 from nsm.errors import (
@@ -106,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="nsm",
         description="Talk to the AWS Nitro Secure Module (/dev/nsm), or run its emulator.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--device", metavar="PATH", help="the NSM device (default /dev/nsm)")
     where.add_argument("--emulator", metavar="unix:PATH", help="use the emulator at this socket")
@@ -142,6 +144,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--public-key", type=_hex, help="public key as hex (AWS: at most 1024 bytes)")
     p.add_argument("--out", type=Path, help="write the raw document (CBOR) to this file")
 
+    shim = sub.add_parser("shim", help="the LD_PRELOAD shim that routes /dev/nsm to the emulator")
+    shim_sub = shim.add_subparsers(dest="shim_command", metavar="ACTION", required=True)
+    p = shim_sub.add_parser(
+        "build",
+        help="compile the shim with the system C compiler ($CC or cc); prints the library's path",
+        description="Compile libnsm_preload.so from the C source shipped in the package. Then: "
+        "NSM_EMULATOR=unix:/tmp/nsm.sock LD_PRELOAD=/path/to/libnsm_preload.so your-program",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(),
+        metavar="DIR",
+        help="directory to write libnsm_preload.so into (created if missing; default: .)",
+    )
+
     emu = sub.add_parser("emulator", help="run the NSM emulator")
     emu_sub = emu.add_subparsers(dest="emulator_command", metavar="ACTION", required=True)
     p = emu_sub.add_parser(
@@ -150,7 +168,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve a software NSM on a Unix socket. Its documents are signed by a "
         "local PKI whose root is written to --root-out; no default verifier trusts it.",
     )
-    p.add_argument("--socket", required=True, type=Path, help="Unix socket path to listen on")
+    p.add_argument(
+        "--socket",
+        required=True,
+        type=Path,
+        help="Unix socket path to listen on; refused while another server listens there (a "
+        "stale socket file with no listener is replaced)",
+    )
     p.add_argument("--root-out", required=True, type=Path, help="write the root PEM here")
     p.add_argument("--seed", type=int, help="seed for a deterministic PKI and PCRs")
     p.add_argument("--debug", action="store_true", help="debug mode: PCR0/1/2 are zero")
@@ -203,6 +227,11 @@ def _open(args: argparse.Namespace) -> Nsm:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "emulator":
         return _serve(args)
+    if args.command == "shim":
+        from nsm import shim
+
+        print(shim.build(args.out))
+        return 0
     with _open(args) as module:
         if args.command == "describe":
             d = module.describe()
@@ -283,15 +312,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     emulator = emulator_from_args(args)
-    # Name the path the user gave, not the temporary file or the bare socket call that failed.
-    try:
-        write_root_pem(args.root_out, emulator.root_pem)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, f"--root-out {args.root_out}") from exc
+    # Bind first: a socket another server is listening on is refused (SocketInUseError) before
+    # the root is written. Name the path the user gave, not the bare socket call that failed.
     try:
         server = EmulatorServer(args.socket, emulator)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, f"--socket {args.socket}") from exc
+    try:
+        write_root_pem(args.root_out, emulator.root_pem)
+    except OSError as exc:
+        server.server_close()
+        raise OSError(exc.errno, exc.strerror, f"--root-out {args.root_out}") from exc
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt

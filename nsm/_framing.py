@@ -1,5 +1,5 @@
 """Framing on the emulator's Unix socket, shared by the Python transport, the emulator server
-and the LD_PRELOAD shim (shim/nsm_preload.c).
+and the LD_PRELOAD shim (nsm/shim/nsm_preload.c).
 
 Each message, in both directions, is a 4-byte big-endian length followed by that many bytes of
 CBOR: exactly the bytes the ioctl would carry. One connection carries any number of

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import socketserver
 import stat
 import threading
@@ -13,7 +14,7 @@ from nsm import _framing
 from nsm.emulator import Emulator
 from nsm.errors import TransportError
 
-__all__ = ["EmulatorServer", "write_root_pem"]
+__all__ = ["EmulatorServer", "SocketInUseError", "write_root_pem"]
 
 log = logging.getLogger("nsm.emulator")
 
@@ -54,14 +55,36 @@ class EmulatorServer(socketserver.ThreadingUnixStreamServer):
         self.path.unlink(missing_ok=True)
 
 
+class SocketInUseError(TransportError):
+    """Another server is listening on the socket path: taking it over would cut its clients off."""
+
+
 def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket file left by a server that is gone; refuse anything else at `path`."""
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise FileExistsError(f"{path} exists and is not a socket; refusing to replace it")
-    path.unlink()
+        raise SocketInUseError(f"{path} exists and is not a socket; refusing to replace it")
+    # A live server accepts a connection; a stale file (its server died without unlinking it)
+    # refuses with ECONNREFUSED and may be replaced.
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        path.unlink()
+        return
+    except OSError as exc:
+        raise SocketInUseError(
+            f"cannot tell whether {path} is in use ({exc}); not replacing it"
+        ) from exc
+    finally:
+        probe.close()
+    raise SocketInUseError(
+        f"another server is listening on unix:{path}; stop it or choose another --socket "
+        "(a stale socket file with no listener is replaced)"
+    )
 
 
 def write_root_pem(path: str | os.PathLike[str], pem: bytes) -> None:

@@ -16,8 +16,33 @@ from oracle_example import verify_report
 
 from __future__ import annotations
 
-from oracle_example.binding import VerifiedReport, verify_report
-from oracle_example.config import OracleConfig
+from typing import TYPE_CHECKING
+
+from enclave_net._extras import import_or_explain
 from oracle_example.errors import OracleExampleError
 
+if TYPE_CHECKING:
+    from oracle_example.binding import VerifiedReport, verify_report
+    from oracle_example.config import OracleConfig
+
+#: Loaded on first use: without the [oracle] extra, `import oracle_example` works and these
+#: names raise `MissingExtraError` (an ImportError) naming the extra, not a bare traceback.
+_LAZY = {
+    "OracleConfig": "oracle_example.config",
+    "VerifiedReport": "oracle_example.binding",
+    "verify_report": "oracle_example.binding",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'oracle_example' has no attribute {name!r}")
+    return getattr(import_or_explain(module, "oracle"), name)
+
+
 __all__ = ["OracleConfig", "OracleExampleError", "VerifiedReport", "verify_report"]
+
+#: The distribution's version: pyproject.toml reads it from attestation/__init__.py, and a test
+#: keeps the four packages equal.
+__version__ = "0.1.0"

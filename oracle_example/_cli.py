@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, cast
 from enclave_net._cli import run_command, stop_on_signals
 from enclave_net.errors import EnclaveNetError
 from nsm_attestation_cli import CliParser, UsageError, dump, epilog_everywhere
+from oracle_example import __version__
 from oracle_example.errors import OracleExampleError
 
 if TYPE_CHECKING:
@@ -404,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The reference Nitro enclave price oracle. Networking tools (egress "
         "proxy, gateway, fetch) are `enclave-net`'s.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = cast(
         "argparse._SubParsersAction[argparse.ArgumentParser]",
         parser.add_subparsers(dest="command", metavar="COMMAND"),

@@ -4,8 +4,9 @@ and the domain, addresses (EIP-55), and secp256k1 signing and recovery over a 32
 Every struct the oracle signs has only static fields, so EIP-712 reduces to 32-byte ABI words
 and needs no general encoder (reference/oracle.md §2.4). Signatures are r || s || v with
 v = recid + 27, what OpenZeppelin's `ECDSA.recover` and `ecrecover` take; libsecp256k1 signs
-low-s, and high s is refused on recovery as OpenZeppelin does (oracle.md §2.5). pycryptodome
-for keccak, coincurve (libsecp256k1) for the curve; eth-account is the reference in tests only.
+low-s, and high s is refused on recovery as OpenZeppelin does (oracle.md §2.5). safe-pysha3
+for keccak (docs/dependencies.md: why not pycryptodome), coincurve (libsecp256k1) for the curve;
+eth-account is the reference in tests only.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from dataclasses import dataclass
 
 import coincurve
 
-# pycryptodome's keccak is the original (pre-FIPS) Keccak that Ethereum uses; hashlib.sha3_256
+# safe-pysha3's keccak_256 is the original (pre-FIPS) Keccak that Ethereum uses; hashlib.sha3_256
 # is FIPS SHA-3 and gives different digests (reference/oracle.md §2.5, pitfall 2).
-from Crypto.Hash import keccak as _keccak
+import sha3
 
 from oracle_example.errors import ReportFormatError, SignatureFormatError
 
@@ -56,9 +57,8 @@ _HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 def keccak256(data: bytes) -> bytes:
     """Ethereum's keccak256 (not FIPS SHA3-256)."""
-    h = _keccak.new(digest_bits=256)
-    h.update(data)
-    return h.digest()
+    digest: bytes = sha3.keccak_256(data).digest()
+    return digest
 
 
 def to_checksum_address(address: bytes) -> str:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 
-import httpcore
+import httpcore2 as httpcore
 
 from enclave_net.address import Address, HostPort, VsockAddress
 from enclave_net.doctor._probe import (

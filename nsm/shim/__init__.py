@@ -2,14 +2,14 @@
 
 ```sh
 nsm emulator serve --socket /tmp/nsm.sock --root-out root.pem &
-LIB=$(python -c 'import nsm.shim; print(nsm.shim.build("."))')
+LIB=$(nsm shim build --out .)       # or: python -c 'import nsm.shim; print(nsm.shim.build("."))'
 NSM_EMULATOR=unix:/tmp/nsm.sock LD_PRELOAD=$LIB your-program
 ```
 
-The library is built from `shim/nsm_preload.c` with the system C compiler; nothing is compiled
-at install time, so the package itself needs no compiler. The C source lives outside the Python
-package (at the top of the repository, installed as shared data) because it is a standalone
-library for apps in any language, not part of `nsm`'s Python code.
+The library is built from `nsm_preload.c`, shipped beside this file as package data (so it is
+found wherever the package is installed: a wheel, `pip install --user`, a checkout), with the
+system C compiler; nothing is compiled at install time, so installing needs no compiler. The C
+source is a standalone library for apps in any language: it uses nothing from Python.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,14 +24,8 @@ from nsm.errors import NsmError
 
 __all__ = ["CFLAGS", "LIBRARY_NAME", "SOURCE", "ShimBuildError", "build", "compiler"]
 
-_SOURCE_NAME = "nsm_preload.c"
-#: In a checkout (or an editable install) the source sits at the top of the repository; a wheel
-#: installs it as shared data (see [tool.hatch.build.targets.wheel.shared-data]).
-_SOURCE_CANDIDATES = (
-    Path(__file__).resolve().parents[2] / "shim" / _SOURCE_NAME,
-    Path(sys.prefix) / "share" / "nsm-attestation" / _SOURCE_NAME,
-)
-SOURCE = next((p for p in _SOURCE_CANDIDATES if p.is_file()), _SOURCE_CANDIDATES[0])
+#: The C source, package data of `nsm.shim`.
+SOURCE = Path(__file__).resolve().with_name("nsm_preload.c")
 LIBRARY_NAME = "libnsm_preload.so"
 #: -Werror keeps the shim warning-free on every compiler CI meets; -ldl for dlsym on glibc < 2.34.
 CFLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start the oracle enclave in PRODUCTION mode: no --debug-mode. In debug mode every PCR reads as
-# zero, attestations prove nothing, and the oracle refuses to boot (reference/oracle.md §4).
+# zero, attestations prove nothing, and the oracle refuses to boot (docs/deployment.md).
 #
 #   oracle_example/deploy/run-enclave.sh [EIF] [CID]
 # The gateway unit forwards tcp:127.0.0.1:8080 to vsock:CID:5000, so keep CID in step with it.

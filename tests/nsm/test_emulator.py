@@ -281,6 +281,7 @@ def test_document_verifies_with_plain_cryptography(emulator: Emulator) -> None:
     public.verify(utils.encode_dss_signature(r, s), sig_structure, ec.ECDSA(hashes.SHA384()))
 
 
+@pytest.mark.crosscheck
 def test_document_verifies_with_pycose(emulator: Emulator) -> None:
     from pycose.keys.curves import P384
     from pycose.keys.ec2 import EC2Key

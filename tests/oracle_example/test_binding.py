@@ -9,7 +9,6 @@ from decimal import Decimal
 
 import coincurve
 import pytest
-from eth_account import Account
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -79,7 +78,10 @@ SECRET = bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a
 KEY = coincurve.PrivateKey(SECRET)
 
 
+@pytest.mark.crosscheck
 def test_public_key_is_65_bytes_uncompressed_and_gives_eth_address() -> None:
+    from eth_account import Account
+
     pub = public_key_bytes(KEY)
     assert len(pub) == 65 and pub[0] == 4
     assert public_key_bytes(KEY.public_key) == pub
@@ -276,7 +278,10 @@ def check(
     return verify_report(report, doc, **args)  # type: ignore[arg-type]
 
 
+@pytest.mark.crosscheck
 def test_a_good_report_verifies_from_root_to_price(factory, verifier) -> None:  # type: ignore[no-untyped-def]
+    from eth_account import Account
+
     at = factory.timestamp
     verified = check(factory, verifier, make_report(at), document(factory))
     assert verified.price == Decimal("100.10000000")

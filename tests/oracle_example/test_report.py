@@ -7,10 +7,6 @@ import json
 
 import coincurve
 import pytest
-from eth_account import Account
-from eth_account.messages import encode_typed_data
-from eth_utils.address import to_checksum_address as eth_checksum
-from eth_utils.crypto import keccak as eth_keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,8 +45,18 @@ SECRET = bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a
 KEY = coincurve.PrivateKey(SECRET)
 
 
+@pytest.fixture(scope="module")
+def eth_account_imported() -> None:
+    """eth-account raises the recursion limit when first imported; hypothesis refuses a test
+    that changes it, so the property tests import it before they run."""
+    import eth_account.messages  # noqa: F401
+
+
 def eth_digest(full_message: dict[str, object]) -> bytes:
     """The EIP-712 digest as eth-account computes it, with eth-utils' own keccak."""
+    from eth_account.messages import encode_typed_data
+    from eth_utils.crypto import keccak as eth_keccak
+
     signable = encode_typed_data(full_message=full_message)
     return bytes(eth_keccak(b"\x19" + signable.version + signable.header + signable.body))
 
@@ -125,6 +131,8 @@ def sample_report(price: int = 9651122000000) -> PriceReport:
 
 @settings(max_examples=60, deadline=None)
 @given(message=price_reports, domain=domains)
+@pytest.mark.crosscheck
+@pytest.mark.usefixtures("eth_account_imported")
 def test_price_report_digest_matches_eth_account(
     message: PriceReport, domain: Eip712Domain
 ) -> None:
@@ -136,13 +144,18 @@ def test_price_report_digest_matches_eth_account(
 
 @settings(max_examples=40, deadline=None)
 @given(message=oracle_errors, domain=domains)
+@pytest.mark.crosscheck
+@pytest.mark.usefixtures("eth_account_imported")
 def test_oracle_error_digest_matches_eth_account(
     message: OracleError, domain: Eip712Domain
 ) -> None:
     assert typed_data_digest(message, domain) == eth_digest(typed_data(message, domain))
 
 
+@pytest.mark.crosscheck
 def test_type_strings_and_typehashes_are_the_documented_ones() -> None:
+    from eth_utils.crypto import keccak as eth_keccak
+
     assert PRICE_REPORT_TYPE == (
         "PriceReport(bytes32 feedId,int256 price,uint8 decimals,uint64 roundId,"
         "uint64 observationsTimestamp,uint64 validFrom,uint64 expiresAt,uint64 timestamp,"
@@ -209,7 +222,10 @@ def test_report_fields_are_range_checked() -> None:
 # --- keys, signatures, recovery -----------------------------------------------------------------
 
 
+@pytest.mark.crosscheck
 def test_address_matches_eth_account() -> None:
+    from eth_account import Account
+
     ours = address_of(KEY.public_key.format(compressed=False))
     assert to_checksum_address(ours) == Account.from_key(SECRET).address
 
@@ -220,9 +236,13 @@ def test_address_matches_eth_account() -> None:
     domain=domains,
     secret=st.integers(min_value=1, max_value=SECP256K1_N - 1),
 )
+@pytest.mark.crosscheck
 def test_signature_recovers_with_our_code_and_eth_account(
     message: PriceReport | OracleError, domain: Eip712Domain, secret: int
 ) -> None:
+    from eth_account import Account
+    from eth_account.messages import encode_typed_data
+
     key = coincurve.PrivateKey(secret.to_bytes(32, "big"))
     address = address_of(key.public_key.format(compressed=False))
     signature = sign_message(message, domain, key)
@@ -236,7 +256,11 @@ def test_signature_recovers_with_our_code_and_eth_account(
     assert Account.recover_message(signable, signature=signature) == checksum
 
 
+@pytest.mark.crosscheck
 def test_eth_account_signature_recovers_with_our_code() -> None:
+    from eth_account import Account
+    from eth_account.messages import encode_typed_data
+
     message = sample_report(price=-5)
     domain = Eip712Domain(chain_id=1, verifying_contract=b"\xab" * 20)
     signed = Account.sign_message(
@@ -268,7 +292,10 @@ def test_signature_forms_are_checked() -> None:
     assert recover_address(digest, wrong) != address_of(KEY.public_key.format(compressed=False))
 
 
+@pytest.mark.crosscheck
 def test_checksum_addresses_match_eth_utils() -> None:
+    from eth_utils.address import to_checksum_address as eth_checksum
+
     for raw in (b"\x00" * 20, b"\xff" * 20, bytes(range(20)), KEY.public_key.format()[1:21]):
         assert to_checksum_address(raw) == eth_checksum("0x" + raw.hex())
         assert parse_address(to_checksum_address(raw)) == raw
@@ -293,7 +320,11 @@ def signed_price() -> SignedReport:
     return report
 
 
+@pytest.mark.crosscheck
 def test_report_json_round_trip_and_eth_account_accepts_typed_data() -> None:
+    from eth_account import Account
+    from eth_account.messages import encode_typed_data
+
     report = signed_price()
     obj = json.loads(json.dumps(report.to_json()))
     assert set(obj) == {

@@ -217,7 +217,8 @@ def test_nsm_imports_no_networking() -> None:
     code = (
         "import sys, nsm, nsm.emulator, nsm.client\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('enclave_net', 'oracle_example', 'httpcore', 'h11', 'botocore', 'asn1crypto'))\n"
+        "('enclave_net', 'oracle_example', 'httpcore', 'httpcore2', 'h11', 'botocore', "
+        "'asn1crypto'))\n"
         "print(bad)\n"
     )
     result = subprocess.run(

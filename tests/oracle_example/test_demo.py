@@ -37,6 +37,13 @@ def _processes_mentioning(marker: str) -> list[str]:
     return found
 
 
+def _default_sigint() -> None:
+    # The demo as a person starts it from a terminal: SIGINT at its default. A test run started
+    # in the background by a non-interactive shell (as CI may be) inherits SIGINT *ignored*, and
+    # Python then installs no KeyboardInterrupt handler, so Ctrl-C would do nothing at all.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _demo(out: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "oracle_example._cli", "demo", "--out", str(out), "--replay"],
@@ -44,6 +51,7 @@ def _demo(out: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_default_sigint,  # runs in the child between fork and exec
     )
 
 

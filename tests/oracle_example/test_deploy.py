@@ -52,7 +52,12 @@ def requirements() -> list[Requirement]:
 def test_every_requirement_is_locked_at_a_version_it_accepts() -> None:
     lock = locked()
     reqs = requirements()
-    assert {canonicalize_name(r.name) for r in reqs} >= {"cbor2", "coincurve", "httpcore2", "safe-pysha3"}
+    assert {canonicalize_name(r.name) for r in reqs} >= {
+        "cbor2",
+        "coincurve",
+        "httpcore2",
+        "safe-pysha3",
+    }
     for req in reqs:
         name = canonicalize_name(req.name)
         assert name in lock, f"{req} is not in requirements.lock"

@@ -36,6 +36,11 @@ from oracle_example.replay._pki import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+# Named network namespaces the tests create (with pid and a random part: concurrent runs never
+# share one). Tests that check what is left behind tell these apart by prefix.
+_ENCLAVE_NETNS = "oe-enc-"
+_PROBE_NETNS = "oe-probe-"
+TEST_NETNS_PREFIXES = (_ENCLAVE_NETNS, _PROBE_NETNS)
 
 
 @dataclass
@@ -280,7 +285,7 @@ def namespaces_unavailable() -> str | None:
     for tool in ("ip", "unshare"):
         if shutil.which(tool) is None:
             return f"needs {tool} (iproute2 / util-linux)"
-    probe = f"oe-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    probe = f"{_PROBE_NETNS}{os.getpid()}-{uuid.uuid4().hex[:6]}"
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:
         return f"ip netns add failed: {made.stderr.strip()}"
@@ -296,7 +301,7 @@ class Enclave:
     """
 
     def __init__(self) -> None:
-        self.name = f"oe-enc-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.name = f"{_ENCLAVE_NETNS}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
         self._children: list[subprocess.Popen[str]] = []
 

@@ -430,6 +430,8 @@ def test_concurrency_stall_names_num_workers(
     finding = found["concurrency api.binance.com:443"]
     assert finding["status"] == "fail"
     assert "1 of 3 simultaneous streams stalled" in finding["message"]
+    # Confirmed by its cause: the waiting stream was served once the held ones were closed.
+    assert "1 of them got it as soon as those closed" in finding["message"]
     assert "--num_workers" in finding["remedy"]
     assert code == 1
 

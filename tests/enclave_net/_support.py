@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parents[2]
 _ENCLAVE_NETNS = "oe-enc-"
 _PROBE_NETNS = "oe-probe-"
 TEST_NETNS_PREFIXES = (_ENCLAVE_NETNS, _PROBE_NETNS)
+#: Seconds a stand-in exchange waits for a client's TLS handshake.
+HANDSHAKE_BUDGET = 60
 
 
 @dataclass
@@ -148,7 +150,10 @@ class _Server(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         try:
-            request.settimeout(10)
+            # The clock starts at TCP accept: through a CONNECT tunnel, before the client (a
+            # fresh process) has even read the proxy's 200. Generous, so that a loaded machine
+            # does not turn a working path into "closed during the TLS handshake".
+            request.settimeout(HANDSHAKE_BUDGET)
             request.do_handshake()
         except (OSError, ssl.SSLError) as exc:
             self.owner.handshake_errors.append(repr(exc))

@@ -138,6 +138,10 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     owner: HttpsExchange
+    # socketserver's default listen backlog is 5: with its accept thread starved on a loaded
+    # machine, a burst (the doctor opens 4 tunnels at once, beside other connections) overflows
+    # it, and the dropped handshakes cost 1, 3, 7 s of SYN retries, past a 10 s connect timeout.
+    request_queue_size = 128
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = self.socket.accept()

@@ -189,14 +189,16 @@ def test_sealed_enclave_with_a_working_route_is_healthy(
     )
     assert found["lo"]["status"] == "ok"  # --lo-up brought it up with the ioctl
     assert "dangling" in found["resolv.conf"]["message"]
-    assert found["egress api.binance.com:443"]["status"] == "ok"
-    assert found["http api.binance.com"]["status"] == "ok"
+    egress = found["egress api.binance.com:443"]
+    concurrency = found["concurrency api.binance.com:443"]
+    assert egress["status"] == "ok", egress  # the message says why, if not
+    assert found["http api.binance.com"]["status"] == "ok", found["http api.binance.com"]
     assert "X-MBX-USED-WEIGHT-1M 2" in found["http api.binance.com"]["message"]
     # Without the app's probes the clock comes from the HTTP Date header (1 s steps), and no
     # app-level check (the oracle's freshness) runs: tests/oracle_example/test_doctor_probes.py.
     assert found["clock"]["status"] == "ok"
     assert "api.binance.com Date header" in found["clock"]["message"]
-    assert found["concurrency api.binance.com:443"]["status"] == "ok"
+    assert concurrency["status"] == "ok", concurrency
     assert not any(check.startswith("freshness") for check in found)
     assert found["attestation"]["status"] == "warn"  # no NSM here: development mode
     assert code == (1 if any(f["status"] == "fail" for f in found.values()) else 0)

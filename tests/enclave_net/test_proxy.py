@@ -389,8 +389,15 @@ def test_route_mode_re_resolves_after_failure(
         )
     )
     try:
-        # 1st connection: resolves to .2, connect refused -> 502 logged, cache dropped.
-        assert _exchange(Path(listen.path), b"a") == b""
+        # 1st connection: resolves to .2, connect refused -> 502 logged, cache dropped. The
+        # proxy may close it before the byte is sent (a loaded machine runs the test later).
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(listen.path)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(b"a")
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1) == b""
         # 2nd: re-resolved at once (not after the TTL) and served.
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(5)

@@ -62,7 +62,8 @@ Parent-side egress proxy for enclaves. Two modes, usable together:
 
 TLS is never terminated here: the enclave verifies certificates itself. Upstream addresses that
 are link-local (169.254.169.254), multicast or unspecified are always refused; private and
-loopback ones unless --allow-private. Logs are JSON lines on stderr.
+loopback ones unless --allow-private; IPv6 forms that embed an IPv4 address (NAT64, 6to4,
+Teredo, IPv4-mapped or -compatible) are judged by that address. Logs are JSON lines on stderr.
 
 Addresses: vsock:CID:PORT (listen on vsock:4294967295:PORT for any CID), unix:PATH, tcp:HOST:PORT.
 """

@@ -1,7 +1,8 @@
 """JSON-lines logging, set up in one place for every enclave_net process and the apps on it.
 
 Each record is one JSON object per line: `ts`, `level`, `event`, then the event's `fields`
-(passed as `extra={"fields": {...}}`). `json_logging` routes the named loggers (by default
+(passed as `extra={"fields": {...}}`), and for `log.exception(...)` the exception: its type,
+message and where it was raised. `json_logging` routes the named loggers (by default
 `enclave_net`, plus whatever the app adds, e.g. `oracle_example`) to one handler and undoes it
 on exit, so tests and the demo can capture a process's logs and put them back.
 """
@@ -12,6 +13,7 @@ import contextlib
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -24,15 +26,31 @@ class JsonLogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = getattr(record, "fields", {})
-        return json.dumps(
-            {
-                "ts": round(record.created, 3),
-                "level": record.levelname.lower(),
-                "event": record.getMessage(),
-                **fields,
-            },
-            default=str,
-        )
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+            **fields,
+        }
+        if record.exc_info is not None and record.exc_info[1] is not None:
+            entry["exception"] = _exception(record.exc_info[1])
+        return json.dumps(entry, default=str)
+
+
+def _exception(exc: BaseException) -> dict[str, str]:
+    """Type, message and the innermost frame: enough to find the bug from one log line."""
+    kind = type(exc)
+    found = {
+        "type": kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}",
+        "message": str(exc),
+    }
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        found["where"] = f"{Path(last.filename).name}:{last.lineno} in {last.name}"
+    return found
 
 
 def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:

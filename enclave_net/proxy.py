@@ -5,7 +5,8 @@ Route mode: one listener per upstream; every stream accepted there is relayed to
 failure). CONNECT mode: one listener; the client names `host:port`, which must be on the allow
 list. Both modes refuse upstream addresses that are link-local (169.254.169.254, the instance
 metadata service, above all), multicast or unspecified, and, unless `allow_private`, private,
-loopback and other non-global ones. IP literals pass only if listed literally.
+loopback and other non-global ones; an IPv6 form that embeds an IPv4 address (mapped, NAT64,
+6to4, Teredo...) is judged by that address. IP literals pass only if listed literally.
 
 The enclave never trusts this process: TLS ends in the enclave, so all this proxy can do wrong
 is fail. It must therefore fail loudly and precisely (400/403/502/503 with a logged reason) and

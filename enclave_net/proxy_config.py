@@ -180,11 +180,80 @@ def load_config(
     )
 
 
+# IPv6 forms that carry an IPv4 address which a translator, a relay or the host's own stack
+# delivers to: dialling the IPv6 address reaches the IPv4 one, so the IPv4 one is judged.
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # RFC 4291 §2.5.5.1, deprecated
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # RFC 4291 §2.5.5.2
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # RFC 2765 §2.1 (SIIT)
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 §2.1: /96 only
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: any RFC 6052 length
+_6TO4 = ipaddress.IPv6Network("2002::/16")  # RFC 3056 §2
+_TEREDO = ipaddress.IPv6Network("2001::/32")  # RFC 4380 §4
+
+
+def _rfc6052_ipv4(ip: ipaddress.IPv6Address, prefix_length: int) -> ipaddress.IPv4Address:
+    """The IPv4 address at RFC 6052 §2.2's position after a prefix of this length (bits 64-71,
+    the "u" octet, never carry address bits)."""
+    octets = [i for i in range(prefix_length // 8, 16) if i != 8][:4]
+    return ipaddress.IPv4Address(bytes(ip.packed[i] for i in octets))
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """The IPv4 addresses this IPv6 address leads to, each with the name of its form."""
+    if ip.is_unspecified or ip.is_loopback:  # :: and ::1 are IPv6's own, not IPv4-compatible
+        return []
+    for form, network in (
+        ("IPv4-mapped", _IPV4_MAPPED),
+        ("IPv4-translated", _IPV4_TRANSLATED),
+        ("IPv4-compatible", _IPV4_COMPATIBLE),
+        ("NAT64", _NAT64_WELL_KNOWN),
+    ):
+        if ip in network:
+            return [(form, _rfc6052_ipv4(ip, 96))]
+    if ip in _6TO4:
+        return [("6to4", ipaddress.IPv4Address(ip.packed[2:6]))]
+    if ip in _TEREDO:
+        # RFC 4380 §4: the server's address in bits 32-63, the client's in the last 32 bits
+        # with every bit inverted ("obfuscated").
+        client = bytes(b ^ 0xFF for b in ip.packed[12:16])
+        return [
+            ("Teredo server", ipaddress.IPv4Address(ip.packed[4:8])),
+            ("Teredo client", ipaddress.IPv4Address(client)),
+        ]
+    return []
+
+
 def address_refusal(ip_text: str, *, allow_private: bool) -> str | None:
-    """Why this upstream IP is refused, or None if it may be dialled."""
+    """Why this upstream IP is refused, or None if it may be dialled.
+
+    An IPv6 address that embeds an IPv4 one (IPv4-mapped, -compatible or -translated, NAT64,
+    6to4, Teredo) is refused when the IPv4 address would be: these forms are routes to it."""
     ip = ipaddress.ip_address(ip_text)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        for form, inner in _embedded_ipv4(ip):
+            why = _refusal(inner, allow_private=allow_private)
+            if why is not None:
+                return f"{ip} embeds {inner} ({form}): {why}"
+        if ip in _NAT64_LOCAL:
+            # A site's own translator (RFC 8215), not global. It puts the IPv4 address after a
+            # /96, /64, /56 or /48, the site's choice: every position is judged. The bits after
+            # the address are zero (RFC 6052 §2.2's suffix): 0.0.0.0 marks an unused position.
+            if not allow_private:
+                return (
+                    f"{ip} is in the local-use NAT64 prefix {_NAT64_LOCAL}, not globally "
+                    "routable (--allow-private permits it)"
+                )
+            for length in (96, 64, 56, 48):
+                inner = _rfc6052_ipv4(ip, length)
+                why = None if inner.is_unspecified else _refusal(inner, allow_private=True)
+                if why is not None:
+                    return f"{ip} embeds {inner} (NAT64 after /{length}): {why}"
+    return _refusal(ip, allow_private=allow_private)
+
+
+def _refusal(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_private: bool
+) -> str | None:
     if ip in METADATA_ADDRESSES:
         return f"{ip} is the cloud instance metadata service"
     if ip.is_link_local:

@@ -11,6 +11,10 @@ API (HTTP/1.1, one request per connection, JSON everywhere, errors as
 - `GET /v1/error/{feed}`, same options: the latest round's signed `OracleError`, served beside
   the price; 404 `error.none` when the latest round priced.
 - `GET /v1/health`: mode, address, hashes, PCRs, clock check, per-feed and per-source state.
+
+Request targets are origin-form or absolute-form (RFC 9112 §3.2); anything else is a 400. A
+connection takes one of `MAX_CLIENTS` slots only once its request is read; when none is free the
+answer is 503 with `Retry-After`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import h11
 
 from enclave_net.address import Address, UnixAddress, bind_socket
+from enclave_net.gateway import finish_answer
 from oracle_example.errors import OracleExampleError
 from oracle_example.eth import to_checksum_address
 from oracle_example.oracle import Oracle
@@ -45,12 +50,26 @@ MAX_REQUEST_HEAD = 8 * 1024
 MAX_TARGET = 1024
 #: AWS allows 1024 bytes of nonce; a challenge needs 16-32. 64 leaves room for a hash of context.
 MAX_NONCE_BYTES = 64
-#: The whole request must arrive within this (slowloris).
-REQUEST_TIMEOUT = 10.0
-#: Concurrent API connections; beyond this, 503 at once.
+#: The whole request must arrive within this (slowloris). No slot is held meanwhile, so an idle
+#: connection costs a socket and this much time, never a turn of a real request.
+REQUEST_TIMEOUT = 5.0
+#: Requests handled at once; a request read when all are taken is answered 503 + Retry-After.
 MAX_CLIENTS = 64
+#: Connections open at once (most of them reading a request); beyond this, 503 at once. Above
+#: the gateway's own cap (256), so only a misbehaving parent meets it.
+MAX_CONNECTIONS = 512
+RETRY_AFTER_SECONDS = 1
+#: After the answer, how long the client's remaining input is read and dropped before closing
+#: (`finish_answer`: unread input at close resets the connection and can destroy the answer).
+LINGER_SECONDS = 1.0
 _FEED_PATH = re.compile(r"/v1/(price|error)/([A-Za-z0-9]{1,16})[-/]([A-Za-z0-9]{1,16})")
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
+_DOMAIN = re.compile(r"[0-9]{1,3}")  # ASCII digits: str.isdigit() also takes '²' and '٣'
+# RFC 9112 §3.2: origin-form is absolute-path ["?" query] (RFC 9110 §4.1, RFC 3986 §3.3-3.4);
+# absolute-form adds "http://authority" in front.
+_PCHAR = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})"
+_ORIGIN_FORM = re.compile(rf"((?:/{_PCHAR}*)+)(?:\?((?:{_PCHAR}|[/?])*))?")
+_ABSOLUTE_PREFIX = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
 
 
 # --- HTTP -----------------------------------------------------------------------------------------
@@ -67,11 +86,13 @@ class _HttpError(Exception):
 def _response(status: int, body: Mapping[str, object] | dict[str, Any]) -> bytes:
     data = json.dumps(body, separators=(",", ":")).encode()
     reason = HTTPStatus(status).phrase
+    retry = f"Retry-After: {RETRY_AFTER_SECONDS}\r\n" if status == 503 else ""
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(data)}\r\n"
         "Cache-Control: no-store\r\n"
+        f"{retry}"
         "Connection: close\r\n\r\n"
     )
     return head.encode("ascii") + data
@@ -113,9 +134,34 @@ async def _read_request(reader: asyncio.StreamReader) -> h11.Request:
             raise _HttpError(400, "http.closed", "connection closed mid-request")
 
 
+def _split_target(target: str) -> tuple[str, str]:
+    """(path, query) of an origin-form or absolute-form request target."""
+    absolute = _ABSOLUTE_PREFIX.match(target)
+    if absolute is not None:
+        try:  # the authority must parse (RFC 3986 §3.2); .port raises on a bad port
+            parts = urlsplit(absolute.group(0))
+            valid = bool(parts.hostname) and parts.port != 0
+        except ValueError:
+            valid = False
+        if not valid:
+            raise _HttpError(400, "http.target", f"bad authority in {absolute.group(0)!r}")
+        target = target[absolute.end() :]
+        target = target if target.startswith("/") else "/" + target
+    match = _ORIGIN_FORM.fullmatch(target)
+    if match is None:
+        raise _HttpError(400, "http.target", "request target must be /path[?query] (RFC 9112)")
+    return match.group(1), match.group(2) or ""
+
+
 def _query(text: str, allowed: set[str]) -> dict[str, str]:
     try:
-        pairs = parse_qsl(text, strict_parsing=bool(text), max_num_fields=len(allowed) or 1)
+        # Blank values are kept, so `nonce=` is a bad nonce rather than no nonce.
+        pairs = parse_qsl(
+            text,
+            keep_blank_values=True,
+            strict_parsing=bool(text),
+            max_num_fields=len(allowed) or 1,
+        )
     except ValueError as exc:
         raise _HttpError(400, "http.query", f"bad query string: {exc}") from exc
     out = dict(pairs)
@@ -125,13 +171,12 @@ def _query(text: str, allowed: set[str]) -> dict[str, str]:
 
 
 async def _route(oracle: Oracle, target: str) -> tuple[int, dict[str, object]]:
-    parts = urlsplit(target)
-    path = parts.path
+    path, query_text = _split_target(target)
     if path == "/v1/health":
-        _query(parts.query, set())
+        _query(query_text, set())
         return 200, oracle.health()
     if path == "/v1/attestation":
-        query = _query(parts.query, {"nonce"})
+        query = _query(query_text, {"nonce"})
         nonce: bytes | None = None
         if "nonce" in query:
             text = query["nonce"]
@@ -152,13 +197,13 @@ async def _route(oracle: Oracle, target: str) -> tuple[int, dict[str, object]]:
         }
     match = _FEED_PATH.fullmatch(unquote(path))
     if match is not None:
-        query = _query(parts.query, {"domain"})
+        query = _query(query_text, {"domain"})
         kind = match.group(1)
         symbol = f"{match.group(2)}/{match.group(3)}".upper()
         if symbol not in {f.symbol for f in oracle.config.feeds}:
             raise _HttpError(404, "price.unknown_feed", f"no feed {symbol}")
         domain_text = query.get("domain", "0")
-        if not domain_text.isdigit() or int(domain_text) >= len(oracle.config.domains):
+        if not _DOMAIN.fullmatch(domain_text) or int(domain_text) >= len(oracle.config.domains):
             raise _HttpError(
                 400, "price.domain", f"domain must be 0..{len(oracle.config.domains) - 1}"
             )
@@ -177,33 +222,48 @@ async def _route(oracle: Oracle, target: str) -> tuple[int, dict[str, object]]:
 async def serve(oracle: Oracle, listen: Address, stop: asyncio.Event) -> None:
     """Run the fetch loop and the API on `listen` until `stop` is set; then clean up."""
     slots = asyncio.Semaphore(MAX_CLIENTS)
+    connections = 0
+
+    async def answer(reader: asyncio.StreamReader) -> bytes:
+        # The request first, without a slot: a slot is a turn of the oracle, not a socket.
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                request = await _read_request(reader)
+        except _HttpError as exc:
+            return _response(exc.status, _error_body(exc.code, exc.message))
+        except TimeoutError:
+            return _response(408, _error_body("http.timeout", "request too slow"))
+        if slots.locked():
+            return _response(503, _error_body("http.busy", "too many requests at once"))
+        async with slots:
+            try:
+                status, body = await _route(oracle, request.target.decode("ascii", "replace"))
+            except _HttpError as exc:
+                status, body = exc.status, _error_body(exc.code, exc.message)
+            return _response(status, body)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
         try:
-            if slots.locked():
-                writer.write(_response(503, _error_body("http.busy", "too many connections")))
-                return
-            async with slots:
-                try:
-                    async with asyncio.timeout(REQUEST_TIMEOUT):
-                        request = await _read_request(reader)
-                    status, body = await _route(oracle, request.target.decode("ascii", "replace"))
-                except _HttpError as exc:
-                    status, body = exc.status, _error_body(exc.code, exc.message)
-                except TimeoutError:
-                    status, body = 408, _error_body("http.timeout", "request too slow")
-                writer.write(_response(status, body))
-                await writer.drain()
+            if connections > MAX_CONNECTIONS:
+                data = _response(503, _error_body("http.busy", "too many connections"))
+            else:
+                data = await answer(reader)
+            writer.write(data)
+            await writer.drain()
+            await finish_answer(reader, writer, linger=LINGER_SECONDS)
         except (ConnectionError, OSError):
             pass
         except Exception:
             log.exception("API handler failed")
         finally:
+            connections -= 1
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    sock = bind_socket(listen, backlog=128)
+    sock = bind_socket(listen, backlog=MAX_CONNECTIONS)
     sock.setblocking(False)
     server = await asyncio.start_server(handle, sock=sock, limit=MAX_REQUEST_HEAD)
     loop_task = asyncio.create_task(oracle.run(stop))

@@ -36,6 +36,13 @@ from oracle_example.replay._pki import (
 from tests.output_contract import check
 
 REPO = Path(__file__).resolve().parents[2]
+# Named network namespaces the tests create (with pid and a random part: concurrent runs never
+# share one). Tests that check what is left behind tell these apart by prefix.
+_ENCLAVE_NETNS = "oe-enc-"
+_PROBE_NETNS = "oe-probe-"
+TEST_NETNS_PREFIXES = (_ENCLAVE_NETNS, _PROBE_NETNS)
+#: Seconds a stand-in exchange waits for a client's TLS handshake.
+HANDSHAKE_BUDGET = 60
 
 
 @dataclass
@@ -126,6 +133,10 @@ class _Handler(QuietHandler):
 
 class _Server(ThreadingTLSServer):
     owner: HttpsExchange
+    # socketserver's default listen backlog is 5: with its accept thread starved on a loaded
+    # machine, a burst (the doctor opens 4 tunnels at once, beside other connections) overflows
+    # it, and the dropped handshakes cost 1, 3, 7 s of SYN retries, past a 10 s connect timeout.
+    request_queue_size = 128
 
 
 @dataclass
@@ -152,6 +163,10 @@ class HttpsExchange:
             ("127.0.0.1", 0),
             _Handler,
             self.context,
+            # The clock starts at TCP accept: through a CONNECT tunnel, before the client (a
+            # fresh process) has even read the proxy's 200. Generous, so that a loaded machine
+            # does not turn a working path into "closed during the TLS handshake".
+            timeout=HANDSHAKE_BUDGET,
             on_handshake_error=lambda exc: self.handshake_errors.append(repr(exc)),
         )
         self._server.owner = self
@@ -259,7 +274,7 @@ def namespaces_unavailable() -> str | None:
     for tool in ("ip", "unshare"):
         if shutil.which(tool) is None:
             return f"needs {tool} (iproute2 / util-linux)"
-    probe = f"oe-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    probe = f"{_PROBE_NETNS}{os.getpid()}-{uuid.uuid4().hex[:6]}"
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:
         return f"ip netns add failed: {made.stderr.strip()}"
@@ -275,7 +290,7 @@ class Enclave:
     """
 
     def __init__(self) -> None:
-        self.name = f"oe-enc-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.name = f"{_ENCLAVE_NETNS}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
         self._children: list[subprocess.Popen[str]] = []
 

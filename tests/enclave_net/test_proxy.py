@@ -389,8 +389,15 @@ def test_route_mode_re_resolves_after_failure(
         )
     )
     try:
-        # 1st connection: resolves to .2, connect refused -> 502 logged, cache dropped.
-        assert _exchange(Path(listen.path), b"a") == b""
+        # 1st connection: resolves to .2, connect refused -> 502 logged, cache dropped. The
+        # proxy may close it before the byte is sent (a loaded machine runs the test later).
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(listen.path)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(b"a")
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1) == b""
         # 2nd: re-resolved at once (not after the TTL) and served.
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(5)
@@ -411,6 +418,106 @@ def test_address_policy() -> None:
     assert "multicast" in str(address_refusal("ff02::1", allow_private=True))
     assert "unspecified" in str(address_refusal("0.0.0.0", allow_private=True))
     assert "not globally routable" in str(address_refusal("100.64.0.1", allow_private=False))
+
+
+# Every IPv6 form that leads to an IPv4 address, with 169.254.169.254 (metadata), 169.254.1.1
+# (link-local), 10.0.0.5 (private) and 127.0.0.1 (loopback) inside.
+_EMBEDDING = {
+    "IPv4-compatible": lambda v4: f"::{v4}",
+    "IPv4-mapped": lambda v4: f"::ffff:{v4}",
+    "IPv4-translated": lambda v4: f"::ffff:0:{v4}",
+    "NAT64": lambda v4: f"64:ff9b::{v4}",
+    "6to4": lambda v4: "2002:{:02x}{:02x}:{:02x}{:02x}::1".format(*map(int, v4.split("."))),
+    # RFC 4380 §4: 2001:0:SERVER:FLAGS:PORT:CLIENT, the client's bits inverted.
+    "Teredo client": lambda v4: "2001:0:4136:e378:8000:63bf:{:02x}{:02x}:{:02x}{:02x}".format(
+        *(255 - int(o) for o in v4.split("."))
+    ),
+    "Teredo server": lambda v4: "2001:0:{:02x}{:02x}:{:02x}{:02x}:8000:63bf:3fff:fdd2".format(
+        *map(int, v4.split("."))
+    ),
+}
+
+
+@pytest.mark.parametrize("form", sorted(_EMBEDDING))
+@pytest.mark.parametrize(
+    ("v4", "always"),
+    [("169.254.169.254", True), ("169.254.1.1", True), ("10.0.0.5", False), ("127.0.0.1", False)],
+)
+def test_ipv6_forms_are_judged_by_the_ipv4_they_embed(form: str, v4: str, always: bool) -> None:
+    ip = _EMBEDDING[form](v4)
+    refused = address_refusal(ip, allow_private=False)
+    assert refused is not None and v4 in refused, (ip, refused)
+    with_private = address_refusal(ip, allow_private=True)
+    if always:  # the metadata service and link-local: refused even with --allow-private
+        assert with_private is not None and v4 in with_private, (ip, with_private)
+    elif form != "Teredo server":  # a private Teredo server is still a public client's relay
+        assert with_private is None, (ip, with_private)
+
+
+def test_local_nat64_is_refused_at_every_embedding_length() -> None:
+    # RFC 8215's prefix may carry the IPv4 address after /48, /56, /64 or /96 (RFC 6052 §2.2;
+    # bits 64-71 are the reserved "u" octet).
+    for ip in (
+        "64:ff9b:1:a9fe:a9:fe00::",  # after /48
+        "64:ff9b:1:a9:fe:a9fe::",  # after /56
+        "64:ff9b:1:0:a9:fea9:fe00:0",  # after /64
+        "64:ff9b:1::a9fe:a9fe",  # after /96
+    ):
+        why = str(address_refusal(ip, allow_private=True))
+        assert " embeds 169.254." in why and ("metadata" in why or "link-local" in why), ip
+    # Not global (RFC 8215 §3): without --allow-private, whatever it embeds.
+    assert "local-use NAT64" in str(address_refusal("64:ff9b:1::808:808", allow_private=False))
+    assert address_refusal("64:ff9b:1::a00:5", allow_private=True) is None
+
+
+def test_ipv6_forms_of_public_ipv4_pass() -> None:
+    for ip in ("64:ff9b::8.8.8.8", "2002:808:808::1", "2606:4700::1111"):
+        assert address_refusal(ip, allow_private=False) is None, ip
+
+
+@pytest.mark.parametrize(
+    "answer", ["::a9fe:a9fe", "64:ff9b::a00:5", "64:ff9b:1::a9fe:a9fe", "2002:a9fe:a9fe::1"]
+)
+def test_embedded_ipv4_is_refused_as_literal_pin_and_resolution(
+    answer: str, monkeypatch: pytest.MonkeyPatch, sockdir: Path
+) -> None:
+    """Through the proxy: no connect() to any of these, whichever way the address came."""
+    dialled: list[object] = []
+
+    def resolver(host: str, port: object, *args: Any, **kwargs: Any) -> list[Any]:
+        assert host == "resolved.test"
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (answer, 80, 0, 0))]
+
+    async def no_dial(*args: Any, **kwargs: Any) -> Any:
+        dialled.append(args)
+        raise OSError("this test dials nothing")
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    monkeypatch.setattr(asyncio, "open_connection", no_dial)
+    listen = UnixAddress(str(sockdir / "c.sock"))
+    targets = [f"[{answer}]:80", "pinned.test:80", "resolved.test:80"]
+    # allow_private: only what may never be dialled (metadata, link-local) is refused.
+    private_ok = answer == "64:ff9b::a00:5"
+    proxy = ProxyThread(
+        ProxyConfig(
+            connect=listen,
+            allow=frozenset(parse_host_port(t) for t in targets),
+            pins={"pinned.test": Pin(answer)},
+            allow_private=private_ok,
+        )
+    )
+    try:
+        answers = [_exchange(Path(listen.path), _connect_line(t)) for t in targets]
+    finally:
+        proxy.close()
+    if private_ok:  # reached the dial: the embedded private address was allowed
+        assert all(a.startswith(b"HTTP/1.1 502 ") for a in answers), answers
+        assert len(dialled) == len(targets)
+        return
+    for target, data in zip(targets, answers, strict=True):
+        assert data.startswith(b"HTTP/1.1 403 "), (target, data)
+        assert b"embeds 169.254.169.254" in data or b"local-use NAT64" in data, data
+    assert dialled == []
 
 
 def test_config_file(tmp_path: Path) -> None:

@@ -192,27 +192,50 @@ def _str(value: object) -> str:
 # --- the signed messages -------------------------------------------------------------------------
 
 
+class _Signed:
+    """What both signed messages share: checked words, a struct hash, fields from `TYPE`."""
+
+    TYPE: ClassVar[str]
+    TYPE_NAME: ClassVar[str]
+    FIELDS: ClassVar[tuple[tuple[str, str, str], ...]]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.TYPE_NAME, cls.FIELDS = _parse_type(cls.TYPE)
+
+    def __post_init__(self) -> None:
+        _check_words(self)  # type: ignore[arg-type]  # only subclasses are instantiated
+
+    def struct_hash(self) -> bytes:
+        return _struct_hash(self)  # type: ignore[arg-type]
+
+
+def _parse_type(type_string: str) -> tuple[str, tuple[tuple[str, str, str], ...]]:
+    """`Name(type1 name1,...)` -> the name and (snake_case attribute, name, type) per member."""
+    match = re.fullmatch(r"(\w+)\(([^()]*)\)", type_string)
+    assert match is not None, type_string
+    fields = []
+    for member in match.group(2).split(","):
+        kind, name = member.split(" ")
+        fields.append((re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower(), name, kind))
+    return match.group(1), tuple(fields)
+
+
 @dataclass(frozen=True, kw_only=True)
-class PriceReport:
+class PriceReport(_Signed):
     """The signed price. `price` is the median scaled by 10**decimals."""
 
-    TYPE_NAME: ClassVar[str] = "PriceReport"
-    #: (python attribute, EIP-712 name, EIP-712 type), in struct order.
-    FIELDS: ClassVar[tuple[tuple[str, str, str], ...]] = (
-        ("feed_id", "feedId", "bytes32"),
-        ("price", "price", "int256"),
-        ("decimals", "decimals", "uint8"),
-        ("round_id", "roundId", "uint64"),
-        ("observations_timestamp", "observationsTimestamp", "uint64"),
-        ("valid_from", "validFrom", "uint64"),
-        ("expires_at", "expiresAt", "uint64"),
-        ("timestamp", "timestamp", "uint64"),
-        ("num_sources", "numSources", "uint16"),
-        ("min_sources", "minSources", "uint16"),
-        ("dispersion_bps", "dispersionBps", "uint32"),
-        ("sources_hash", "sourcesHash", "bytes32"),
-        ("config_hash", "configHash", "bytes32"),
+    #: The EIP-712 struct, as `encodeType` writes it and the contracts declare it: the one
+    #: definition of the signed fields (`FIELDS` and the Python attributes derive from it).
+    TYPE: ClassVar[str] = (
+        "PriceReport(bytes32 feedId,int256 price,uint8 decimals,uint64 roundId,"
+        "uint64 observationsTimestamp,uint64 validFrom,uint64 expiresAt,uint64 timestamp,"
+        "uint16 numSources,uint16 minSources,uint32 dispersionBps,bytes32 sourcesHash,"
+        "bytes32 configHash)"
     )
+    TYPE_NAME: ClassVar[str]
+    #: (python attribute, EIP-712 name, EIP-712 type), in struct order.
+    FIELDS: ClassVar[tuple[tuple[str, str, str], ...]]
 
     feed_id: bytes
     price: int
@@ -234,33 +257,21 @@ class PriceReport:
     sources_hash: bytes
     config_hash: bytes
 
-    def __post_init__(self) -> None:
-        _check_words(self)
-
-    def struct_hash(self) -> bytes:
-        return _struct_hash(self)
-
 
 @dataclass(frozen=True, kw_only=True)
-class OracleError:
+class OracleError(_Signed):
     """A signed refusal to price (oracle.md §2.8): not an exception, an EIP-712 message.
 
     `code` is an `OracleErrorCode`; `detail_hash` = keccak256 of the UTF-8 detail text that
     travels beside the signature.
     """
 
-    TYPE_NAME: ClassVar[str] = "OracleError"
-    FIELDS: ClassVar[tuple[tuple[str, str, str], ...]] = (
-        ("feed_id", "feedId", "bytes32"),
-        ("code", "code", "uint8"),
-        ("round_id", "roundId", "uint64"),
-        ("timestamp", "timestamp", "uint64"),
-        ("expires_at", "expiresAt", "uint64"),
-        ("num_sources", "numSources", "uint16"),
-        ("min_sources", "minSources", "uint16"),
-        ("detail_hash", "detailHash", "bytes32"),
-        ("config_hash", "configHash", "bytes32"),
+    TYPE: ClassVar[str] = (
+        "OracleError(bytes32 feedId,uint8 code,uint64 roundId,uint64 timestamp,uint64 expiresAt,"
+        "uint16 numSources,uint16 minSources,bytes32 detailHash,bytes32 configHash)"
     )
+    TYPE_NAME: ClassVar[str]
+    FIELDS: ClassVar[tuple[tuple[str, str, str], ...]]
 
     feed_id: bytes
     code: int
@@ -274,12 +285,6 @@ class OracleError:
     min_sources: int
     detail_hash: bytes
     config_hash: bytes
-
-    def __post_init__(self) -> None:
-        _check_words(self)
-
-    def struct_hash(self) -> bytes:
-        return _struct_hash(self)
 
 
 Message = PriceReport | OracleError

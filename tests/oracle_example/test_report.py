@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+from typing import Any
 
 import coincurve
 import pytest
@@ -16,6 +18,7 @@ from oracle_example.eth import (
     SECP256K1_N,
     Eip712Domain,
     address_of,
+    encode_type,
     encode_word,
     keccak256,
     parse_address,
@@ -438,3 +441,10 @@ def test_parse_typed_data_inverts_typed_data() -> None:
     message = sample_report(price=-(1 << 255))
     domain = Eip712Domain(name="X", chain_id=5, verifying_contract=b"\x07" * 20)
     assert parse_typed_data(typed_data(message, domain)) == (message, domain)
+
+
+@pytest.mark.parametrize("cls", [PriceReport, OracleError])
+def test_the_dataclass_fields_are_the_eip712_members_in_order(cls: type[Any]) -> None:
+    # `TYPE` is the one definition; the Python attributes must follow it member by member.
+    assert [f.name for f in dataclasses.fields(cls)] == [attr for attr, _, _ in cls.FIELDS]
+    assert encode_type(cls.TYPE_NAME, [(n, t) for _, n, t in cls.FIELDS]) == cls.TYPE

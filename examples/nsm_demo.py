@@ -62,7 +62,7 @@ def _summary(document: bytes, root_pem: bytes, nonce: bytes) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nsm._demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python examples/nsm_demo.py", description=__doc__)
     parser.add_argument("--seed", type=int, default=None, help="deterministic emulator PKI")
     args = parser.parse_args(argv)
 

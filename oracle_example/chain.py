@@ -4,7 +4,7 @@ Why no web3.py: the relay and the registry tool need five JSON-RPC methods, the 
 contracts (static words, `bytes`, `string`, static tuples) and one transaction type. Plain
 JSON-RPC over HTTP (`urllib`, with a timeout on every call) and an EIP-1559 transaction signed
 with coincurve and RLP-encoded here keep the runtime dependencies to what the oracle already has
-(coincurve, pycryptodome). eth-account and eth-abi stay in the tests, as cross-checks of the
+(coincurve, safe-pysha3). eth-account and eth-abi stay in the tests, as cross-checks of the
 transaction hash, the signature and the ABI encoding.
 
 `Anvil` starts Foundry's local node from the pinned npm package on 127.0.0.1 and a free port.

@@ -103,13 +103,13 @@ $(UV): $(STAMP)
 	$(BIN)/pip install --quiet uv
 
 # Every direct requirement at its floor (tests/packaging/test_floors.py checks that none was lifted).
-test-lowest: $(UV) deps
+test-lowest: $(UV) $(NODE_STAMP) deps
 	rm -rf $(LOWEST)
 	$(UV) venv --quiet --seed --python $(PYTHON) $(LOWEST)
 	$(UV) pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[dev]'
 	NSM_LOWEST_RUN=1 $(LOWEST)/bin/pytest -p no:cacheprovider -q
 
-test-newest: $(UV) deps
+test-newest: $(UV) $(NODE_STAMP) deps
 	rm -rf $(NEWEST)
 	$(UV) venv --quiet --seed --python $(PYTHON) $(NEWEST)
 	$(UV) pip install --quiet --python $(NEWEST)/bin/python --resolution highest \

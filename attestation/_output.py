@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import warnings
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -43,9 +44,13 @@ def _name(cert: x509.Certificate, which: str) -> str:
     # A crafted certificate's name may not decode (bad UTF-8, an 8-bit TeletexString...): the
     # output says so instead of failing (such a chain never verifies; inspect still shows it).
     try:
-        name: x509.Name = getattr(cert, which)
-        return name.rfc4514_string()
-    except (ValueError, TypeError, UnicodeError):
+        with warnings.catch_warnings():
+            # Some versions only warn (an odd-length country name): undecodable all the same.
+            warnings.simplefilter("error", UserWarning)
+            name: x509.Name = getattr(cert, which)
+            return name.rfc4514_string()
+    # KeyError: cryptography 45 to 48 raise it for a name string of an unknown ASN.1 tag.
+    except (ValueError, TypeError, KeyError, UnicodeError, UserWarning):
         return f"<undecodable {which}>"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from abc import ABC, abstractmethod
 from typing import Self
 
 from enclave_net.address import Address, bind_socket
@@ -16,7 +17,7 @@ __all__ = ["StreamService"]
 PEER_TIMEOUT = 5.0
 
 
-class StreamService:
+class StreamService(ABC):
     """Subclasses implement `handle(conn)`; connections are served one at a time (the answers
     are tiny, and serialising them keeps the store's read-then-write atomic)."""
 
@@ -27,8 +28,9 @@ class StreamService:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
+    @abstractmethod
     def handle(self, conn: socket.socket) -> None:
-        raise NotImplementedError
+        """Answer one connection (read the request, write the answer)."""
 
     def start(self) -> Self:
         self._sock = bind_socket(self.address, backlog=16)

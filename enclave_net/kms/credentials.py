@@ -24,6 +24,7 @@ import datetime as _dt
 import json
 import logging
 import socket
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -103,11 +104,12 @@ class Credentials:
         return cls(key, secret, token, expiration)
 
 
-class CredentialSource:
+class CredentialSource(ABC):
     """Anything that can give current credentials (the KMS client awaits `get`)."""
 
+    @abstractmethod
     async def get(self) -> Credentials:
-        raise NotImplementedError
+        """The credentials to sign the next request with."""
 
 
 class StaticCredentials(CredentialSource):

@@ -56,7 +56,6 @@ from scratch, so expiry is always reported correctly.
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import hashlib
 import itertools
 import warnings
@@ -70,7 +69,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification as xv
 from cryptography.x509.oid import SignatureAlgorithmOID
 
-from attestation._chain_fast import VerifiedChain, anchor_of, fast_path, serial_is_positive
+from attestation._chain_fast import (
+    VerifiedChain,
+    _Anchor,
+    anchor_of,
+    fast_path,
+    serial_is_positive,
+)
 from attestation.errors import CertificateExpired, CertificateNotYetValid, ChainError
 
 __all__ = [
@@ -110,15 +115,37 @@ _EE_POLICY = (
 )
 
 
-@functools.lru_cache(maxsize=16)
-def _store(roots: tuple[x509.Certificate, ...]) -> xv.Store:
-    """One immutable trust store per root set, shared by validators in this process.
+@dataclass(frozen=True, slots=True)
+class _Trust:
+    """A root set as both paths use it: the engine's store and the fast path's anchors."""
 
-    The store is configuration, not a verification result: it holds the pinned roots and, once
-    used, their parsed public keys. Sharing it means a new `Verifier` does not re-parse the root
-    key; the chain cache (results) stays per instance.
+    roots: tuple[x509.Certificate, ...]
+    store: xv.Store
+    anchors: tuple[_Anchor, ...]
+
+
+_TRUST_CACHE_SIZE = 16
+_trusts: OrderedDict[tuple[int, ...], _Trust] = OrderedDict()
+
+
+def _trust(roots: tuple[x509.Certificate, ...]) -> _Trust:
+    """One immutable trust context per root set, shared by validators in this process.
+
+    It is configuration, not a verification result: the pinned roots, the engine's store (which
+    keeps their parsed public keys once used) and the fast path's view of each root. Sharing it
+    means a new `Verifier` does not re-parse a root or its key; the chain cache (results) stays
+    per instance. Keyed by the roots' identities, not their hashes (a certificate's hash digests
+    its whole DER, twice per new `Verifier`): an entry holds its roots, so their ids stay theirs
+    for as long as it is cached.
     """
-    return xv.Store(list(roots))
+    key = tuple(map(id, roots))
+    trust = _trusts.get(key)
+    if trust is None:
+        anchors = tuple(a for a in map(anchor_of, roots) if a is not None)
+        trust = _trusts[key] = _Trust(roots, xv.Store(list(roots)), anchors)
+        while len(_trusts) > _TRUST_CACHE_SIZE:
+            _trusts.popitem(last=False)
+    return trust
 
 
 def _chain_error(code: str, message: str) -> ChainError:
@@ -203,8 +230,9 @@ class ChainValidator:
         if cache_size < 0:
             raise ValueError("cache_size must be >= 0")
         self._roots = tuple(roots)
-        self._store = _store(self._roots)
-        self._anchors = tuple(a for a in map(anchor_of, self._roots) if a is not None)
+        trust = _trust(self._roots)
+        self._store = trust.store
+        self._anchors = trust.anchors
         self._maxsize = cache_size
         self._paths: OrderedDict[bytes, VerifiedChain] = OrderedDict()
         self._parsed: OrderedDict[bytes, x509.Certificate] = OrderedDict()

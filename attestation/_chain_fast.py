@@ -38,7 +38,6 @@ class VerifiedChain:
 # Longest bundle the fast path models (AWS: 3 intermediates); longer ones go to the engine.
 _FAST_MAX_INTERMEDIATES = 6
 _ECDSA_SHA384 = ec.ECDSA(hashes.SHA384())
-_P384 = ec.SECP384R1()
 # AlgorithmIdentifier ecdsa-with-SHA384, parameters absent (RFC 5758 §3.2), DER.
 _ECDSA_SHA384_DER = bytes.fromhex("300a06082a8648ce3d040303")
 # SubjectPublicKeyInfo algorithm: id-ecPublicKey, namedCurve secp384r1 (RFC 5480 §2.1.1), DER.
@@ -62,8 +61,10 @@ class _Shape:
     subject: bytes
     spki_algorithm: bytes
     signature_algorithm: bytes
-    point: bytes
-    """The subjectPublicKey BIT STRING's content after its unused-bits byte (an EC point)."""
+    tbs: bytes
+    """The TBSCertificate element exactly as received: the bytes its issuer signed."""
+    signature: bytes
+    """The signatureValue BIT STRING's content after its unused-bits byte (DER ECDSA-Sig-Value)."""
 
 
 def _tlv(der: bytes, pos: int) -> tuple[int, int, int]:
@@ -172,10 +173,14 @@ def _shape(der: bytes) -> _Shape | None:
     Basic rules (cryptography's `permits_basic`): outer signature algorithm equal to the TBS
     one; serial 1..21 bytes and not negative; issuer not empty; UTCTime before 2050.
     """
-    _, start, _ = _tlv(der, 0)  # Certificate
+    _, start, end = _tlv(der, 0)  # Certificate
     _, tbs_start, tbs_end = _tlv(der, start)  # TBSCertificate
     _, _, outer_end = _tlv(der, tbs_end)
     outer_algorithm = der[tbs_end:outer_end]
+    # signatureValue: a BIT STRING with no unused bits, the last element of the certificate.
+    tag, value_start, value_end = _tlv(der, outer_end)
+    if tag != 0x03 or value_end != end or der[value_start] != 0:
+        return None
     tag, begin, pos = _tlv(der, tbs_start)
     if tag == 0xA0:  # [0] version
         tag, begin, pos = _tlv(der, pos)
@@ -197,20 +202,28 @@ def _shape(der: bytes) -> _Shape | None:
     subject = der[subject_start:pos]
     _, spki, _ = _tlv(der, pos)
     _, _, spki_algorithm_end = _tlv(der, spki)
-    tag, key_start, key_end = _tlv(der, spki_algorithm_end)
-    # BIT STRING with no unused bits; anything else has no point to read (the key load fails).
-    point = der[key_start + 1 : key_end] if tag == 0x03 and der[key_start] == 0 else b""
-    return _Shape(issuer, subject, der[spki:spki_algorithm_end], outer_algorithm, point)
+    return _Shape(
+        issuer,
+        subject,
+        der[spki:spki_algorithm_end],
+        outer_algorithm,
+        der[start:tbs_end],
+        der[value_start + 1 : value_end],
+    )
 
 
-def _p384_key(shape: _Shape) -> ec.EllipticCurvePublicKey:
-    """The P-384 key of a certificate whose SPKI algorithm is P-384 (checked by the caller).
+def _p384_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    """The key of a certificate whose SPKI algorithm is P-384 (checked by the caller).
 
-    The same key `Certificate.public_key()` returns (OpenSSL decodes the point and checks that
-    it lies on the curve either way; ValueError if not), without decoding the SPKI again: about
-    half the cost, paid for every certificate of a cold chain.
+    `Certificate.public_key()` decodes the point and checks that it lies on the curve
+    (ValueError if not), and keeps the key on the certificate object: a validator's parsed
+    certificates are cached by DER, so an intermediate's key is built once per validator, not
+    once per chain it appears in.
     """
-    return ec.EllipticCurvePublicKey.from_encoded_point(_P384, shape.point)
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise TypeError("not an EC key")
+    return key
 
 
 def _leaf_extensions_ok(leaf: x509.Certificate) -> bool:
@@ -359,11 +372,11 @@ def _fast_checks(
     assert leaf_shape is not None  # checked above
     if leaf_shape.spki_algorithm != _P384_SPKI_DER or not _leaf_extensions_ok(leaf):
         return None
-    leaf_key = _p384_key(leaf_shape)
+    leaf_key = _p384_key(leaf)
     # Links: child signed by parent with ecdsa-with-SHA384 (outer and TBS algorithm the
     # same, no parameters), names chained byte for byte, parent a CA at this depth.
     for depth in range(len(path) - 1):
-        child, parent = path[depth], path[depth + 1]
+        parent = path[depth + 1]
         child_shape, parent_shape = shapes[depth], shapes[depth + 1]
         assert child_shape is not None and parent_shape is not None  # checked above
         if (
@@ -376,8 +389,10 @@ def _fast_checks(
         path_length = _ca_extensions(parent, intermediate=True)
         if path_length is _NOT_A_CA or (path_length is not None and path_length < depth):
             return None
-        _p384_key(parent_shape).verify(child.signature, child.tbs_certificate_bytes, _ECDSA_SHA384)
-    top, top_shape = path[-1], shapes[-1]
+        # Over the TBS bytes as received (RFC 5280 §4.1.1.3), the bytes cryptography re-encodes
+        # for `tbs_certificate_bytes`: its parser is strict DER, so the two are the same.
+        _p384_key(parent).verify(child_shape.signature, child_shape.tbs, _ECDSA_SHA384)
+    top_shape = shapes[-1]
     assert top_shape is not None
     if top_shape.signature_algorithm != _ECDSA_SHA384_DER:
         return None
@@ -390,7 +405,7 @@ def _fast_checks(
         ):
             continue
         try:
-            anchor.key.verify(top.signature, top.tbs_certificate_bytes, _ECDSA_SHA384)
+            anchor.key.verify(top_shape.signature, top_shape.tbs, _ECDSA_SHA384)
         except InvalidSignature:
             continue
         return VerifiedChain(

@@ -47,16 +47,17 @@ Error reasons never carry the parser's internals (cryptography's `ParseError { k
 texts): each says what was wrong with which certificate, and the exception keeps the original
 as its `__cause__` for logs.
 
-Verified paths are cached (bounded LRU keyed by the SHA-256 of the leaf and bundle DER). A cache
-hit is used only if the verification time lies inside every certificate's validity window, which
-is the only input of the result that changes between calls; otherwise the path is validated again
-from scratch, so expiry is always reported correctly.
+Verified paths are cached: a bounded LRU keyed by the leaf and bundle DER themselves, compared
+byte for byte on a hit (cheaper than digesting them first, and a certificate object keeps the very
+bytes it was loaded from, so the key mostly shares them). A cache hit is used only if the
+verification time lies inside every certificate's validity window, which is the only input of the
+result that changes between calls; otherwise the path is validated again from scratch, so expiry
+is always reported correctly.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import itertools
 import warnings
 from collections import OrderedDict
@@ -234,7 +235,7 @@ class ChainValidator:
         self._store = trust.store
         self._anchors = trust.anchors
         self._maxsize = cache_size
-        self._paths: OrderedDict[bytes, VerifiedChain] = OrderedDict()
+        self._paths: OrderedDict[tuple[bytes, ...], VerifiedChain] = OrderedDict()
         self._parsed: OrderedDict[bytes, x509.Certificate] = OrderedDict()
         self._hits = 0
         self._misses = 0
@@ -250,11 +251,7 @@ class ChainValidator:
         self, leaf: bytes, intermediates: Sequence[bytes], at: _dt.datetime
     ) -> VerifiedChain:
         """Validate `leaf` via `intermediates` (document order: root side first) at `at`."""
-        digest = hashlib.sha256()
-        for der in (leaf, *intermediates):
-            digest.update(len(der).to_bytes(4, "big"))
-            digest.update(der)
-        key = digest.digest()
+        key = (leaf, *intermediates)
         cached = self._paths.get(key)
         if cached is not None and cached.not_before <= at <= cached.not_after:
             self._paths.move_to_end(key)

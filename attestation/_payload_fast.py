@@ -28,7 +28,11 @@ a duplicate, trailing or missing bytes) is declined.
 
 from __future__ import annotations
 
-__all__ = ["fast_envelope", "fast_payload"]
+import functools
+import struct
+from typing import NamedTuple
+
+__all__ = ["NsmLayout", "fast_envelope", "fast_payload", "nsm_layout"]
 
 # The protected header every NSM writes, as its byte-string item: 44 = bstr of 4 bytes.
 _PROTECTED_ITEM = b"\x44\xa1\x01\x38\x22"
@@ -101,8 +105,37 @@ def _bytes(data: bytes, pos: int, end: int, base: int = 0x40) -> tuple[bytes, in
     return data[start:stop], stop
 
 
+class _RegisterLayout(NamedTuple):
+    marks: bytes
+    """`58` once per entry: each value is a byte string with a 1-byte length."""
+    sizes: bytes
+    """The length byte once per entry: every value the same size."""
+    ascending: bytes
+    """Indices 0, 1, 2, ...: the order the NSM writes."""
+    values: struct.Struct
+    """Skips each entry's 3 head bytes and takes its value: one C call for all of them."""
+
+
+@functools.lru_cache(maxsize=64)
+def _register_layout(size: int, count: int) -> _RegisterLayout:
+    return _RegisterLayout(
+        b"\x58" * count,
+        bytes((size,)) * count,
+        bytes(range(count)),
+        struct.Struct(f"3x{size}s" * count),
+    )
+
+
 def _registers(data: bytes, pos: int, end: int) -> tuple[dict[object, object], int] | None:
     """A definite map of up to 32 entries, each a key 0..23 and a byte string."""
+    registers = _sized_registers(data, pos, end)
+    return None if registers is None else registers[:2]
+
+
+def _sized_registers(
+    data: bytes, pos: int, end: int
+) -> tuple[dict[object, object], int, int] | None:
+    """`_registers`, and the size every value has (-1: not known to be one size)."""
     count = data[pos] - 0xA0
     pos += 1
     if count == 24 and pos < end:  # b8 nn: 24 or more entries (NitroTPM: 24 registers)
@@ -119,16 +152,18 @@ def _registers(data: bytes, pos: int, end: int) -> tuple[dict[object, object], i
         stride = size + 3
         stop = pos + stride * count
         if stop <= end:
-            block = data[pos:stop]
-            indices = block[::stride]
+            layout = _register_layout(size, count)
+            indices = data[pos:stop:stride]
             if (
-                block[1::stride] == b"\x58" * count
-                and block[2::stride] == bytes((size,)) * count
-                and max(indices) < 0x18
-                and len(set(indices)) == count
+                data[pos + 1 : stop : stride] == layout.marks
+                and data[pos + 2 : stop : stride] == layout.sizes
+                and (
+                    indices == layout.ascending
+                    or (max(indices) < 0x18 and len(set(indices)) == count)
+                )
             ):
-                values = [block[i + 3 : i + stride] for i in range(0, stride * count, stride)]
-                return dict(zip(indices, values, strict=True)), stop
+                values = layout.values.unpack_from(data, pos)
+                return dict(zip(indices, values, strict=True)), stop, size
     out: dict[object, object] = {}
     for _ in range(count):
         if pos + 2 >= end:
@@ -149,7 +184,7 @@ def _registers(data: bytes, pos: int, end: int) -> tuple[dict[object, object], i
             if value is None:
                 return None
             out[index], pos = value
-    return out, pos
+    return out, pos, -1
 
 
 def _bundle(data: bytes, pos: int, end: int) -> tuple[list[object], int] | None:
@@ -160,11 +195,18 @@ def _bundle(data: bytes, pos: int, end: int) -> tuple[list[object], int] | None:
     pos += 1
     out: list[object] = []
     for _ in range(count):
-        value = _bytes(data, pos, end)
-        if value is None:
-            return None
-        item, pos = value
-        out.append(item)
+        if pos + 2 < end and data[pos] == 0x59:  # every real certificate: 59 LL LL + DER
+            start = pos + 3
+            pos = start + ((data[pos + 1] << 8) | data[pos + 2])
+            if pos > end:
+                return None
+            out.append(data[start:pos])
+        else:
+            value = _bytes(data, pos, end)
+            if value is None:
+                return None
+            item, pos = value
+            out.append(item)
     return out, pos
 
 
@@ -240,3 +282,129 @@ def fast_payload(payload: bytes) -> dict[object, object] | None:
         out[name] = value
         remaining -= 1
     return out if pos == end else None
+
+
+# --- the NSM's own layout, fields in its order -----------------------------------------------
+
+# Each key as its encoded item, in the order the NSM writes them (every real document:
+# `payload_keys_in_order` in vectors/real/MANIFEST.json), with `digest` and its only value.
+_MODULE_ID = b"\x69module_id"
+_DIGEST_SHA384 = b"\x66digest\x66SHA384"
+_TIMESTAMP = b"\x69timestamp"
+_PCRS = b"\x64pcrs"
+_NITROTPM_PCRS = b"\x6dnitrotpm_pcrs"
+_CERTIFICATE = b"\x6bcertificate"
+_CABUNDLE = b"\x68cabundle"
+_PUBLIC_KEY = b"\x6apublic_key"
+_USER_DATA = b"\x69user_data"
+_NONCE = b"\x65nonce"
+
+NsmLayout = tuple[
+    str, int, bool, dict[object, object], int, bytes, list[object], object, object, object
+]
+"""module_id, timestamp, NitroTPM registers?, registers, their common size (-1: mixed),
+certificate, cabundle, public_key, user_data, nonce."""
+
+
+def _optional_item(data: bytes, pos: int, end: int) -> tuple[object, int] | None:
+    if pos < end and data[pos] == 0xF6:
+        return None, pos + 1
+    return _bytes(data, pos, end)
+
+
+def nsm_layout(payload: bytes) -> NsmLayout | None:
+    """The payload's values if it is exactly the NSM's layout, else None.
+
+    The layout: a map of the nine keys in the NSM's order (definite `a9`, or indefinite until
+    `ff`), `digest` = "SHA384", each value in its usual encoding (as `fast_payload` reads
+    them). What `fast_payload` would return for such bytes is the dict of these values in this
+    order; `document.AttestationDocument.parse` applies the field rules to them directly.
+    """
+    end = len(payload)
+    if end < 2:
+        return None
+    first = payload[0]
+    if first == 0xA9:
+        indefinite = False
+    elif first == 0xBF:
+        indefinite = True
+    else:
+        return None
+    if not payload.startswith(_MODULE_ID, 1):
+        return None
+    text = _bytes(payload, 11, end, 0x60)
+    if text is None:
+        return None
+    try:
+        module_id = text[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    pos = text[1]
+    if not payload.startswith(_DIGEST_SHA384, pos) or not payload.startswith(_TIMESTAMP, pos + 14):
+        return None
+    pos += 24
+    if pos >= end:
+        return None
+    initial = payload[pos]
+    if initial < 0x18:
+        timestamp = initial
+        pos += 1
+    elif initial < 0x1C:
+        stop = pos + 1 + (1 << (initial - 0x18))
+        if stop > end:
+            return None
+        timestamp = int.from_bytes(payload[pos + 1 : stop], "big")
+        pos = stop
+    else:
+        return None
+    if payload.startswith(_PCRS, pos):
+        tpm = False
+        pos += 5
+    elif payload.startswith(_NITROTPM_PCRS, pos):
+        tpm = True
+        pos += 14
+    else:
+        return None
+    if pos >= end:
+        return None
+    registers = _sized_registers(payload, pos, end)
+    if registers is None:
+        return None
+    pcrs, pos, size = registers
+    if not payload.startswith(_CERTIFICATE, pos):
+        return None
+    item = _bytes(payload, pos + 12, end)
+    if item is None or not payload.startswith(_CABUNDLE, item[1]):
+        return None
+    certificate, pos = item
+    pos += 9
+    if pos >= end:
+        return None
+    bundle = _bundle(payload, pos, end)
+    if bundle is None or not payload.startswith(_PUBLIC_KEY, bundle[1]):
+        return None
+    cabundle, pos = bundle
+    public_key = _optional_item(payload, pos + 11, end)
+    if public_key is None or not payload.startswith(_USER_DATA, public_key[1]):
+        return None
+    user_data = _optional_item(payload, public_key[1] + 10, end)
+    if user_data is None or not payload.startswith(_NONCE, user_data[1]):
+        return None
+    nonce = _optional_item(payload, user_data[1] + 6, end)
+    if nonce is None:
+        return None
+    pos = nonce[1]
+    if pos + indefinite != end or (indefinite and payload[pos] != 0xFF):
+        return None
+    return (
+        module_id,
+        timestamp,
+        tpm,
+        pcrs,
+        size,
+        certificate,
+        cabundle,
+        public_key[0],
+        user_data[0],
+        nonce[0],
+    )

@@ -50,7 +50,7 @@ from cryptography import x509
 from attestation._cbor import CborError, decode, tag_head
 from attestation._cose_writer import sig_structure
 from attestation._output import certificate_json, hex_or_none, iso_time
-from attestation._payload_fast import fast_envelope, fast_payload
+from attestation._payload_fast import NsmLayout, fast_envelope, fast_payload, nsm_layout
 from attestation.errors import MalformedDocument
 from nsm_attestation_cli import dump
 
@@ -199,10 +199,66 @@ class AttestationDocument:
             raise _malformed("envelope.signature-size", f"signature is {len(signature)} bytes")
         if not 1 <= len(payload) <= MAX_PAYLOAD_SIZE:
             raise _malformed("envelope.payload-size", f"payload is {len(payload)} bytes")
+        layout = nsm_layout(payload)
+        if layout is not None:
+            document = cls._from_layout(layout, protected, payload, signature, tagged, data)
+            if document is not None:
+                return document
         fields = _decode(payload, fast_payload, "payload")
         if not isinstance(fields, dict):
             raise _malformed("payload.not-map", "payload must be a CBOR map")
         return cls._from_fields(fields, protected, payload, signature, tagged, data)
+
+    @classmethod
+    def _from_layout(
+        cls,
+        layout: NsmLayout,
+        protected: bytes,
+        payload: bytes,
+        signature: bytes,
+        tagged: bool,
+        raw: bytes,
+    ) -> AttestationDocument | None:
+        """`_from_fields` for a payload in the NSM's own layout, or None to let it decide.
+
+        The layout already fixes the keys, their order, `digest`, the value types and the
+        register indices (0..23); what is left are the sizes and ranges below. Anything outside
+        them returns None, and `_from_fields` (via the general decoder) names the error.
+        """
+        module_id, timestamp, tpm, pcrs, size, certificate, bundle, public_key, user_data, nonce = (
+            layout
+        )
+        if not (
+            module_id
+            and 0 < timestamp <= _MAX_TIMESTAMP_MS
+            and pcrs
+            and size in PCR_SIZES
+            and 0 < len(certificate) <= MAX_CERT_SIZE
+            and bundle
+            and min(map(len, bundle)) > 0  # type: ignore[arg-type]
+            and max(map(len, bundle)) <= MAX_CERT_SIZE  # type: ignore[arg-type]
+            and (public_key is None or len(public_key) <= MAX_FIELD_SIZE)  # type: ignore[arg-type]
+            and (user_data is None or len(user_data) <= MAX_FIELD_SIZE)  # type: ignore[arg-type]
+            and (nonce is None or len(nonce) <= MAX_FIELD_SIZE)  # type: ignore[arg-type]
+        ):
+            return None
+        return cls(
+            kind="nitrotpm" if tpm else "nitro-enclave",
+            module_id=module_id,
+            digest="SHA384",
+            timestamp_ms=timestamp,
+            pcrs=MappingProxyType(pcrs),  # type: ignore[arg-type]
+            certificate=certificate,
+            cabundle=tuple(bundle),  # type: ignore[arg-type]
+            public_key=public_key,  # type: ignore[arg-type]
+            user_data=user_data,  # type: ignore[arg-type]
+            nonce=nonce,  # type: ignore[arg-type]
+            protected=protected,
+            payload=payload,
+            signature=signature,
+            tagged=tagged,
+            raw=raw,
+        )
 
     @classmethod
     def _from_fields(

@@ -13,15 +13,18 @@ honest, checked on the real documents, every corpus document and generated mutat
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attestation import AttestationDocument, MalformedDocument
 from attestation._cbor import CborError, decode
-from attestation._payload_fast import fast_envelope, fast_payload
+from attestation._payload_fast import fast_envelope, fast_payload, nsm_layout
 from attestation.builder import Map, encode
 from tests.attestation.conftest import requires_real
 from vectors import corpus
@@ -218,3 +221,107 @@ def test_payload_shaped_maps_agree(data: st.DataObject) -> None:
     entries = tuple((key, data.draw(_SHAPED[key])) for key in keys)
     payload = encode(Map(entries, indefinite=data.draw(st.booleans())))
     _agree_payload(payload)
+
+
+# --- the NSM layout (`nsm_layout` + `AttestationDocument._from_layout`) -----------------------
+
+
+def _outcome(data: bytes) -> object:
+    try:
+        doc = AttestationDocument.parse(data)
+    except MalformedDocument as exc:
+        return (type(exc), exc.code)
+    return (
+        doc,
+        list(doc.pcrs.items()),
+        [type(getattr(doc, f.name)) for f in dataclasses.fields(doc)],
+    )
+
+
+def _parse_both(data: bytes) -> tuple[object, object]:
+    """(parse as it runs, parse with the layout path switched off): the general route."""
+    fast = _outcome(data)
+    with mock.patch("attestation.document.nsm_layout", lambda payload: None):
+        general = _outcome(data)
+    return fast, general
+
+
+@requires_real
+@pytest.mark.parametrize("document", _REAL, ids=lambda d: d.name)
+def test_real_documents_take_the_layout_path(document: corpus.RealDocument) -> None:
+    layout = nsm_layout(_payload_of(document.data))
+    assert layout is not None
+    fast, general = _parse_both(document.data)
+    assert fast == general
+
+
+def test_corpus_documents_parse_the_same_either_way() -> None:
+    taken = 0
+    for case in _CORPUS:
+        data = case.document()
+        fast, general = _parse_both(data)
+        assert fast == general, case.id
+        body = data[1:] if data[:1] == b"\xd2" else data
+        envelope = _strict(body)
+        if isinstance(envelope, list) and len(envelope) == 4 and type(envelope[2]) is bytes:
+            taken += nsm_layout(envelope[2]) is not None
+    assert taken > len(_CORPUS) // 2
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.data())
+def test_mutated_documents_parse_the_same_either_way(data: st.DataObject) -> None:
+    """Byte flips, insertions, deletions of real documents, mostly inside the payload."""
+    blob = bytearray(data.draw(st.sampled_from(_SEEDS)))
+    rng = random.Random(data.draw(st.integers(0, 2**32 - 1)))
+    for _ in range(data.draw(st.integers(1, 3))):
+        position = rng.randrange(len(blob))
+        action = rng.choice(["flip", "set", "insert", "delete"])
+        if action == "flip":
+            blob[position] ^= 1 << rng.randrange(8)
+        elif action == "set":
+            blob[position] = rng.choice([0x00, 0x17, 0x18, 0x1B, 0x58, 0x59, 0xF6, 0xFF])
+        elif action == "insert":
+            blob[position:position] = bytes([rng.randrange(256)])
+        else:
+            del blob[position]
+    fast, general = _parse_both(bytes(blob))
+    assert fast == general
+
+
+def _layout_document(rng: random.Random) -> bytes:
+    """A document in the NSM's key order, values mostly valid, often at a rule's edge."""
+
+    def size(valid: list[int], edges: list[int]) -> int:
+        return rng.choice(valid) if rng.random() < 0.95 else rng.choice(edges)
+
+    count = size([16, 24, 1], [0, 25, 32])
+    pcr_size = size([32, 48, 64], [0, 31, 33, 65])
+    pcrs = {
+        index: bytes(rng.randrange(256) for _ in range(pcr_size if rng.random() < 0.95 else 48))
+        for index in rng.sample(range(26), min(count, 26))
+    }
+    entries: list[tuple[object, object]] = [
+        ("module_id", "i-0abc-enc0def" if rng.random() < 0.9 else rng.choice(["", "é", "x" * 30])),
+        ("digest", "SHA384" if rng.random() < 0.9 else "SHA256"),
+        ("timestamp", size([1_700_000_000_000, 1], [0, 2**64 - 1, 253402300800000])),
+        ("nitrotpm_pcrs" if rng.random() < 0.2 else "pcrs", pcrs),
+        ("certificate", bytes(size([600, 1024, 1], [0, 1025]))),
+        ("cabundle", [bytes(size([500, 1024], [0, 1025])) for _ in range(size([4, 1], [0]))]),
+    ]
+    for key in ("public_key", "user_data", "nonce"):
+        entries.append((key, rng.choice([None, b"", bytes(size([32, 1024], [1025]))])))
+    payload = encode(Map(tuple(entries), indefinite=rng.random() < 0.3))
+    return encode([b"\xa1\x01\x38\x22", Map(()), payload, bytes(96)])
+
+
+def test_layout_documents_parse_the_same_either_way() -> None:
+    """The layout path's own edges (sizes, ranges, register maps) against the general route."""
+    rng = random.Random(1)
+    taken = 0
+    for _ in range(600):
+        document = _layout_document(rng)
+        fast, general = _parse_both(document)
+        assert fast == general
+        taken += isinstance(fast, tuple) and isinstance(fast[0], AttestationDocument)
+    assert 100 < taken < 600  # both outcomes are exercised

@@ -6,6 +6,9 @@ import logging
 from datetime import datetime, timedelta
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attestation import (
     MAX_CLOCK_SKEW,
@@ -19,6 +22,7 @@ from attestation import (
 from attestation.errors import DebugDocument, FutureDocument, InsecurePolicy, RootError
 from attestation.roots import AWS_NITRO_ROOT_G1_SHA256, aws_nitro_root, load_pem_roots
 from attestation.testing import DocumentFactory, default_pcrs
+from attestation.verifier import der_signature
 
 
 def _pcrs(factory: DocumentFactory) -> dict[int, bytes]:
@@ -175,3 +179,13 @@ def test_bad_roots() -> None:
         load_pem_roots(b"not pem")
     with pytest.raises(ValueError):
         Verifier(roots=[])
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(
+    st.one_of(st.integers(0, 2**384 - 1), st.sampled_from([0, 1, 2**383, 2**384 - 1, 0x80])),
+    st.one_of(st.integers(0, 2**384 - 1), st.sampled_from([0, 1, 2**383, 2**384 - 1, 0x80])),
+)
+def test_der_signature_is_cryptographys_encoding(r: int, s: int) -> None:
+    raw = r.to_bytes(48, "big") + s.to_bytes(48, "big")
+    assert der_signature(raw) == encode_dss_signature(r, s)

@@ -108,7 +108,7 @@ def head(major: int, value: int) -> bytes:
 
 
 def uint64(value: int) -> Raw:
-    """An unsigned integer in the 8-byte form, as the NSM writes the timestamp (nsm.md §4.2)."""
+    """An unsigned integer in the 8-byte form, as the NSM writes the timestamp (vectors/real)."""
     if not 0 <= value < 1 << 64:
         raise ValueError("CBOR uint64 must be in [0, 2**64)")
     return Raw(b"\x1b" + value.to_bytes(8, "big"))

@@ -1,6 +1,6 @@
 """The synthetic Nitro PKI: keys, the certificate profile, and the four-CA chain with its leaves.
 
-The chain mirrors the real one (reference/nsm.md §4.4): a P-384 root, then regional (pathLen 2),
+The chain mirrors the real one (vectors/real): a P-384 root, then regional (pathLen 2),
 zonal (pathLen 1) and instance (pathLen 0) CAs, and a 3-hour leaf that signs documents. The
 certificate profile (extensions and their order, criticality, key usages, lifetimes, subject
 style) is AWS's; the root's CN says `emulator` so that nobody mistakes it for the AWS root, and
@@ -48,21 +48,21 @@ __all__ = [
     "key_usage",
 ]
 
-# --- PKI profile (reference/nsm.md §4.4 and §5) -------------------------------------------------
+# --- PKI profile (the real chains in vectors/real, and the AWS root) --------------------------
 
 #: The real root runs 2019-10-28 13:28:05 to 2049-10-28 14:28:05: 30 years and one hour.
 ROOT_LIFETIME = timedelta(days=10958, hours=1)
-#: Real regional CAs live 20 d 1 h (two samples in nsm.md §4.4).
+#: Real regional CAs live 20 d 1 h (vectors/real).
 REGIONAL_LIFETIME = timedelta(days=20, hours=1)
-#: Real zonal CAs live 5 d 13 h to 5 d 18 h (nsm.md §4.4); the shorter one is the stricter test.
+#: Real zonal CAs live 5 d 13 h to 6 d 1 h (vectors/real); the shortest is the stricter test.
 ZONAL_LIFETIME = timedelta(days=5, hours=13)
-#: Real instance CAs live exactly one day (nsm.md §4.4).
+#: Real instance CAs live exactly one day (vectors/real).
 INSTANCE_LIFETIME = timedelta(days=1)
-#: Real leaves live 3 hours and sign many documents each (nsm.md §4.4).
+#: Real leaves live 3 hours and sign many documents each (vectors/real).
 LEAF_LIFETIME = timedelta(hours=3)
 
-#: AWS's format is `<partition>.nitro-enclaves` (nsm.md §4.3); ours names no AWS partition, so it
-#: cannot be mistaken for `aws.nitro-enclaves`.
+#: AWS's format is `<partition>.nitro-enclaves` (attestation_process.md §2.1); ours names no AWS
+#: partition, so it cannot be mistaken for `aws.nitro-enclaves`.
 ROOT_COMMON_NAME = "emulator.nitro-enclaves"
 
 # How long before the instance CA each higher CA starts. In the 2026-01-03 real chain the zonal
@@ -377,7 +377,7 @@ class Pki:
 
     @property
     def cabundle(self) -> list[bytes]:
-        """The `cabundle` field: DER certificates, root first (nsm.md §4.2)."""
+        """The `cabundle` field: DER certificates, root first (attestation_process.md §3.2.3)."""
         return [self.root.der, self.regional.der, self.zonal.der, self.instance.der]
 
     @property

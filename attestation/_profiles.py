@@ -40,7 +40,8 @@ from attestation._chain_fast import _tlv
 
 __all__ = ["PROFILES", "Profile", "apply", "enclave_id", "issue_leaf", "profile"]
 
-#: The real root's validity (reference/nsm.md §5): both ends encode as UTCTime.
+#: The real root's validity (attestation/roots/aws_nitro_enclaves_root_g1.pem): both ends encode
+#: as UTCTime.
 ROOT_NOT_BEFORE = datetime(2019, 10, 28, 13, 28, 5, tzinfo=UTC)
 ROOT_NOT_AFTER = datetime(2049, 10, 28, 14, 28, 5, tzinfo=UTC)
 #: Random bits in CA serials (root, regional, zonal) and in instance CA serials. Real instance CA

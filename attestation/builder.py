@@ -5,15 +5,15 @@ generator (`vectors/`) and by tests. Nothing here verifies anything. Its pieces:
 
 - this module: the wire constants and the documents (payload, Sig_structure, COSE_Sign1, ES384);
 - `attestation._pki` (re-exported here): keys, the certificate profile, the four-CA chain and
-  its leaves (reference/nsm.md §4.4);
+  its leaves, shaped like the real chains in vectors/real;
 - `attestation._cose_writer` (the CBOR wrappers re-exported here): the one CBOR/COSE writer.
 
 Documents are untagged COSE_Sign1 (optionally tag 18) with the protected header `{1: -35}`, an
 empty unprotected map, a 9-key payload in AWS's key order with nulls for absent fields, the
-timestamp always in the 8-byte form, and a 96-byte raw `r || s` ES384 signature (reference/nsm.md
-§4.1-§4.2). The CBOR is written by hand, so every byte is chosen on purpose rather than by an
-encoder's canonical form. With a seeded PKI, everything is reproducible: all ECDSA signatures are
-deterministic (RFC 6979).
+timestamp always in the 8-byte form, and a 96-byte raw `r || s` ES384 signature, as in every
+real document in vectors/real. The CBOR is written by hand, so every byte is chosen on purpose
+rather than by an encoder's canonical form. With a seeded PKI, everything is reproducible: all
+ECDSA signatures are deterministic (RFC 6979).
 
 The encoders encode what they are given: they do not enforce AWS's content rules (PCR lengths,
 field sizes, digest name), so that the conformance corpus can build invalid documents too.
@@ -98,7 +98,7 @@ __all__ = [
 #: The NIST curve orders, where the builder's tests look for them.
 _CURVE_ORDERS = _cose_writer.CURVE_ORDERS
 
-# --- Wire constants (reference/nsm.md §4.1-§4.2) ------------------------------------------------
+# --- Wire constants (AWS attestation_process.md §2.2, §3.1; the documents in vectors/real) ------
 
 #: The protected header of every real document: `{1: -35}`, alg ES384.
 PROTECTED_HEADER = bytes.fromhex("a1013822")
@@ -106,9 +106,9 @@ PROTECTED_HEADER = bytes.fromhex("a1013822")
 UNPROTECTED_HEADER = b"\xa0"
 #: Raw `r || s`, 48 bytes each, for P-384 (COSE's ECDSA encoding, not DER).
 SIGNATURE_LENGTH = 96
-#: Every PCR is a SHA-384 value (nsm.md §3).
+#: Every PCR is a SHA-384 value (the module's digest is SHA384).
 PCR_LENGTH = 48
-#: The payload keys in the order the NSM emits them (Rust `AttestationDoc`, nsm.md §4.2).
+#: The payload keys in the order the NSM emits them (Rust `AttestationDoc`, src/api/mod.rs).
 PAYLOAD_KEYS = (
     "module_id",
     "digest",
@@ -141,7 +141,7 @@ class PayloadFields(TypedDict):
 
 
 def encode_payload(*, indefinite: bool = False, **fields: Unpack[PayloadFields]) -> bytes:
-    """The attestation payload map, byte for byte as the NSM writes it (nsm.md §4.2).
+    """The attestation payload map, byte for byte as the NSM writes it (vectors/real).
 
     Keys in AWS's order; `None` optionals are null, never omitted; the timestamp in the 8-byte
     form; `pcrs` a definite map in ascending index order; `cabundle` a definite array; the
@@ -212,9 +212,10 @@ def sign_payload(
     """Sign `payload` with ECDSA over SHA-384 and return the COSE_Sign1 bytes.
 
     The signature is deterministic (RFC 6979) and raw `r || s`, each padded to the curve's
-    size (96 bytes for P-384). The real NSM emits high-S about half the time (verifiers.md
-    Part 1 §5): `high_s=True` forces `s > n/2` and `low_s=True` forces `s <= n/2`, which
-    gives the conformance corpus both twins of one signature; by default `s` is left as signed.
+    size (96 bytes for P-384). The real NSM emits high-S about half the time (vectors/real,
+    MANIFEST.json `signature_s_is_high`): `high_s=True` forces `s > n/2` and `low_s=True` forces
+    `s <= n/2`, which gives the conformance corpus both twins of one signature; by default `s` is
+    left as signed.
     """
     if high_s and low_s:
         raise ValueError("high_s and low_s are mutually exclusive")

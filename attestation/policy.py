@@ -262,7 +262,7 @@ class MaxAge:
     """The document's timestamp is at most `max_age` before the verification time.
 
     Chain validity alone is not freshness: a leaf lives ~3 h, and a replayed document stays
-    chain-valid all that time (aptos-core PR #20103 review; reference/verifiers.md §2.4).
+    chain-valid all that time (aptos-labs/aptos-core PR #20103 review).
     """
 
     max_age: _dt.timedelta

@@ -2,7 +2,7 @@
 
 The AWS root ships as package data (`attestation/roots/aws_nitro_enclaves_root_g1.pem`) and is
 checked against its DER SHA-256 every time it is loaded, so a corrupted or substituted file fails
-loudly instead of becoming a trust anchor (reference/nsm.md §5 warns about fabricated copies).
+loudly instead of becoming a trust anchor (a fabricated copy was seen in a public repository).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from attestation.errors import RootError
 
 __all__ = ["AWS_NITRO_ROOT_G1_SHA256", "aws_nitro_root", "load_pem_roots"]
 
-# DER SHA-256 of AWS_NitroEnclaves_Root-G1, as published by AWS and checked in
-# reference/nsm.md §5 (not the SHA-256 of the distribution ZIP, which is 8cf60e2b...).
+# DER SHA-256 of AWS_NitroEnclaves_Root-G1: the root.pem in AWS's AWS_NitroEnclaves_Root-G1.zip,
+# and cabundle[0] of every real document in vectors/real (MANIFEST.json). Not the 8cf60e2b...
+# that AWS publishes (attestation_process.md §2.1): that is the SHA-256 of the ZIP.
 AWS_NITRO_ROOT_G1_SHA256 = "641a0321a3e244efe456463195d606317ed7cdcc3c1756e09893f3c68f79bb5b"
 _ROOT_RESOURCE = "aws_nitro_enclaves_root_g1.pem"
 

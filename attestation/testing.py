@@ -51,13 +51,14 @@ __all__ = [
     "valid_documents",
 ]
 
-#: AWS's CDDL caps user_data, nonce and public_key at 1024 bytes each (nsm.md §3).
+#: AWS's CDDL caps user_data, nonce and public_key at 1024 bytes each (attestation_process.md
+#: §2.2).
 FIELD_MAX = 1024
-#: The NSM has 32 PCRs (nsm.md §3).
+#: The NSM has 32 PCRs (`max_pcrs`; AWS's nsm-check test asserts it).
 MAX_PCRS = 32
-#: Real documents carry PCRs 0-15, the ones locked at boot (nsm.md §2.6, §4.4).
+#: Real documents carry PCRs 0-15, the ones locked at boot (vectors/real; AWS's nsm-check test).
 BOOT_LOCKED_PCRS = 16
-#: A real document was signed 14 minutes into its leaf's life (nsm.md §4.4); so are ours.
+#: Real documents are signed up to hours into their leaf's life (vectors/real); ours 14 minutes in.
 _DOCUMENT_AGE = timedelta(minutes=14)
 # The factory's leaf starts one hour into the instance CA's day, like the real 2026 chain's
 # leaf starts well after its instance CA.
@@ -82,7 +83,8 @@ _WRONG_PROTECTED_HEADERS = (
 
 
 def default_pcrs(instance_id: str) -> dict[int, bytes]:
-    """Plausible boot PCRs 0-15 of a production enclave (nsm.md §6).
+    """Plausible boot PCRs 0-15 of a production enclave (User Guide, "Where to get an enclave's
+    measurements").
 
     PCR0-2 stand for image, kernel and application (non-zero, so not a debug document), PCR3
     is zero (no IAM role), PCR4 is `SHA384(0^48 || instance_id)` as AWS documents, the rest zero.

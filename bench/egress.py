@@ -11,7 +11,7 @@ over one keep-alive connection. Added latency = p50(proxy) - p50(direct).
 
 Throughput: a source process writes N MiB as fast as it can; the client reads it through the
 relay (our proxy in route mode, or `socat UNIX-LISTEN,fork TCP`). Best of 3 runs each.
-Targets (issue 4): at most 1 ms added at p50; at least 50% of socat's throughput.
+Targets (docs/benchmarks.md): at most 1 ms added at p50; at least 50% of socat's throughput.
 """
 
 from __future__ import annotations

@@ -53,8 +53,8 @@ from vectors.corpus import REAL_DIR  # noqa: E402
 DOCUMENT = "2026-02-06_ap-southeast-2_prod_epsilon-nitro-verify_1ad417fa.cbor"
 DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Verifier service"
-RATIO_TARGET = 0.70  # issue 6: at least 70% of the library's warm throughput
-RSS_GROWTH_LIMIT = 0.10  # issue 6: resident memory grows less than 10% after warm-up
+RATIO_TARGET = 0.70  # target: at least 70% of the library's warm throughput
+RSS_GROWTH_LIMIT = 0.10  # target: resident memory grows less than 10% after warm-up
 # One connection keeps the single worker busy only between round trips; a handful of
 # keep-alive connections keeps its queue non-empty without measuring mostly queueing.
 CONNECTIONS = 8

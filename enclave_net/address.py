@@ -1,8 +1,9 @@
 """One address syntax for every socket: `vsock:CID:PORT`, `unix:PATH`, `tcp:HOST:PORT`.
 
 Production uses vsock (the parent is CID 3); tests and the demo use Unix sockets in its place,
-because vsock loopback (CID 1) needs the `vsock_loopback` module that CI machines rarely have
-(reference/networking.md §4). `tcp:` exists for the parent's upstream side and for benchmarks.
+because vsock loopback (CID 1, VMADDR_CID_LOCAL since Linux 5.6) needs the `vsock_loopback`
+module that CI machines rarely have. `tcp:` exists for the parent's upstream side and for
+benchmarks.
 """
 
 from __future__ import annotations

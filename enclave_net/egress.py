@@ -4,7 +4,7 @@ An httpcore network backend turns the `(host, port)` of each URL into a stream t
 either a per-host route (one parent port per upstream, the model of AWS's
 vsock-proxy) or an HTTP CONNECT tunnel through one parent port. httpcore then runs TLS over that
 stream with SNI and certificate checks taken from the URL's host, so the parent only ever sees
-ciphertext and can at worst make requests fail (reference/networking.md §2, §3.2).
+ciphertext and can at worst make requests fail (httpcore docs, "Custom network backends").
 
 One implementation, async: a synchronous caller runs its exchange with `asyncio.run` at its
 edge (as `enclave-net fetch` and the doctor do).
@@ -12,7 +12,7 @@ edge (as `enclave-net fetch` and the doctor do).
 Invariants:
 - A host that is not routed is refused here, before any socket is created.
 - No name is ever resolved: every parent address is vsock, a Unix path or an IP literal.
-- TCP_NODELAY and caller socket options are never applied (ENOPROTOOPT on vsock, §3.1).
+- TCP_NODELAY and caller socket options are never applied (vsock refuses TCP_NODELAY: ENOPROTOOPT).
 - httpcore never reads HTTP(S)_PROXY, so inherited proxy variables cannot reroute traffic.
 """
 
@@ -71,9 +71,10 @@ __all__ = [
 ]
 
 # vsock-proxy relays with a pool of --num_workers threads (default 4) and queues the rest, so
-# keep each pool below it (networking.md §1.2, §7.1).
+# keep each pool below it (aws-nitro-enclaves-cli vsock_proxy/src/main.rs and proxy.rs).
 DEFAULT_MAX_CONNECTIONS = 4
-# vsock-proxy has no idle timeout; close idle keep-alive connections ourselves (§7.1).
+# vsock-proxy has no idle timeout (its select loop has none); close idle keep-alive connections
+# ourselves.
 DEFAULT_KEEPALIVE_EXPIRY = 15.0
 # A CONNECT response head is a status line and a few headers; 16 KiB is h11's own default bound.
 _CONNECT_RESPONSE_MAX = 16 * 1024
@@ -186,7 +187,7 @@ def forbid_dns() -> Iterator[list[str]]:
     """Make every name lookup in this process fail while active; yields the names attempted.
 
     The enclave has no resolver, so any lookup is a bug that would only show up as EAI_AGAIN in
-    production. Under this guard it shows up at once, with the name (networking.md §7.2 point 2).
+    production. Under this guard it shows up at once, with the name.
     Process-wide: use it around enclave-mode code, not in a process that also runs a parent proxy.
     """
     attempts: list[str] = []
@@ -327,7 +328,7 @@ class _ConnectHandshake:
 
 
 def _tune(sock: socket.socket, address: Address) -> None:
-    # TCP_NODELAY fails with ENOPROTOOPT on vsock (networking.md §3.1), and Unix sockets have no
+    # TCP_NODELAY fails with ENOPROTOOPT on vsock, and Unix sockets have no
     # Nagle; only a tcp: parent address (development, benchmarks) gets it, as httpcore would.
     if isinstance(address, TcpAddress):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

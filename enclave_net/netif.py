@@ -3,7 +3,7 @@
 Nothing in the enclave's init configures networking (aws-nitro-enclaves-sdk-bootstrap init.c), so
 `lo` starts DOWN and 127.0.0.1 is unreachable (ENETUNREACH) until someone sets IFF_UP; the kernel
 then adds 127.0.0.1/8 by itself (linux net/ipv4/devinet.c, NETDEV_UP). Egress over vsock does not
-need it; local services (health endpoint, forwarders) do. reference/networking.md §3.3.
+need it; local services (health endpoint, forwarders) do.
 
 `fcntl.ioctl` on an AF_INET datagram socket is the documented interface for these two requests
 (man 7 netdevice); the "no fcntl" rule is about /dev/nsm in `nsm/`, which goes through cffi.

@@ -44,7 +44,7 @@ METADATA_ADDRESSES = frozenset(
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
     """Per-proxy limits; every one of them exists because a misbehaving client could otherwise
-    hold resources forever (vsock-proxy's select loop has no timeout, networking.md §1.2)."""
+    hold resources forever (vsock-proxy's select loop has no timeout, vsock_proxy/src/proxy.rs)."""
 
     max_connections: int = 1024  # open client connections, tunnels and handshakes together
     head_timeout: float = 10.0  # the CONNECT head must arrive within this (slowloris)
@@ -57,7 +57,7 @@ class Limits:
     # plus one transport read (256 KiB).
     buffer_bytes: int = 64 * 1024
     # getaddrinfo returns no TTL; this is the re-resolution period instead (vsock-proxy uses the
-    # record's TTL, #606). Failures re-resolve at once regardless.
+    # record's TTL, aws-nitro-enclaves-cli PR #606). Failures re-resolve at once regardless.
     resolve_ttl: float = 60.0
     backlog: int = 512
 

@@ -1,7 +1,7 @@
 """The C side of `/dev/nsm`: the ioctl structs and libc's `ioctl`, through cffi in ABI mode.
 
 ABI mode (`dlopen`) needs no compiler at install time. The layout below is the UAPI header
-`include/uapi/linux/nsm.h` (reference/nsm.md §1.1); the number is recomputed from the `_IOWR`
+`include/uapi/linux/nsm.h` (Linux 6.8 and later); the number is recomputed from the `_IOWR`
 arithmetic so that a typo in either the struct or the constant fails at import.
 """
 
@@ -37,9 +37,9 @@ lib: Any = ffi.dlopen(None)
 
 #: NSM_MAGIC in include/uapi/linux/nsm.h.
 NSM_MAGIC = 0x0A
-#: NSM_REQUEST_MAX_SIZE in drivers/misc/nsm.c: more is refused with EMSGSIZE (reference §1.1).
+#: NSM_REQUEST_MAX_SIZE in drivers/misc/nsm.c: more is refused with EMSGSIZE (nsm_dev_ioctl).
 NSM_REQUEST_MAX_SIZE = 0x1000
-#: NSM_RESPONSE_MAX_SIZE: the buffer the device always writes into (reference §1.1).
+#: NSM_RESPONSE_MAX_SIZE: the buffer the device always writes into (drivers/misc/nsm.c).
 NSM_RESPONSE_MAX_SIZE = 0x3000
 #: sizeof(struct nsm_raw): two {u64 addr, u64 len} iovecs.
 NSM_RAW_SIZE: int = ffi.sizeof("struct nsm_raw")

@@ -16,7 +16,7 @@ from nsm.errors import TransportError
 __all__ = ["MAX_FRAME", "read_frame", "write_frame"]
 
 #: Largest frame either side accepts: bounds memory on a hostile peer. Real messages are at
-#: most 0x3000 bytes (the response buffer, reference/nsm.md §1.1).
+#: most 0x3000 bytes (NSM_RESPONSE_MAX_SIZE, Linux include/uapi/linux/nsm.h).
 MAX_FRAME = 1 << 20
 _HEADER = struct.Struct(">I")
 

@@ -1,9 +1,10 @@
-"""Sans-I/O codec for NSM requests and responses (reference/nsm.md §2).
+"""Sans-I/O codec for NSM requests and responses (aws-nitro-enclaves-nsm-api src/api/mod.rs).
 
 The module speaks serde_cbor's externally tagged enums: a unit variant is a bare text string
 (`"DescribeNSM"`), every other variant a map with exactly one text key
 (`{"ExtendPCR": {"index": 16, "data": h'..'}}`). Encoding follows the Rust field declaration
-order, which makes the §2.5 examples byte-exact; decoding never depends on key order.
+order, which makes the examples in tests/nsm/test_protocol.py byte-exact; decoding never
+depends on key order.
 Anything that is not a well-formed message of the expected variant raises `ProtocolError`.
 
 Decoding is as lenient as the Rust types it mirrors (`Request` and `Response` in
@@ -53,7 +54,7 @@ from nsm.models import (
 
 __all__ = ["decode_request", "decode_response", "encode_request", "encode_response"]
 
-#: Indices and ranges are u16 in the Rust API (reference/nsm.md §2.2).
+#: Indices and ranges are u16 in the Rust API (aws-nitro-enclaves-nsm-api src/api/mod.rs).
 _U16_MAX = 0xFFFF
 
 
@@ -80,7 +81,7 @@ def encode_request(request: Request) -> bytes:
         case LockPCRs(range=range_):
             return _dumps({"LockPCRs": {"range": range_}})
         case Attestation(user_data=user_data, nonce=nonce, public_key=public_key):
-            # The Rust side always sends all three keys, null when absent (nsm.md §2.2).
+            # The Rust side always sends all three keys, null when absent (src/api/mod.rs).
             return _dumps(
                 {
                     "Attestation": {
@@ -135,7 +136,7 @@ def _opt_bytes(value: bytes | None) -> bytes | None:
 
 
 def _loads(data: bytes) -> object:
-    """One CBOR item and nothing after it, as serde_cbor's `from_slice` demands (nsm.md §1.2)."""
+    """One CBOR item and nothing after it, as serde_cbor's `from_slice` demands (TrailingData)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ProtocolError(f"expected bytes, got {type(data).__name__}")
     stream = io.BytesIO(bytes(data))

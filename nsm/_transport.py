@@ -19,7 +19,7 @@ __all__ = ["REQUEST_MAX", "RESPONSE_MAX", "Transport", "UnixTransport", "emulato
 
 #: NSM_REQUEST_MAX_SIZE in include/uapi/linux/nsm.h: the kernel refuses more with EMSGSIZE.
 REQUEST_MAX = 0x1000
-#: NSM_RESPONSE_MAX_SIZE: the buffer the device always gets (reference/nsm.md §1.1).
+#: NSM_RESPONSE_MAX_SIZE: the buffer the device always gets (drivers/misc/nsm.c).
 RESPONSE_MAX = 0x3000
 
 #: Environment variable that selects the emulator explicitly: `NSM_EMULATOR=unix:PATH`.
@@ -36,7 +36,7 @@ class Transport(Protocol):
 
 def check_request_size(request: bytes) -> None:
     if not request:
-        # An empty request is a virtio error on QEMU's device (reference/nsm.md §2.7).
+        # An empty request is a virtio error on QEMU's device (hw/virtio/virtio-nsm.c).
         raise ArgumentError("an NSM request cannot be empty")
     if len(request) > REQUEST_MAX:
         raise ArgumentError(

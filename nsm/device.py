@@ -31,11 +31,11 @@ from nsm.errors import DeviceError, DeviceNotFound, TransportError
 
 __all__ = ["DEVICE_PATH", "DeviceTransport", "raw_ioctl"]
 
-#: The misc device the driver registers (name "nsm", reference/nsm.md §1.1).
+#: The misc device the driver registers (name "nsm", Linux drivers/misc/nsm.c).
 DEVICE_PATH: Final = "/dev/nsm"
 
 # What each errno means when it comes from this ioctl, per drivers/misc/nsm.c (in-tree), the
-# older nsm-driver/nsm.c, and the shim (reference/nsm.md §1.1-1.2).
+# older nsm-driver/nsm.c (aws-nitro-enclaves-sdk-bootstrap), and the shim.
 _IOCTL_ERRORS: Final[dict[int, str]] = {
     errno.EMSGSIZE: "the request is larger than the 4096 bytes the NSM accepts",
     errno.EINVAL: "the driver does not know this ioctl command (is this file really the NSM?)",
@@ -60,7 +60,7 @@ def raw_ioctl(fd: int, request: bytes, *, response_size: int = NSM_RESPONSE_MAX_
     """One NSM_IOCTL_RAW on `fd`; the answer's first `response.len` bytes.
 
     No size check here: `DeviceTransport.exchange` checks first. `response_size` is the buffer
-    offered to the driver; the driver truncates a longer answer to it silently (§1.1), so anything
+    offered to the driver; the driver truncates a longer answer to it silently (nsm.c), so anything
     but the default is only useful to test exactly that.
     """
     # Both buffers and the struct are locals, so they stay alive until the call returns;
@@ -95,7 +95,7 @@ def raw_ioctl(fd: int, request: bytes, *, response_size: int = NSM_RESPONSE_MAX_
 
 def _open(path: str) -> int:
     try:
-        # The driver has no open handler and never checks the mode: read-only suffices (§1.1).
+        # The driver has no open handler and never checks the mode: read-only suffices (nsm.c).
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise DeviceNotFound(path) from None

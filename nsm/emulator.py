@@ -3,7 +3,7 @@
 - 32 PCRs of 48 bytes (SHA384). PCRs 0-15 are locked at boot and hold plausible measurements:
   PCR0/1/2 stand for the image, kernel and application, PCR3 (IAM role) is zero, PCR4 is
   `SHA384(0^48 || instance-id)` as AWS documents. In debug mode PCR0/1/2 are zero, as in the
-  real debug documents (reference/nsm.md §6). PCRs 16-31 start at zero, extend as
+  real debug documents in vectors/real. PCRs 16-31 start at zero, extend as
   `SHA384(old || data)` and can be locked.
 - Error answers follow QEMU's device where AWS says nothing: InvalidIndex for an index past
   max_pcrs, ReadOnlyIndex for changing a locked PCR, InputTooLarge for an oversize request or
@@ -35,7 +35,7 @@ from nsm.errors import ProtocolError
 __all__ = ["BOOT_LOCKED_PCRS", "PCR_SIZE", "RANDOM_SIZE", "Emulator"]
 
 PCR_SIZE = 48  # SHA384
-#: PCRs 0-15 are locked from boot (AWS's nsm-check test, reference/nsm.md §2.6).
+#: PCRs 0-15 are locked from boot (AWS's nsm-check test, aws-nitro-enclaves-nsm-api).
 BOOT_LOCKED_PCRS = 16
 #: GetRandom answers 256 bytes (QEMU's NSM_RND_BUF_SIZE; nsm-lib "up to 256 bytes").
 RANDOM_SIZE = 256
@@ -230,7 +230,8 @@ class Emulator:
             cabundle=self._pki.cabundle,
             module_id=self.module_id,
             timestamp_ms=int(now.timestamp() * 1000),
-            # "all locked PCRs at the moment the document was generated" (nsm.md §4.2)
+            # "map of all locked PCRs at the moment the attestation document was generated"
+            # (AWS attestation_process.md §2.2)
             pcrs={i: self._pcrs[i] for i in range(MAX_PCRS) if self._locked[i]},
             public_key=request.public_key,
             user_data=request.user_data,

@@ -1,4 +1,4 @@
-"""Values exchanged with the Nitro Secure Module (reference/nsm.md §2.2-§2.4)."""
+"""Values exchanged with the Nitro Secure Module (aws-nitro-enclaves-nsm-api src/api/mod.rs)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class _HexRepr:
 
 
 class ErrorCode(enum.Enum):
-    """`ErrorCode` of the NSM API; only the name travels on the wire (nsm.md §2.4)."""
+    """`ErrorCode` of the NSM API; only the name travels on the wire (src/api/mod.rs)."""
 
     SUCCESS = "Success"
     INVALID_ARGUMENT = "InvalidArgument"

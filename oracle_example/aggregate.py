@@ -1,4 +1,4 @@
-"""From per-source quotes to one price, or to a reasoned refusal (reference/oracle.md §3).
+"""From per-source quotes to one price, or to a reasoned refusal.
 
 The procedure, all in integers once prices are scaled, so a consumer (or a contract) can redo it
 from the unsigned per-source detail and get the same numbers:
@@ -119,7 +119,7 @@ class AggregationFailure:
 
 
 def scale_price(price: Decimal, decimals: int) -> int:
-    """price * 10**decimals as an int, ROUND_HALF_EVEN (oracle.md §2.3); exact, never float."""
+    """price * 10**decimals as an int, ROUND_HALF_EVEN; exact, never float."""
     value: object = price  # typed Decimal, but a float must not slip in at runtime
     if not isinstance(value, Decimal) or not value.is_finite():
         raise AggregationError(f"price must be a finite Decimal, got {price!r}")
@@ -357,9 +357,10 @@ def clock_failure(
 ) -> AggregationFailure | None:
     """`CLOCK_UNTRUSTED` when the enclave clock and a fresh attestation's time disagree.
 
-    The enclave clock follows the KVM clock but drifts (up to 6 s a week was seen); the NSM
-    document's timestamp is made by the hypervisor and signed by the AWS PKI, so it is the
-    reference (reference/oracle.md §5). Call it with a document fetched just now.
+    The enclave clock follows the KVM clock (aws/aws-nitro-enclaves-nsm-api#15) but drifts (up
+    to 6 s a week was seen, evervault/enclaves#195); the NSM document's timestamp is made by the
+    hypervisor and signed by the AWS PKI, so it is the reference. Call it with a document fetched
+    just now.
     """
     if now.tzinfo is None or attested_at.tzinfo is None:
         raise AggregationError("clock times must be timezone-aware")
@@ -387,7 +388,7 @@ def should_publish(
     deviation_bps: int,
     heartbeat: timedelta,
 ) -> bool:
-    """Push a new report on a deviation or when the heartbeat expires (oracle.md §3 step 5).
+    """Push a new report on a deviation or when the heartbeat expires, as Chainlink's feeds do.
 
     Pull requests always get the latest report; this only decides pushes.
     """

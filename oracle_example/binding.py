@@ -1,10 +1,11 @@
 """Bind the enclave's signing key to an attestation, and verify a report from root to price.
 
-The attestation carries (reference/oracle.md §2.2):
+The attestation carries (docs/oracle-trust.md):
 
 - `public_key`: the raw 65-byte uncompressed secp256k1 key, `0x04 || X || Y`. A shorter or
   malformed key would hash to a predictable address, so length and prefix are checked first
-  (Espresso's reasoning, oracle.md §1.10), then that the point is on the curve.
+  (Espresso's reasoning, espresso-tee-contracts JournalValidation.sol), then that the point is
+  on the curve.
 - `user_data`: a fixed 88-byte layout, sliceable on-chain without a parser:
 
   | offset | size | field                                            |
@@ -67,19 +68,19 @@ __all__ = [
     "verify_report",
 ]
 
-#: "TPO1": TEE Price Oracle, user_data layout version 1 (oracle.md §2.2).
+#: "TPO1": TEE Price Oracle, user_data layout version 1.
 MAGIC = b"TPO1"
 _ADDRESS_LENGTH = 20
 _HASH_LENGTH = 32
-#: 4 + 20 + 32 + 32; AWS allows up to 512 bytes of user_data (oracle.md §2.2).
+#: 4 + 20 + 32 + 32; AWS allows up to 512 bytes of user_data (attestation_process.md §3.2.2.2).
 USER_DATA_LENGTH = len(MAGIC) + _ADDRESS_LENGTH + 2 * _HASH_LENGTH
 #: SEC1 uncompressed: 0x04 || X(32) || Y(32).
 PUBLIC_KEY_LENGTH = 65
 #: A report older than this is refused by default. Pull requests get the latest report and the
 #: enclave publishes at least every heartbeat (60 s by default, config.py), plus fetch time.
 DEFAULT_MAX_REPORT_AGE = timedelta(seconds=120)
-#: How far a report may be ahead of the verifier's clock (RedStone allows 1 min, oracle.md §1.6;
-#: the enclave's clock is checked against the NSM's to 2 s, so 5 s is generous).
+#: How far a report may be ahead of the verifier's clock (RedStone's RedstoneDefaultsLib allows
+#: 1 min; the enclave's clock is checked against the NSM's to 2 s, so 5 s is generous).
 DEFAULT_MAX_AHEAD = timedelta(seconds=5)
 #: A consumer's quorum when it does not pin the config: the enclave's default (config.py).
 DEFAULT_MIN_SOURCES = 3
@@ -296,8 +297,8 @@ def verify_report(
         raise _fail("report", "verify.feed", f"report is for {report.feed}, not {feed}")
     if isinstance(message, PriceReport) and message.config_hash != binding.config_hash:
         raise _fail("report", "verify.config_hash", "report configHash is not the attested one")
-    # 8. freshness, both sides (oracle.md §2.6), and the price itself. A price's age is that of
-    # its oldest observation; a refusal's, its enclave time. Past expiresAt nothing is current.
+    # 8. freshness, both sides, and the price itself. A price's age is that of its oldest
+    # observation; a refusal's, its enclave time. Past expiresAt nothing is current.
     now = int(at.timestamp())
     anchor = (
         message.observations_timestamp if isinstance(message, PriceReport) else message.timestamp

@@ -1,14 +1,14 @@
 """The oracle's runtime configuration, and its canonical hash (`configHash`).
 
 PCR0/PCR2 measure only what is in the image; anything handed to the enclave at runtime must be
-bound through `user_data`, or the host could change it unseen (reference/oracle.md §2.2). So the
-whole configuration (sources, feeds and the instrument each source quotes, thresholds, decimals,
-EIP-712 domains) is hashed into `configHash`, which goes into `user_data` and every report.
+bound through `user_data`, or the host could change it unseen. So the whole configuration
+(sources, feeds and the instrument each source quotes, thresholds, decimals, EIP-712 domains) is
+hashed into `configHash`, which goes into `user_data` and every report.
 
 Canonical form: the `to_json()` object serialised with sorted keys, no whitespace, ASCII only,
 integers only (durations in milliseconds), bytes as lower-case 0x-hex; `configHash` is keccak256
-of those bytes. JSON canonicalisation bit the predecessor (oracle.md §1.1), hence one writer here,
-a strict reader, and a round-trip test.
+of those bytes. JSON canonicalisation bit the predecessor, hence one writer here, a strict
+reader, and a round-trip test.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ __all__ = [
 
 #: Bumped whenever the canonical form changes, so two versions never share a configHash.
 CONFIG_VERSION = 1
-#: RedStone's default, and one of Data Streams' two (reference/oracle.md §2.3).
+#: RedStone's default (RedstoneConsumerBase), and one of Chainlink Data Streams' two (8 or 18).
 DEFAULT_DECIMALS = 8
 # uint8 on the wire; beyond 36 a scaled BTC price no longer fits comfortably in 128 bits, and no
-# consumer uses more than 18 (oracle.md §2.3).
+# consumer uses more than 18 (Chainlink Data Streams: 8 or 18).
 _MAX_DECIMALS = 36
 _MAX_BPS = 10_000
 _SYMBOL = re.compile(r"[A-Z0-9]{1,16}/[A-Z0-9]{1,16}")
@@ -90,7 +90,7 @@ class Market:
 class FeedConfig:
     """One feed: `symbol` names the pair actually priced (`BTC/USD` is dollars, `BTC/USDT` tether).
 
-    USDT is not USD (reference/oracle.md §3 step 6). A market quoted in another currency Q is
+    USDT is not USD (docs/oracle-trust.md, "Market truth"). A market quoted in another currency Q is
     used only if Q is in `convert_quotes`: its price is then multiplied by the `Q/<quote>` rate
     that the same round aggregated from the config's own `Q/<quote>` feed (whose markets quote
     `<quote>` itself), and refused when that rate is off peg by more than `maxDepegBps`. The
@@ -154,8 +154,8 @@ class FeedConfig:
 
 
 def _default_feeds() -> tuple[FeedConfig, ...]:
-    # Instrument names from each exchange's docs (reference/networking.md §6): Binance and OKX
-    # list spot pairs against USDT, Kraken calls bitcoin XBT.
+    # Instrument names from each exchange's API docs (Binance Spot, Coinbase Exchange, Kraken,
+    # OKX v5): Binance and OKX list spot pairs against USDT, Kraken calls bitcoin XBT.
     def feed(base: str, kraken: str) -> FeedConfig:
         return FeedConfig(
             symbol=f"{base}/USD",
@@ -184,7 +184,7 @@ def _default_feeds() -> tuple[FeedConfig, ...]:
 
 
 def _default_sources() -> tuple[SourceConfig, ...]:
-    # The hosts of the route table in reference/networking.md §7.1.
+    # The hosts of the route table in docs/deployment.md (vsock ports 8443-8446).
     return (
         SourceConfig(id="binance", host="api.binance.com"),
         SourceConfig(id="coinbase", host="api.exchange.coinbase.com"),
@@ -197,11 +197,11 @@ def _default_sources() -> tuple[SourceConfig, ...]:
 class OracleConfig:
     """Everything the enclave is told at runtime; hashed into `configHash`.
 
-    Defaults follow reference/oracle.md §3 and §5: a 100 bps outlier band, 30 s source age, a 2 s
-    clock skew against the attested time, a 2 s fetch timeout. The quorum is 3 distinct sources:
-    with 2, one bad source moves the median by half its error and a parent that drops one
-    connection chooses the price. Four exchanges leave one to lose (Binance answers 451 from US
-    regions). A stablecoin rate more than `max_depeg_bps` off 1 is refused (1% by default).
+    The defaults: a 100 bps outlier band, 30 s source age, a 2 s clock skew against the attested
+    time, a 2 s fetch timeout. The quorum is 3 distinct sources: with 2, one bad source moves the
+    median by half its error and a parent that drops one connection chooses the price. Four
+    exchanges leave one to lose (Binance answers 451 from US regions). A stablecoin rate more than
+    `max_depeg_bps` off 1 is refused (1% by default).
     """
 
     sources: tuple[SourceConfig, ...] = field(default_factory=_default_sources)

@@ -128,7 +128,7 @@ class SignatureFormatError(ReportFormatError):
 
 
 class BindingError(OracleExampleError, ValueError):
-    """A `public_key` or `user_data` does not have the fixed layout of oracle.md §2.2."""
+    """A `public_key` or `user_data` does not have the fixed layout of binding.py."""
 
     code = "binding.layout"
 

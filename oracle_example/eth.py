@@ -2,9 +2,9 @@
 and the domain, addresses (EIP-55), and secp256k1 signing and recovery over a 32-byte digest.
 
 Every struct the oracle signs has only static fields, so EIP-712 reduces to 32-byte ABI words
-and needs no general encoder (reference/oracle.md §2.4). Signatures are r || s || v with
+and needs no general encoder (EIP-712 `encodeData`). Signatures are r || s || v with
 v = recid + 27, what OpenZeppelin's `ECDSA.recover` and `ecrecover` take; libsecp256k1 signs
-low-s, and high s is refused on recovery as OpenZeppelin does (oracle.md §2.5). safe-pysha3
+low-s, and high s is refused on recovery as OpenZeppelin's ECDSA.sol does. safe-pysha3
 for keccak (docs/dependencies.md: why not pycryptodome), coincurve (libsecp256k1) for the curve;
 eth-account is the reference in tests only.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import coincurve
 
 # safe-pysha3's keccak_256 is the original (pre-FIPS) Keccak that Ethereum uses; hashlib.sha3_256
-# is FIPS SHA-3 and gives different digests (reference/oracle.md §2.5, pitfall 2).
+# is FIPS 202 SHA-3, which pads differently, and gives different digests.
 import sha3
 
 from oracle_example.errors import ReportFormatError, SignatureFormatError
@@ -136,7 +136,7 @@ def parse_bytes32(text: object) -> bytes:
     return bytes.fromhex(text[2:])
 
 
-#: The domain struct with all four fields (reference/oracle.md §2.4): chainId + verifyingContract
+#: The domain struct with all four fields (EIP-712 `EIP712Domain`): chainId + verifyingContract
 #: tie a signature to one consumer contract.
 EIP712_DOMAIN_FIELDS: tuple[tuple[str, str], ...] = (
     ("name", "string"),
@@ -208,7 +208,7 @@ class Eip712Domain:
 
 
 def address_of(public_key: bytes) -> bytes:
-    """keccak256(X || Y)[12:] of a 65-byte uncompressed secp256k1 key (oracle.md §2.1)."""
+    """keccak256(X || Y)[12:] of a 65-byte uncompressed secp256k1 key (Ethereum's address)."""
     if len(public_key) != _UNCOMPRESSED_KEY_LENGTH or public_key[0] != 0x04:
         raise SignatureFormatError("public key must be 65 bytes, uncompressed (0x04 || X || Y)")
     return keccak256(public_key[1:])[12:]
@@ -218,7 +218,7 @@ def sign_digest(digest: bytes, key: coincurve.PrivateKey) -> bytes:
     """r || s || v over a 32-byte digest, v = recid + 27.
 
     `hasher=None` signs the digest itself; coincurve's default would sign sha256(digest) and
-    the signature would recover to a stranger (oracle.md §2.5, pitfall 1).
+    the signature would recover to a stranger (coincurve keys.py: `hasher=sha256` by default).
     """
     if len(digest) != 32:
         raise ReportFormatError("a digest is 32 bytes")

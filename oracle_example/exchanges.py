@@ -17,7 +17,7 @@ files follow from the source list.
 
 Shapes: binance/binance-spot-api-docs rest-api.md; the dYdX v4 price daemon's recorded test data
 for Coinbase, Kraken and OKX (dydxprotocol/v4-chain protocol/daemons/pricefeed/client/
-price_function/*/testdata); summarised in reference/networking.md §6.
+price_function/*/testdata).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _ms_to_datetime(ms: int, source: str) -> datetime:
 class Binance(Source):
     """Binance Spot: `GET /api/v3/ticker/24hr?symbol=BTCUSDT&type=MINI&symbolStatus=TRADING`.
 
-    `/api/v3/ticker/price` has no timestamp (the predecessor's blind spot, oracle.md §1.1); the
+    `/api/v3/ticker/price` has no timestamp (the predecessor's blind spot); the
     MINI 24 h ticker gives `lastPrice` with `closeTime` in ms. Errors: `{"code": -1121, "msg":
     "Invalid symbol."}` with 400, and -1220 for a symbol that is not trading (symbolStatus);
     451 from restricted locations; 429/418 with Retry-After. Weight 2.

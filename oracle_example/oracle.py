@@ -4,7 +4,7 @@ Boot (`Oracle.boot`), in this order, failing closed at each step:
 
 1. bring `lo` up (fatal in production, a warning in development);
 2. open the NSM: `/dev/nsm`, or the emulator only when named explicitly; production mode refuses
-   the emulator and a debug-mode enclave (PCR0 all zero, reference/oracle.md §4);
+   the emulator and a debug-mode enclave (PCR0 all zero, as the User Guide documents);
 3. PCR16 := SHA384(0^48 || configHash), then locked, so the document names the config too;
 4. a secp256k1 key from NSM randomness (coincurve). It lives in this process only: nothing
    logs or returns it. With `sealed_key` (sealed.py) it is also sealed with KMS on the first
@@ -82,15 +82,15 @@ __all__ = [
 
 log = logging.getLogger("oracle_example.oracle")
 
-#: The parent's first route port (reference/networking.md §7.1): source i of the config is
+#: The parent's first route port (docs/deployment.md): source i of the config is
 #: reached through vsock port FIRST_ROUTE_PORT + i (8443 Binance, 8444 Coinbase, ...).
 FIRST_ROUTE_PORT = 8443
 PARENT_CID = 3
 #: A round every 5 s: about 1 request/s per exchange for two feeds, far under every public
-#: limit (Binance: 6,000 weight/min, 2 per MINI ticker; networking.md §6).
+#: limit (Binance Spot API docs: 6,000 weight/min, 2 per MINI ticker).
 DEFAULT_INTERVAL = _dt.timedelta(seconds=5)
-#: Re-read the attested time this often (oracle.md §5 says "every few minutes"; once a minute
-#: costs one NSM attestation).
+#: Re-read the attested time this often (every few minutes would do; once a minute costs one
+#: NSM attestation).
 DEFAULT_CLOCK_CHECK = _dt.timedelta(seconds=60)
 _PCR16 = 16
 _PCR_SIZE = 48
@@ -105,7 +105,7 @@ def _utcnow() -> _dt.datetime:
 
 
 def default_routes(config: OracleConfig) -> tuple[str, ...]:
-    """The route table of reference/networking.md §7.1, one parent vsock port per source host,
+    """The route table of docs/deployment.md, one parent vsock port per source host,
     in the config's source order. It is part of the image's command line, so PCR2 measures it."""
     return tuple(
         f"{source.host}:443=vsock:{PARENT_CID}:{FIRST_ROUTE_PORT + i}"
@@ -275,7 +275,7 @@ class Oracle:
                 raise EnclaveBootError(f"NSM attestation failed: {exc}") from exc
 
     def _check_clock(self) -> _ClockCheck:
-        """A fresh document; its signed timestamp against our clock (oracle.md §5)."""
+        """A fresh document; its signed timestamp against our clock."""
         before = self.options.clock()
         document = self._attest(None)
         after = self.options.clock()

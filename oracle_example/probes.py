@@ -1,8 +1,8 @@
 """The oracle's probes for `enclave_net`'s doctor: one per configured exchange.
 
 Each exchange's `Source` knows its time endpoint and how to read it (exchanges.py); this module
-only adapts it to the doctor's `Probe` and adds the oracle's own check (reference/networking.md
-§7.2 point 12): the exchange's ticker, fetched and judged exactly as a round does, must be
+only adapts it to the doctor's `Probe` and adds the oracle's own check (docs/troubleshooting.md,
+`freshness`): the exchange's ticker, fetched and judged exactly as a round does, must be
 fresh. The network can be healthy and the data still stale.
 
 `probe_live` is the demo's question before it starts: does each exchange answer a real quote

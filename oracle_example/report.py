@@ -22,7 +22,7 @@ the quorum `minSources` the enclave applied beside the `numSources` it met. `rou
 feed. Every time is in Unix seconds.
 
 Errors are signed too, under their own typehash, so an error can never decode as a price
-(reference/oracle.md §2.8). Signatures: see `eth.py`.
+(docs/oracle-trust.md). Signatures: see `eth.py`.
 
 The report JSON carries `typedData` exactly as eth-account's
 `encode_typed_data(full_message=...)` takes it, the signature as 0x-hex of 65 bytes, and beside
@@ -91,7 +91,7 @@ _SYMBOL = re.compile(r"[A-Z0-9]{1,16}/[A-Z0-9]{1,16}")
 
 
 def feed_id(symbol: str) -> bytes:
-    """`feedId = keccak256("BTC/USD")` (reference/oracle.md §2.3)."""
+    """`feedId = keccak256("BTC/USD")` (docs/oracle-trust.md)."""
     if not _SYMBOL.fullmatch(symbol):
         raise ReportFormatError(f"feed symbol must be upper-case BASE/QUOTE, got {symbol!r}")
     return keccak256(symbol.encode("ascii"))
@@ -115,7 +115,7 @@ def sources_hash(source_ids: Iterable[str]) -> bytes:
 
 
 class OracleErrorCode(IntEnum):
-    """`OracleError.code` values (reference/oracle.md §2.8)."""
+    """`OracleError.code` values, as signed in its `code` field."""
 
     TOO_FEW_SOURCES = 1
     DISPERSION = 2
@@ -260,7 +260,7 @@ class PriceReport(_Signed):
 
 @dataclass(frozen=True, kw_only=True)
 class OracleError(_Signed):
-    """A signed refusal to price (oracle.md §2.8): not an exception, an EIP-712 message.
+    """A signed refusal to price (docs/oracle-trust.md): not an exception, an EIP-712 message.
 
     `code` is an `OracleErrorCode`; `detail_hash` = keccak256 of the UTF-8 detail text that
     travels beside the signature.
@@ -506,7 +506,7 @@ class SignedReport:
         sources: Sequence[SourceOutcome] = (),
         detail: str | None = None,
     ) -> tuple[SignedReport, ...]:
-        """The message signed once per domain (microseconds each, oracle.md §2.4)."""
+        """The message signed once per domain (microseconds each, docs/oracle-trust.md)."""
         all_domains = tuple(domains)
         return tuple(
             cls(

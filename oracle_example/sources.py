@@ -23,8 +23,8 @@ result = aggregate_feed(config, "BTC/USD", quotes, now=now, failures=failures)
 ```
 ```
 
-Prices are parsed from their JSON strings with `Decimal`, never float (reference/oracle.md §2.3;
-a float-converted price is what Marlin's demo got wrong, §1.11). Each quote carries the source's
+Prices are parsed from their JSON strings with `Decimal`, never float (a float-converted price
+is what Marlin's sui-oyster-demo got wrong). Each quote carries the source's
 own time, so staleness is judged by the exchange's clock, not by when bytes reached us.
 The table of what each exchange sends is in `exchanges.py`.
 """
@@ -74,15 +74,16 @@ _log = logging.getLogger("oracle_example.sources")
 #: for error pages while bounding what a misbehaving upstream can make us parse.
 MAX_BODY_BYTES = 64 * 1024
 #: Binance: "a 429 ... it's your job to back off"; limits are per minute (REQUEST_WEIGHT 6,000 per
-#: minute, reference/networking.md §6), so a minute clears the window when no Retry-After came.
+#: minute, Binance Spot API docs, "LIMITS"), so a minute clears the window when no Retry-After came.
 DEFAULT_RATE_LIMIT_BACKOFF = timedelta(seconds=60)
-#: Binance 418 bans last "from 2 minutes to 3 days" (reference/oracle.md §5): the shortest ban.
+#: Binance 418 bans last "from 2 minutes to 3 days" (Binance Spot API docs, "LIMITS"): the
+#: shortest ban.
 DEFAULT_BAN_BACKOFF = timedelta(minutes=2)
 #: The longest Binance ban; a larger Retry-After is clamped to it (and logged).
 MAX_RETRY_AFTER = timedelta(days=3)
-#: Never retry a rate limit in a tight loop (reference/oracle.md §5), whatever Retry-After says.
+#: Never retry a rate limit in a tight loop, whatever Retry-After says.
 MIN_RETRY_AFTER = timedelta(seconds=1)
-#: Circuit breaker for other failures (oracle.md §5): after this many in a row, back off ...
+#: Circuit breaker for other failures: after this many in a row, back off ...
 BREAKER_THRESHOLD = 3
 #: ... starting here and doubling per further failure, up to the cap.
 BREAKER_BASE = timedelta(seconds=2)
@@ -173,7 +174,7 @@ class Source(ABC):
     id: ClassVar[str]
     default_host: ClassVar[str]
     time_path: ClassVar[str]
-    """A cheap, unauthenticated GET that states the exchange's clock (networking.md §6); the
+    """A cheap, unauthenticated GET that states the exchange's clock (per its API docs); the
     doctor probes each host with it."""
     time_shape: ClassVar[str]
     """The documented JSON of `time_path`, for messages."""
@@ -303,7 +304,8 @@ class SourceState:
     """When a source may be asked again. Transitions return a new state; nothing mutates.
 
     - 451 disables the source for the session (a configuration problem: the parent's egress IP
-      is in a jurisdiction the exchange refuses, reference/oracle.md §5).
+      is in a jurisdiction the exchange refuses: "Service unavailable from a restricted
+      location", Binance says).
     - 429/418 wait exactly the Retry-After (clamped to [1 s, 3 days]).
     - Other failures open a circuit breaker after `BREAKER_THRESHOLD` in a row, with doubling
       backoff from `BREAKER_BASE` to `BREAKER_CAP`; one success closes it.

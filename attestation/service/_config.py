@@ -59,7 +59,7 @@ __all__ = [
 
 # Loopback by default: exposing the service is a deployment decision (docs/deployment.md).
 DEFAULT_LISTEN = "127.0.0.1:8080"
-# Issue 6: "413 for a body over the limit (16 KiB by default)". A real document is ~4.4 KB
+# 413 for a body over the limit, 16 KiB by default (docs/deployment.md). A real document is ~4.4 KB
 # (vectors/real/MANIFEST.json: 4394..4642 bytes), ~6 KB as base64 in JSON.
 DEFAULT_MAX_BODY_BYTES = 16 * 1024
 # The largest body limit accepted: the parser refuses documents above MAX_DOCUMENT_SIZE
@@ -67,7 +67,7 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024
 MAX_MAX_BODY_BYTES = 64 * 1024
 # The library's own default freshness bound (attestation.policy.Policy).
 DEFAULT_MAX_AGE = _dt.timedelta(minutes=5)
-# A leaf certificate lives 3 hours (reference/nsm.md §4.4); a larger max age is never useful
+# A leaf certificate lives 3 hours (docs/fidelity.md); a larger max age is never useful
 # because the chain stops verifying first, so a larger value is almost certainly a unit mistake.
 MAX_MAX_AGE = _dt.timedelta(hours=3)
 # Policy names appear in URLs, metrics labels and logs: keep them to a safe alphabet.

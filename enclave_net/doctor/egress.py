@@ -1,5 +1,5 @@
 """The egress path, link by link: routes, parent port, TLS, HTTP status, the probe's JSON, the
-clock, and how many streams the parent serves at once (reference/networking.md §7.2 points 3-10).
+clock, and how many streams the parent serves at once (docs/troubleshooting.md).
 
 Async, on the one egress implementation (`enclave_net.egress`); `enclave_checks` runs it with
 `asyncio.run`. What each host should answer comes from the app's `Probe`s.
@@ -49,7 +49,7 @@ from enclave_net.errors import (
 
 __all__ = ["CLOCK_WARN_SECONDS", "DEFAULT_CLOCK_FAIL_SECONDS", "check_egress", "check_routes"]
 
-# networking.md §7.2 point 8: warn above 2 s; fail above the app's freshness budget.
+# The clock: warn above 2 s; fail above the app's freshness budget (docs/troubleshooting.md).
 CLOCK_WARN_SECONDS = 2.0
 DEFAULT_CLOCK_FAIL_SECONDS = 30.0
 _PARENT_CID = 3
@@ -142,8 +142,8 @@ def _classify(error: EgressError, upstream: HostPort, address: Address) -> Findi
         return _fail(
             name,
             f"parent accepted on {port} but closed during the TLS handshake",
-            "the parent's upstream connect failed or its worker died (vsock-proxy "
-            "#549): check the parent's logs and its DNS for the host",
+            "the parent's upstream connect failed or its worker died (vsock-proxy, "
+            "aws/aws-nitro-enclaves-cli#549): check the parent's logs and its DNS for the host",
         )
     if isinstance(error, EgressConnectError) and any(
         s in str(error) for s in ("No such device", "Cannot assign requested address")
@@ -235,7 +235,7 @@ def _date_header_time(headers: dict[str, str], host: str) -> ServerTime | None:
     return None
 
 
-# --- §7.2 point 10: concurrency ---------------------------------------------------------------
+# --- Concurrency ------------------------------------------------------------------------------
 
 
 async def _concurrency_finding(

@@ -1,13 +1,13 @@
 """The enclave side of the doctor: the host it runs on, then the egress path.
 
 Each check yields one `Finding`: ok / warn / fail, a one-line cause, and a remedy. The checks
-follow reference/networking.md §7.2 and recognise the previous team's setup (§1): resolv.conf
+are those of docs/troubleshooting.md and recognise the previous team's setup: resolv.conf
 pointing at 127.0.0.1 while `lo` is down, UDP DNS pushed through socat into a TCP-only proxy, a
 parent port with no listener, and TLS or HTTP answers that mean the network works but the route
 or the region does not (those are in `doctor.egress`).
 
-Beyond the network it checks what the enclave needs (§7.2 point 11): that the NSM attests and
-the enclave is not in debug mode, and that the kernel's entropy pool is ready.
+Beyond the network it checks what the enclave needs: that the NSM attests and the enclave is
+not in debug mode, and that the kernel's entropy pool is ready.
 
 The enclave side never resolves a name for egress. The one DNS packet the doctor may send is
 the legacy probe: when resolv.conf names a loopback nameserver, it asks that server one question
@@ -324,7 +324,7 @@ def _probe_dns(server: str, *, relays: bool) -> Iterator[Finding]:
     )
 
 
-# --- §7.2 point 11: attestation -----------------------------------------------------------
+# --- Attestation --------------------------------------------------------------------------
 
 
 def check_attestation(*, production: bool) -> Iterator[Finding]:

@@ -82,7 +82,7 @@ def test_default_pcrs_look_like_a_production_enclave() -> None:
     assert all(len(value) == 48 for value in pcrs.values())
     assert pcrs[0] != bytes(48)  # PCR0 all zero would mark a debug document
     assert pcrs[3] == bytes(48)
-    # AWS's documented formula for PCR4 (nsm.md §6).
+    # AWS's documented formula for PCR4 (User Guide, "Where to get an enclave's measurements").
     assert pcrs[4] == hashlib.sha384(bytes(48) + b"i-1234567890abcdef0").digest()
 
 

@@ -275,8 +275,9 @@ def test_connect_refusal_is_named(
 def test_accept_then_close_is_named(
     pki: CertAuthority, sockdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # vsock-proxy's worker panics when its upstream connect fails (#549): the enclave sees the
-    # stream close during the handshake. Our proxy in route mode does the same on a dead port.
+    # vsock-proxy's worker panics when its upstream connect fails (aws/aws-nitro-enclaves-cli#549):
+    # the enclave sees the stream close during the handshake. Our proxy in route mode does the
+    # same on a dead port.
     listen = UnixAddress(str(sockdir / "d.sock"))
     proxy = ProxyThread(
         ProxyConfig(
@@ -371,7 +372,7 @@ def test_parent_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert found["listener unix:/nonexistent/egress.sock"]["status"] == "fail"
 
 
-# --- §7.2 point 10: concurrency ---------------------------------------------------------------
+# --- Concurrency ------------------------------------------------------------------------------
 
 
 class WorkerPoolRelay:
@@ -458,7 +459,7 @@ def test_concurrency_through_our_proxy_is_ok(
     assert code == 0
 
 
-# --- §7.2 point 11: attestation ---------------------------------------------------------------
+# --- Attestation ------------------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -66,7 +66,7 @@ Handler = Callable[[bytes], bytes | RawReply | None]
 
 
 def canned_answer(request: bytes) -> bytes:
-    """A plausible NSM answer for each request shape (reference/nsm.md §2), CBOR-encoded."""
+    """A plausible NSM answer for each request shape (src/api/mod.rs), CBOR-encoded."""
     try:
         decoded = cbor2.loads(request)
     except Exception:

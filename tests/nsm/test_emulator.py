@@ -1,4 +1,4 @@
-"""The emulator behaves like the real module (reference/nsm.md §2.6, §2.7, §3, §4, §6)."""
+"""The emulator behaves like the real module (AWS nsm-check, QEMU, the User Guide, real docs)."""
 
 from __future__ import annotations
 
@@ -246,7 +246,7 @@ def test_locked_application_pcrs_appear_in_documents(emulator: Emulator) -> None
 
 
 def test_maximum_fields_fit(emulator: Emulator) -> None:
-    # AWS's own test sends 1024 bytes in each field at once (reference/nsm.md §2.6).
+    # AWS's own test sends 1024 bytes in each field at once (nsm-test/src/bin/nsm-check.rs).
     fields = {"user_data": b"u" * 1024, "nonce": b"n" * 1024, "public_key": b"k" * 1024}
     payload = cbor2.loads(cbor2.loads(attest(emulator, **fields))[2])
     assert (payload["user_data"], payload["nonce"], payload["public_key"]) == tuple(fields.values())

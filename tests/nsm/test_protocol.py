@@ -1,4 +1,4 @@
-"""The sans-I/O codec: reference/nsm.md §2.5 byte for byte, round trips, hostile input."""
+"""The sans-I/O codec: the Rust encoding byte for byte, round trips, hostile input."""
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ from nsm.models import (
     Response,
 )
 
-# reference/nsm.md §2.5: (message, hex) pairs checked there against the Rust encoder's rules
-# and the kernel's hard-coded GetRandom bytes.
+# (message, hex) pairs as serde_cbor 0.11 encodes the types of aws-nitro-enclaves-nsm-api's
+# src/api/mod.rs (enums as maps, fields in declaration order); GetRandom's bytes are the request
+# hard-coded in Linux drivers/misc/nsm.c.
 REQUEST_EXAMPLES: list[tuple[Request, str]] = [
     (DescribePCR(16), "a16b4465736372696265504352a165696e64657810"),
     (ExtendPCR(16, bytes([1, 2, 3])), "a169457874656e64504352a265696e64657810646461746143010203"),
@@ -83,7 +84,7 @@ def test_get_random_answer_starts_with_the_kernels_prefix() -> None:
 
 
 def test_describe_nsm_decodes_in_any_key_order() -> None:
-    # QEMU emits these keys in another order than the Rust struct (reference/nsm.md §2.3).
+    # QEMU emits these keys in another order than the Rust struct (hw/virtio/virtio-nsm.c).
     body = {
         "digest": "SHA384",
         "locked_pcrs": list(range(16)),

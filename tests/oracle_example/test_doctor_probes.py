@@ -1,8 +1,8 @@
 """`nitro-oracle doctor`: enclave_net's doctor with the oracle's exchange probes.
 
-Each exchange's time endpoint must answer its documented JSON (reference/networking.md §7.2
-point 7), its clock is the doctor's reference (point 8), and its own ticker must be fresh
-(point 12). The generic checks are tested in tests/enclave_net/test_doctor.py.
+Each exchange's time endpoint must answer its documented JSON, its clock is the doctor's
+reference, and its own ticker must be fresh (docs/troubleshooting.md). The generic checks are
+tested in tests/enclave_net/test_doctor.py.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_one_probe_per_configured_source_with_its_time_endpoint() -> None:
     }
 
 
-# --- §7.2 point 7: an HTTP 200 that is not the exchange's JSON ---------------------------------
+# --- An HTTP 200 that is not the exchange's JSON -----------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_ticker_in_the_wrong_shape_is_a_schema_mismatch(
     assert code == 1
 
 
-# --- §7.2 points 8 and 12: the clock against serverTime, and each source's own timestamp ------
+# --- The clock against serverTime, and each source's own timestamp ----------------------------
 
 
 @pytest.fixture

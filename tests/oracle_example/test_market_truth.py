@@ -50,7 +50,7 @@ def usdt_rate(price: str) -> Decimal:
     return Decimal(result.price).scaleb(-result.decimals)
 
 
-# The case: USD markets at 100,000; USDT trades at 0.995 $, so USDT markets show
+# The depeg case: USD markets at 100,000; USDT trades at 0.995 $, so USDT markets show
 # 100,000 / 0.995 = 100,502.51 USDT. Averaging the quotes as if USDT were USD signs 100,251.26.
 USD_AT = "100000"
 USDT_AT = "100502.51"

@@ -1,6 +1,6 @@
 """The conformance corpus in vectors/corpus: well-formed, complete, reproducible, and passed.
 
-The regeneration test is the CI guard the issue asks for: the committed corpus must be exactly
+The regeneration test is the CI guard for the corpus: the committed corpus must be exactly
 what `vectors/generate.py` writes, so a change to the generator (or to the builder under it)
 that is not followed by `python vectors/generate.py` fails `make test`.
 """
@@ -29,7 +29,7 @@ VECTORS = REPO / "vectors"
 CORPUS = corpus.CORPUS_DIR
 MANIFEST: dict[str, Any] = corpus.manifest()
 CASES: list[dict[str, Any]] = MANIFEST["cases"]
-#: The five families of invalid documents the issue lists.
+#: The five families of invalid documents (vectors/README.md).
 INVALID_FAMILIES = ("envelope", "payload", "chain", "signature", "policy")
 
 #: Corpus cases where our verifier is known to disagree with the expected result (strict
@@ -91,7 +91,7 @@ def test_coverage() -> None:
     assert all(invalid[family] > 0 for family in INVALID_FAMILIES), invalid
     assert valid["valid"] > 0
     assert set(invalid) | set(valid) <= set(FAMILIES)
-    # The twins the issue singles out must be present and valid.
+    # The high-S and low-S twins and the allowed debug document must be present and valid.
     by_id = {c["id"]: c for c in CASES}
     for must_pass in ("signature/high-s-twin", "signature/low-s-twin", "policy/debug-allowed"):
         assert by_id[must_pass]["expected"] == {"valid": True}

@@ -42,7 +42,7 @@ MODULE_ID = f"{INSTANCE_ID}-enc019a0c0ffee0c0de"
 CHAIN_START = datetime(2026, 1, 12, 6, 0, tzinfo=UTC)
 #: The leaf starts two hours into the instance CA's day and lives three hours.
 LEAF_START = CHAIN_START + timedelta(hours=2)
-#: Real documents are signed minutes into their leaf's life (nsm.md §4.4); the odd milliseconds
+#: Real documents are signed minutes into their leaf's life (vectors/real); the odd milliseconds
 #: make a verifier that truncates the timestamp to seconds visible.
 TIMESTAMP = LEAF_START + timedelta(minutes=14, seconds=7, milliseconds=123)
 #: Verification time of most cases: 30 s after the document, well inside every window.
@@ -92,7 +92,7 @@ def ms(instant: datetime) -> int:
 
 
 def production_pcrs(instance_id: str = INSTANCE_ID) -> dict[int, bytes]:
-    """16 PCRs shaped like a production enclave's (nsm.md §4.4): 0-2 measured, 4 the instance."""
+    """16 PCRs shaped like a production enclave's (vectors/real): 0-2 measured, 4 the instance."""
     pcrs = {index: bytes(builder.PCR_LENGTH) for index in range(16)}
     pcrs[0] = sha384("pcr0")
     pcrs[1] = sha384("pcr1")
@@ -352,7 +352,7 @@ class Doc:
     indefinite: bool = False
 
     def fields(self) -> list[tuple[object, object]]:
-        """The nine payload entries in the NSM's order (nsm.md §4.2), from the builder."""
+        """The nine payload entries in the NSM's order (Rust `AttestationDoc`), from the builder."""
         return builder.payload_entries(
             module_id=self.module_id,
             timestamp_ms=self.timestamp_ms,

@@ -48,7 +48,7 @@ def missing(w: World, *, key: str) -> bytes:
 
 @case("payload.missing-field")
 def null_timestamp(w: World) -> bytes:
-    """The mandatory field timestamp is null; null means absent (nsm.md §4.2), so it is
+    """The mandatory field timestamp is null; null means absent (vectors/README.md), so it is
     missing."""
     return w.base.encode(entries=set_entry(w.base.fields(), "timestamp", None))
 

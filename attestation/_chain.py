@@ -1,6 +1,7 @@
 """X.509 path validation from the document's leaf through `cabundle[1:]` to a pinned root.
 
-AWS rules (`attestation_process.md` §3.2.3; reference/nsm.md §4.3), and who enforces each:
+AWS rules (aws-nitro-enclaves-nsm-api `docs/attestation_process.md` §3.2.3; AWS Nitro Enclaves
+User Guide, "Verifying the root of trust"), and who enforces each:
 
 - the path is `[certificate, cabundle[N], ..., cabundle[1], ROOT]` with ROOT a pinned root, never
   the document's own `cabundle[0]` (it is not looked at: a document could carry anything there and
@@ -106,8 +107,9 @@ class CacheInfo:
 
 _CA_POLICY = xv.ExtensionPolicy.webpki_defaults_ca()
 # Nitro leaves carry basicConstraints (CA:false) and keyUsage, nothing a TLS client certificate
-# must have: relax exactly SAN, AKI and EKU (reference/verifiers.md §2.4, "TLS-server semantics
-# on non-TLS certs"). Policies are immutable, so one pair serves every validator.
+# must have: relax exactly SAN, AKI and EKU, rather than verify them as TLS certificates (as
+# verifiers built on a TLS-server check do: they pass only while Nitro leaves carry no EKU).
+# Policies are immutable, so one pair serves every validator.
 _EE_POLICY = (
     xv.ExtensionPolicy.webpki_defaults_ee()
     .may_be_present(x509.SubjectAlternativeName, xv.Criticality.AGNOSTIC, None)

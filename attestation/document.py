@@ -18,7 +18,8 @@ Envelope (RFC 9052 COSE_Sign1; AWS `attestation_process.md` §3.1, User Guide "C
   "32/48/64" in §3.1 is wrong for ES384).
 
 Payload map: definite or indefinite, any key order, no duplicate keys, no unknown keys. Where AWS
-contradicts itself (`attestation_process.md` §2.2 CDDL vs §3.2.2.2; reference/verifiers.md §2.3)
+contradicts itself (`attestation_process.md` §2.2 CDDL vs §3.2.2.2, as reported in
+aws/aws-nitro-enclaves-nsm-api#52)
 this module chooses:
 
 - `public_key`, `user_data`, `nonce`: byte strings of **0..1024** bytes (the CDDL and the User
@@ -67,7 +68,8 @@ __all__ = [
 MAX_PAYLOAD_SIZE = 16384
 # The payload plus the rest of the envelope (tag, array head, 4-byte protected header, empty map,
 # 96-byte signature, string heads): 512 bytes is several times what that needs. The NSM itself
-# returns at most 12288 bytes (reference/nsm.md §3), so this never refuses a real document.
+# returns at most 12288 bytes (NSM_RESPONSE_MAX_SIZE in Linux drivers/misc/nsm.c), so this
+# never refuses a real document.
 MAX_DOCUMENT_SIZE = MAX_PAYLOAD_SIZE + 512
 # AWS CDDL: `user_data = bytes .size (0..1024)`, used for public_key, user_data and nonce.
 MAX_FIELD_SIZE = 1024
@@ -144,7 +146,8 @@ class AttestationDocument:
 
     @property
     def is_debug(self) -> bool:
-        """PCR0 all zero: an enclave started in debug mode (User Guide; reference/nsm.md §6)."""
+        """PCR0 all zero: an enclave started in debug mode (User Guide: "How to get an
+        enclave's attestation document")."""
         pcr0 = self.pcrs.get(0)
         return pcr0 is not None and not any(pcr0)
 

@@ -19,8 +19,7 @@ Envelope (RFC 9052 COSE_Sign1; AWS `attestation_process.md` §3.1, User Guide "C
 
 Payload map: definite or indefinite, any key order, no duplicate keys, no unknown keys. Where AWS
 contradicts itself (`attestation_process.md` §2.2 CDDL vs §3.2.2.2, as reported in
-aws/aws-nitro-enclaves-nsm-api#52)
-this module chooses:
+aws/aws-nitro-enclaves-nsm-api#52) this module chooses:
 
 - `public_key`, `user_data`, `nonce`: byte strings of **0..1024** bytes (the CDDL and the User
   Guide), or `null`/absent. Not §3.2.2.2's `public_key` ∈ [1, 1024]: a real 2021 document carries an

@@ -298,6 +298,10 @@ _CABUNDLE = b"\x68cabundle"
 _PUBLIC_KEY = b"\x6apublic_key"
 _USER_DATA = b"\x69user_data"
 _NONCE = b"\x65nonce"
+# The runs of fixed bytes in the usual case, each compared at once: the digest entry, the
+# timestamp key and the 8-byte integer head; the three optional fields all null.
+_DIGEST_TIMESTAMP_U64 = _DIGEST_SHA384 + _TIMESTAMP + b"\x1b"
+_NO_OPTIONALS = _PUBLIC_KEY + b"\xf6" + _USER_DATA + b"\xf6" + _NONCE + b"\xf6"
 
 NsmLayout = tuple[
     str, int, bool, dict[object, object], int, bytes, list[object], object, object, object
@@ -340,6 +344,11 @@ def nsm_layout(payload: bytes) -> NsmLayout | None:
     except UnicodeDecodeError:
         return None
     pos = text[1]
+    if payload.startswith(_DIGEST_TIMESTAMP_U64, pos):  # every real document: 8-byte form
+        pos += 25
+        timestamp = int.from_bytes(payload[pos : pos + 8], "big")
+        pos += 8
+        return _from_registers(payload, pos, end, indefinite, module_id, timestamp)
     if not payload.startswith(_DIGEST_SHA384, pos) or not payload.startswith(_TIMESTAMP, pos + 14):
         return None
     pos += 24
@@ -357,6 +366,13 @@ def nsm_layout(payload: bytes) -> NsmLayout | None:
         pos = stop
     else:
         return None
+    return _from_registers(payload, pos, end, indefinite, module_id, timestamp)
+
+
+def _from_registers(
+    payload: bytes, pos: int, end: int, indefinite: bool, module_id: str, timestamp: int
+) -> NsmLayout | None:
+    """`nsm_layout` from the register map on."""
     if payload.startswith(_PCRS, pos):
         tpm = False
         pos += 5
@@ -384,27 +400,21 @@ def nsm_layout(payload: bytes) -> NsmLayout | None:
     if bundle is None or not payload.startswith(_PUBLIC_KEY, bundle[1]):
         return None
     cabundle, pos = bundle
-    public_key = _optional_item(payload, pos + 11, end)
-    if public_key is None or not payload.startswith(_USER_DATA, public_key[1]):
-        return None
-    user_data = _optional_item(payload, public_key[1] + 10, end)
-    if user_data is None or not payload.startswith(_NONCE, user_data[1]):
-        return None
-    nonce = _optional_item(payload, user_data[1] + 6, end)
-    if nonce is None:
-        return None
-    pos = nonce[1]
+    if payload.startswith(_NO_OPTIONALS, pos):  # public_key, user_data and nonce all null
+        pos += len(_NO_OPTIONALS)
+        values: tuple[object, object, object] = (None, None, None)
+    else:
+        public_key = _optional_item(payload, pos + 11, end)
+        if public_key is None or not payload.startswith(_USER_DATA, public_key[1]):
+            return None
+        user_data = _optional_item(payload, public_key[1] + 10, end)
+        if user_data is None or not payload.startswith(_NONCE, user_data[1]):
+            return None
+        nonce = _optional_item(payload, user_data[1] + 6, end)
+        if nonce is None:
+            return None
+        pos = nonce[1]
+        values = (public_key[0], user_data[0], nonce[0])
     if pos + indefinite != end or (indefinite and payload[pos] != 0xFF):
         return None
-    return (
-        module_id,
-        timestamp,
-        tpm,
-        pcrs,
-        size,
-        certificate,
-        cabundle,
-        public_key[0],
-        user_data[0],
-        nonce[0],
-    )
+    return (module_id, timestamp, tpm, pcrs, size, certificate, cabundle, *values)

@@ -253,6 +253,13 @@ def main(argv: list[str] | None = None) -> None:
             f"min {s.best / count * 1e6:8.1f} us/doc"
         )
     print(f"  cold ratio {cold_ratio:.3f}  warm ratio {warm_ratio:.3f} (sums of per-doc medians)")
+    for ours_name, floor_name in (("cold", "floor5"), ("warm", "floor1"), ("keyed5", "floor5")):
+        pairs = [
+            a / b
+            for xs, ys in zip(series[ours_name].samples, series[floor_name].samples, strict=True)
+            for a, b in zip(xs, ys, strict=True)
+        ]
+        print(f"  {ours_name}/{floor_name} median of paired ratios {statistics.median(pairs):.3f}")
 
     peer_notes: list[str] = []
     if not args.no_peers:

@@ -12,15 +12,19 @@ timestamp under a policy with its own PCR0-2 (debug ones with `allow_debug=True`
   parse, COSE signature, policy;
 - floor: the bare OpenSSL P-384 verifications the path cannot avoid, measured in the same run
   on the same data, with the public keys already loaded and the DER signatures already built:
-  5 per document cold (4 certificate links + COSE), 1 warm (COSE).
+  5 per document cold (4 certificate links + COSE), 1 warm (COSE);
+- keyed5 (cold only, for reference): the 5 verifications with the 4 signing certificates
+  loaded and their keys decoded first, as any verifier built on cryptography does for a chain
+  it has not seen (docs/benchmarks.md says what that costs and why).
 
-Each round takes every document in turn and runs its four measurements back to back, in an
-order that alternates between documents and rounds, so that each of ours is paired with a floor
-taken milliseconds apart. A figure is the sum over documents of each document's median (or
-minimum) over the rounds, and a ratio is ours / floor of those sums: a sample hit by
-preemption on a shared machine is discarded document by document. Peers run in their own venv
-under libfaketime (see `bench/_common.py`),
-where the worker measures its own floor the same way, interleaved with the peer.
+Two phases, cold then warm (`--mixed`: one phase with everything). In a phase, each round
+takes every document in turn and runs that phase's measurements back to back, in an order that
+alternates between documents and rounds, so that each of ours is paired with a floor taken
+milliseconds apart. A figure is the sum over documents of each document's median (or minimum)
+over the rounds, and a ratio is ours / floor of those sums: a sample hit by preemption on a
+shared machine is discarded document by document. Peers run in their own venv under
+libfaketime (see `bench/_common.py`), where the worker measures its own floor the same way,
+interleaved with the peer.
 """
 
 from __future__ import annotations

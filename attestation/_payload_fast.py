@@ -389,10 +389,20 @@ def _from_registers(
     pcrs, pos, size = registers
     if not payload.startswith(_CERTIFICATE, pos):
         return None
-    item = _bytes(payload, pos + 12, end)
-    if item is None or not payload.startswith(_CABUNDLE, item[1]):
+    pos += 12
+    if pos + 2 < end and payload[pos] == 0x59:  # every real certificate: 59 LL LL + DER
+        start = pos + 3
+        pos = start + ((payload[pos + 1] << 8) | payload[pos + 2])
+        if pos > end:
+            return None
+        certificate = payload[start:pos]
+    else:
+        item = _bytes(payload, pos, end)
+        if item is None:
+            return None
+        certificate, pos = item
+    if not payload.startswith(_CABUNDLE, pos):
         return None
-    certificate, pos = item
     pos += 9
     if pos >= end:
         return None

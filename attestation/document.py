@@ -157,20 +157,26 @@ class AttestationDocument:
     @classmethod
     def parse(cls, data: bytes) -> AttestationDocument:
         """Parse `data` (raw CBOR bytes) or raise `MalformedDocument` / a subclass with a code."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError("attestation document must be bytes")
-        data = bytes(data)
+        if type(data) is not bytes:
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise TypeError("attestation document must be bytes")
+            data = bytes(data)
         if not data or len(data) > MAX_DOCUMENT_SIZE:
             raise _malformed("document.size", f"document is {len(data)} bytes")
-        try:
-            # Tag 18 in any head form (`d2`, `d8 12`, ...): the decoder's rule for every head.
-            tag, start = tag_head(data)
-            tagged = tag == _COSE_SIGN1_TAG
-            body = data[start:]
-            if (tag is not None and not tagged) or tag_head(body)[0] is not None:
-                raise _malformed("envelope.tag", "only tag 18 (COSE_Sign1) may wrap the envelope")
-        except CborError as exc:
-            raise _malformed(exc.code, f"not an attestation document: envelope: {exc}") from exc
+        if data[0] == 0x84:  # an untagged array of 4, as the NSM writes it
+            tagged, body = False, data
+        else:
+            try:
+                # Tag 18 in any head form (`d2`, `d8 12`, ...): the decoder's rule for every head.
+                tag, start = tag_head(data)
+                tagged = tag == _COSE_SIGN1_TAG
+                body = data[start:]
+                if (tag is not None and not tagged) or tag_head(body)[0] is not None:
+                    raise _malformed(
+                        "envelope.tag", "only tag 18 (COSE_Sign1) may wrap the envelope"
+                    )
+            except CborError as exc:
+                raise _malformed(exc.code, f"not an attestation document: envelope: {exc}") from exc
         envelope = _decode(body, fast_envelope, "not an attestation document: envelope")
         if not isinstance(envelope, list):
             raise _malformed(

@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,6 +338,34 @@ def wait_for_path(path: Path, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} never appeared")
         time.sleep(0.02)
+
+
+#: How long `stop_accepting` waits for a listener's threads: longer than any of them blocks
+#: outside accept() (WorkerPoolRelay's relay loop gives up after 10 s of silence).
+ACCEPTOR_STOP_BUDGET = 20.0
+
+
+def stop_accepting(listener: socket.socket, threads: Iterable[threading.Thread]) -> None:
+    """Stop the threads that loop on `listener.accept()`, then close it.
+
+    `close()` alone frees the descriptor number while a thread still waits in accept() on it
+    (Linux does not wake that thread). When a signal interrupts the wait (SIGCHLD from an
+    exiting child while the main thread has all signals blocked to spawn another one), the
+    kernel restarts accept4() with the same number, which by then may belong to the next
+    test's HTTPS stand-in: the stale thread steals that test's connections. shutdown() wakes
+    every accept() on the socket (EINVAL) and fails any later one while the number is still
+    ours; once the threads have returned, nothing uses the number and closing is safe."""
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
+    deadline = time.monotonic() + ACCEPTOR_STOP_BUDGET
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0))
+        if thread.is_alive():
+            # Leave the (shut down) socket open: closing it now would re-create the race.
+            raise AssertionError(
+                f"{thread.name} still running {ACCEPTOR_STOP_BUDGET:g}s after shutdown"
+            )
+    listener.close()
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import select
 import shutil
 import socket
@@ -33,6 +32,7 @@ from tests.enclave_net._support import (
     doctor_via,
     relay_args,
     run_doctor,
+    stop_accepting,
 )
 
 
@@ -46,7 +46,8 @@ class TcpDnsServer:
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self.seen: list[tuple[int, int]] = []  # (declared length, bytes that arrived)
-        threading.Thread(target=self._serve, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._serve, daemon=True)
+        self._acceptor.start()
 
     def _serve(self) -> None:
         while True:
@@ -77,7 +78,7 @@ class TcpDnsServer:
                 pass
 
     def close(self) -> None:
-        self.sock.close()
+        stop_accepting(self.sock, [self._acceptor])
 
 
 @pytest.fixture
@@ -384,8 +385,9 @@ class WorkerPoolRelay:
         self.sock.bind(str(listen))
         self.sock.listen(64)
         self.upstream_port = upstream_port
-        for _ in range(workers):
-            threading.Thread(target=self._worker, daemon=True).start()
+        self._workers = [threading.Thread(target=self._worker, daemon=True) for _ in range(workers)]
+        for worker in self._workers:
+            worker.start()
 
     def _worker(self) -> None:
         while True:
@@ -414,9 +416,7 @@ class WorkerPoolRelay:
                             done = True
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
+        stop_accepting(self.sock, self._workers)
 
 
 def test_concurrency_stall_names_num_workers(

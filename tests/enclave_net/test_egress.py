@@ -30,7 +30,7 @@ from enclave_net.errors import (
     TLSVerificationError,
 )
 from enclave_net.proxy_config import Pin, ProxyConfig, ProxyRoute
-from tests.enclave_net._support import CertAuthority, HttpsExchange, ProxyThread
+from tests.enclave_net._support import CertAuthority, HttpsExchange, ProxyThread, stop_accepting
 
 URL = "https://api.binance.com/api/v3/ticker/price?symbol=BTCUSDT"
 
@@ -264,11 +264,15 @@ def test_connect_refusals_are_surfaced(
     assert proxy.proxy.counters.get("status_403") == 2
 
 
-def _silent_listener(path: Path, *, accept_and_hold: bool) -> tuple[socket.socket, list[Any]]:
+def _silent_listener(
+    path: Path, *, accept_and_hold: bool
+) -> tuple[socket.socket, list[Any], list[threading.Thread]]:
+    """A listener that never answers; close it with `stop_accepting(server, threads)`."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen(8)
     held: list[Any] = []
+    threads: list[threading.Thread] = []
     if accept_and_hold:
 
         def run() -> None:
@@ -278,13 +282,14 @@ def _silent_listener(path: Path, *, accept_and_hold: bool) -> tuple[socket.socke
                 except OSError:
                     return
 
-        threading.Thread(target=run, daemon=True).start()
-    return server, held
+        threads.append(threading.Thread(target=run, daemon=True))
+        threads[0].start()
+    return server, held, threads
 
 
 def test_handshake_that_never_answers_times_out(sockdir: Path, pki: CertAuthority) -> None:
     path = sockdir / "silent.sock"
-    server, held = _silent_listener(path, accept_and_hold=True)
+    server, held, threads = _silent_listener(path, accept_and_hold=True)
     config = EgressConfig(
         routes={parse_host_port("api.binance.com:443"): UnixAddress(str(path))},
         ca_bundle=pki.ca_pem,
@@ -294,7 +299,7 @@ def test_handshake_that_never_answers_times_out(sockdir: Path, pki: CertAuthorit
         with pytest.raises(EgressTimeout, match="TLS handshake"):
             fetch(config, URL)
     finally:
-        server.close()
+        stop_accepting(server, threads)
         for conn in held:
             conn.close()
 
@@ -383,7 +388,7 @@ def test_async_route_and_misroute(
 
 def test_async_no_listener_and_timeout(sockdir: Path, pki: CertAuthority) -> None:
     path = sockdir / "silent.sock"
-    server, held = _silent_listener(path, accept_and_hold=True)
+    server, held, threads = _silent_listener(path, accept_and_hold=True)
     silent = EgressConfig(
         routes={parse_host_port("api.binance.com:443"): UnixAddress(str(path))},
         ca_bundle=pki.ca_pem,
@@ -406,7 +411,7 @@ def test_async_no_listener_and_timeout(sockdir: Path, pki: CertAuthority) -> Non
     try:
         asyncio.run(main())
     finally:
-        server.close()
+        stop_accepting(server, threads)
         for conn in held:
             conn.close()
 

@@ -126,6 +126,30 @@ def _register_layout(size: int, count: int) -> _RegisterLayout:
     )
 
 
+def _text(data: bytes, pos: int, end: int) -> tuple[str, int] | None:
+    """A definite text string of valid UTF-8 at `pos` (as `_bytes` reads it)."""
+    item = _bytes(data, pos, end, 0x60)
+    if item is None:
+        return None
+    try:
+        return item[0].decode("utf-8"), item[1]
+    except UnicodeDecodeError:
+        return None
+
+
+def _uint(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """An unsigned integer at `pos` in any of its length forms (1, 2, 4 or 8 bytes, or none)."""
+    initial = data[pos]
+    if initial < 0x18:
+        return initial, pos + 1
+    if initial < 0x1C:
+        stop = pos + 1 + (1 << (initial - 0x18))
+        if stop > end:
+            return None
+        return int.from_bytes(data[pos + 1 : stop], "big"), stop
+    return None
+
+
 def _registers(data: bytes, pos: int, end: int) -> tuple[dict[object, object], int] | None:
     """A definite map of up to 32 entries, each a key 0..23 and a byte string."""
     registers = _sized_registers(data, pos, end)
@@ -246,26 +270,15 @@ def fast_payload(payload: bytes) -> dict[object, object] | None:
                 return None
             value, pos = registers
         elif shape == _TEXT:
-            text = _bytes(payload, pos, end, 0x60)
+            text = _text(payload, pos, end)
             if text is None:
                 return None
-            try:
-                value = text[0].decode("utf-8")
-            except UnicodeDecodeError:
-                return None
-            pos = text[1]
+            value, pos = text
         elif shape == _UINT:
-            if initial < 0x18:
-                value = initial
-                pos += 1
-            elif initial < 0x1C:
-                stop = pos + 1 + (1 << (initial - 0x18))  # 1, 2, 4 or 8 bytes
-                if stop > end:
-                    return None
-                value = int.from_bytes(payload[pos + 1 : stop], "big")
-                pos = stop
-            else:
+            number = _uint(payload, pos, end)
+            if number is None:
                 return None
+            value, pos = number
         elif shape == _BUNDLE:
             bundle = _bundle(payload, pos, end)
             if bundle is None:
@@ -336,14 +349,10 @@ def nsm_layout(payload: bytes) -> NsmLayout | None:
         return None
     if not payload.startswith(_MODULE_ID, 1):
         return None
-    text = _bytes(payload, 11, end, 0x60)
+    text = _text(payload, 11, end)
     if text is None:
         return None
-    try:
-        module_id = text[0].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    pos = text[1]
+    module_id, pos = text
     if payload.startswith(_DIGEST_TIMESTAMP_U64, pos):  # every real document: 8-byte form
         pos += 25
         timestamp = int.from_bytes(payload[pos : pos + 8], "big")
@@ -354,18 +363,10 @@ def nsm_layout(payload: bytes) -> NsmLayout | None:
     pos += 24
     if pos >= end:
         return None
-    initial = payload[pos]
-    if initial < 0x18:
-        timestamp = initial
-        pos += 1
-    elif initial < 0x1C:
-        stop = pos + 1 + (1 << (initial - 0x18))
-        if stop > end:
-            return None
-        timestamp = int.from_bytes(payload[pos + 1 : stop], "big")
-        pos = stop
-    else:
+    number = _uint(payload, pos, end)
+    if number is None:
         return None
+    timestamp, pos = number
     return _from_registers(payload, pos, end, indefinite, module_id, timestamp)
 
 
